@@ -1,0 +1,168 @@
+"""The validated configuration, as frozen values.
+
+``sniproxy.config.load`` turns one YAML file into a ``Config``; nothing here touches files or
+OpenSSL. ``sniproxy.tls.contexts`` compiles a ``Config`` into a runtime ``Snapshot``.
+Paths are absolute (resolved against the config file's folder at load time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+
+class Profile(StrEnum):
+    """Which chains a deployment may trust.
+
+    ``production`` never trusts a TEST chain (issuer CN starting with ``TEST``); ``test`` (a test or
+    training platform) trusts only TEST chains and refuses production cards.
+    """
+
+    PRODUCTION = "production"
+    TEST = "test"
+
+
+class Protocol(StrEnum):
+    """What a listener speaks before and around TLS."""
+
+    IMAP = "imap"      # STARTTLS (RFC 3501/9051, RFC 2595)
+    SMTP = "smtp"      # submission with STARTTLS (RFC 3207)
+    IMAPS = "imaps"    # implicit TLS (RFC 8314)
+    SMTPS = "smtps"    # implicit TLS (RFC 8314)
+    TLS = "tls"        # TLS then raw TCP
+
+
+class ClientAuth(StrEnum):
+    """Client certificate mode of a flow."""
+
+    REQUIRED = "required"
+    OPTIONAL = "optional"
+    NONE = "none"
+
+
+class UnknownSni(StrEnum):
+    """What a listener does with an SNI it has no route for."""
+
+    DEFAULT = "default"   # use the default flow
+    REJECT = "reject"     # fatal alert unrecognized_name
+
+
+class CardType(StrEnum):
+    """Card families, read from the GIP-CPS productType extension (1.2.250.1.71.1.2.2)."""
+
+    CPS = "CPS"   # 0
+    CPF = "CPF"   # 1
+    CPE = "CPE"   # 2 (CPE and CDE share the code)
+    CPA = "CPA"   # 3 (CPA and CDA share the code)
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """A host and port; ``host`` is an IP literal or ``localhost`` (IPv6 without brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthoritySet:
+    """Named trust material: the CAs a card must chain to. ``test`` is true for TEST chains."""
+
+    name: str
+    roots: tuple[Path, ...]
+    intermediates: tuple[Path, ...] = ()
+    test: bool = False
+    enabled: bool = True
+    # CRL sources arrive with issue 3; kept here so a config that names them already validates.
+    crl_sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsPolicy:
+    """TLS parameters of a flow. Defaults follow the ANSSI recommendations (TLS 1.2+, ECDHE + AEAD)."""
+
+    min_version: str = "1.2"                    # "1.2" or "1.3"
+    ciphers: str = (
+        "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+        "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+        "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+    )
+    groups: str = "X25519:P-256:P-384"
+    session_tickets: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """A TLS profile: server chain and key, accepted client authorities, client-auth mode, TLS policy."""
+
+    name: str
+    certificate: Path                            # PEM: leaf first, then intermediates
+    key: Path
+    client_auth: ClientAuth = ClientAuth.REQUIRED
+    authorities: tuple[str, ...] = ()            # names of AuthoritySet
+    card_types: tuple[CardType, ...] = ()        # empty: any card type
+    refuse_test_cards: bool | None = None        # None: follow the profile (refuse on production)
+    verify_depth: int = 4
+    tls: TlsPolicy = field(default_factory=TlsPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """SNI names (exact or ``*.`` wildcard, lower-case) that select a flow on a listener."""
+
+    flow: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-phase limits in seconds."""
+
+    pretls: float = 60.0        # whole pre-TLS dialog
+    handshake: float = 15.0
+    connect: float = 5.0        # backend connect + greeting
+    idle: float = 1800.0        # no byte either way (IMAP IDLE lasts long)
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where plaintext goes. ``identity`` grows with issue 4 (proxy-v2, xclient)."""
+
+    address: Address
+    identity: str = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """An address set and a protocol, with either one flow or SNI routes and a default."""
+
+    name: str
+    binds: tuple[Address, ...]
+    protocol: Protocol
+    backend: Backend
+    routes: tuple[Route, ...] = ()
+    default_flow: str | None = None               # the flow for no SNI / unknown SNI (or the single flow)
+    unknown_sni: UnknownSni = UnknownSni.DEFAULT
+    hostname: str = "sniproxy"                    # name used in greetings before TLS
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    max_line: int = 8192                          # pre-TLS command line limit, bytes
+    max_pretls_commands: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole validated configuration (before TLS compilation)."""
+
+    source: Path
+    profile: Profile
+    authorities: dict[str, AuthoritySet]
+    flows: dict[str, Flow]
+    listeners: tuple[Listener, ...]
+    workers: int | None = 1                       # None means "auto": one per core
+    log_level: str = "info"
+    log_format: str = "auto"                      # auto (json unless a TTY), json, console
+    state_dir: Path | None = None

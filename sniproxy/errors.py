@@ -1,0 +1,83 @@
+"""Stable outcome reasons and the project's error tree.
+
+A ``Reason`` is the one word that logs, metrics and tests use to say why a connection ended.
+Values are part of the public interface: never rename one, only add.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a connection ended (or ``OK`` when it ended normally)."""
+
+    OK = "ok"
+    # client certificate verification (TLS layer)
+    UNKNOWN_CA = "unknown_ca"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    WRONG_USAGE = "wrong_usage"
+    TEST_CHAIN = "test_chain"
+    PRODUCTION_CHAIN = "production_chain"
+    TEST_CARD = "test_card"
+    CARD_TYPE = "card_type"
+    NO_CLIENT_CERT = "no_client_cert"
+    BAD_CERTIFICATE = "bad_certificate"
+    CHAIN_TOO_DEEP = "chain_too_deep"
+    SELF_SIGNED = "self_signed"
+    REVOKED = "revoked"
+    CRL_STALE = "crl_stale"
+    # TLS handshake, not about the card
+    HANDSHAKE_FAILED = "handshake_failed"
+    BAD_CLIENT_HELLO = "bad_client_hello"
+    UNKNOWN_SNI = "unknown_sni"
+    # pre-TLS dialog
+    STARTTLS_INJECTION = "starttls_injection"
+    LINE_TOO_LONG = "line_too_long"
+    TOO_MANY_COMMANDS = "too_many_commands"
+    CLIENT_QUIT = "client_quit"
+    # backend
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    BACKEND_REFUSED = "backend_refused"
+    BACKEND_PROTOCOL = "backend_protocol"
+    # transport
+    TIMEOUT = "timeout"
+    CLIENT_CLOSED = "client_closed"
+    CLIENT_RESET = "client_reset"
+    SHUTDOWN = "shutdown"
+    INTERNAL_ERROR = "internal_error"
+
+
+class SniproxyError(Exception):
+    """Base of every error sniproxy raises on purpose."""
+
+
+class ConfigError(SniproxyError):
+    """A configuration problem, located in a file at a line, under a key path.
+
+    ``str()`` gives ``FILE:LINE: KEY.PATH: message``, which is what ``sniproxy check`` prints.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.key = key
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line is not None else "") + ": "
+        key = f"{self.key}: " if self.key else ""
+        return f"{where}{key}{self.message}"
+
+
+class ConfigErrors(SniproxyError):
+    """Several configuration errors found in one pass (a config is checked whole, not stopped early)."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
