@@ -1,0 +1,297 @@
+"""IMAP, sans-IO: the pre-TLS dialog with the client and the post-TLS backend->client filter.
+
+Owns: what sniproxy says to an IMAP client before TLS (RFC 9051 §6.1, §6.2.1 STARTTLS), and the
+rewriting of the backend's greeting and capability lists once the client is on TLS. Must not do
+I/O, keep a clock or log: it is fed bytes and returns ``Action`` values.
+
+The backend is an unchanged Dovecot reached in plaintext, so it advertises ``STARTTLS`` and
+``LOGINDISABLED``; the client is already on TLS and must see neither.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from sniproxy.errors import Reason
+from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.linebuf import LineBuffer, LineTooLong, safe_text, strip_eol
+
+CAPABILITIES = b"IMAP4rev1 STARTTLS LOGINDISABLED"
+
+# RFC 9051 §9: tag = 1*<any ASTRING-CHAR except "+">; ASTRING-CHAR = ATOM-CHAR / "]";
+# ATOM-CHAR excludes "(" ")" "{" SP CTL "%" "*" DQUOTE "\". Only a valid tag is ever echoed back.
+_TAG = re.compile(rb'[\x21-\x7e]+')
+_TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
+
+
+class _State(Enum):
+    DIALOG = "dialog"
+    TLS = "tls"          # StartTls returned: the dialog is over, the caller runs the handshake
+    CLOSED = "closed"
+
+
+# Transition table: the only moves the pre-TLS dialog makes.
+_TRANSITIONS: dict[_State, frozenset[_State]] = {
+    _State.DIALOG: frozenset({_State.TLS, _State.CLOSED}),
+    _State.TLS: frozenset(),
+    _State.CLOSED: frozenset(),
+}
+
+
+def imap_unavailable(detail: str) -> bytes:
+    """Untagged BYE sent on TLS when the backend cannot serve (RFC 9051 §7.1.5, §7.1 UNAVAILABLE)."""
+    return b"* BYE [UNAVAILABLE] " + _one_line(detail) + b"\r\n"
+
+
+def _one_line(text: str) -> bytes:
+    """ASCII bytes of ``text`` with no CR/LF, so a reply can never be split by its content."""
+    return text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+def _valid_tag(tag: bytes) -> bool:
+    return bool(_TAG.fullmatch(tag)) and not any(b in _TAG_FORBIDDEN for b in tag)
+
+
+class ImapPreTls:
+    """The IMAP dialog before STARTTLS: greet, answer CAPABILITY/NOOP/LOGOUT, start TLS.
+
+    Credentials are refused (``LOGINDISABLED``, RFC 9051 §6.2.3) and nothing is ever forwarded.
+    Any byte the client pipelined after ``STARTTLS`` closes the connection instead of starting TLS
+    (the CVE-2011-0411 class: such bytes must never be executed after the handshake).
+    """
+
+    __slots__ = ("_commands", "_hostname", "_lines", "_max_commands", "_state")
+
+    def __init__(self, hostname: str, max_line: int = 8192, max_commands: int = 32) -> None:
+        if any(c in hostname for c in "\r\n\0") or not hostname.isascii():
+            raise ValueError("hostname must be one line of ASCII")
+        self._hostname = hostname.encode("ascii")
+        self._lines = LineBuffer(max_line)
+        self._max_commands = max_commands
+        self._commands = 0
+        self._state = _State.DIALOG
+
+    @property
+    def finished(self) -> bool:
+        """True once ``StartTls`` or ``Close`` was returned; later input is ignored."""
+        return self._state is not _State.DIALOG
+
+    def _move(self, new: _State) -> None:
+        assert new in _TRANSITIONS[self._state], (self._state, new)
+        self._state = new
+
+    def greeting(self) -> list[Action]:
+        """The server greeting (RFC 9051 §7.1.1), with capabilities so clients skip a round trip."""
+        return [Send(b"* OK [CAPABILITY " + CAPABILITIES + b"] " + self._hostname + b" ready\r\n")]
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed bytes from the client; return what to send and whether to start TLS or close."""
+        if self._state is not _State.DIALOG:
+            return []
+        self._lines.feed(data)
+        out = bytearray()
+        while True:
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                self._move(_State.CLOSED)
+                return _flush(out, b"* BYE Line too long\r\n", Close(Reason.LINE_TOO_LONG))
+            if line is None:
+                return [Send(bytes(out))] if out else []
+            self._commands += 1
+            if self._commands > self._max_commands:
+                self._move(_State.CLOSED)
+                return _flush(out, b"* BYE Too many commands\r\n", Close(Reason.TOO_MANY_COMMANDS))
+            final = self._command(strip_eol(line), out)
+            if final is not None:
+                return final
+
+    def _command(self, line: bytes, out: bytearray) -> list[Action] | None:
+        """Answer one command into ``out``; return the final action list when the dialog ends."""
+        tag, sp, rest = line.partition(b" ")
+        command, _, args = rest.partition(b" ")
+        if not sp or not command or not _valid_tag(tag):
+            out += b"* BAD Missing or invalid tag or command\r\n"
+            return None
+        verb = command.upper()
+        if verb in (b"CAPABILITY", b"NOOP", b"LOGOUT", b"STARTTLS") and args:
+            # RFC 9051 §6.1 and §6.2.1: these commands take no arguments.
+            out += tag + b" BAD Unexpected arguments\r\n"
+        elif verb == b"CAPABILITY":
+            out += b"* CAPABILITY " + CAPABILITIES + b"\r\n" + tag + b" OK CAPABILITY completed\r\n"
+        elif verb == b"NOOP":
+            out += tag + b" OK NOOP completed\r\n"
+        elif verb == b"LOGOUT":
+            self._move(_State.CLOSED)
+            return _flush(out, b"* BYE " + self._hostname + b" logging out\r\n" + tag
+                          + b" OK LOGOUT completed\r\n", Close(Reason.CLIENT_QUIT))
+        elif verb == b"STARTTLS":
+            if len(self._lines):
+                # Bytes after STARTTLS arrived before our OK: a client cannot legitimately have
+                # sent them (RFC 9051 §6.2.1: TLS starts right after the tagged OK), so they are
+                # an injection attempt. Never start TLS with them pending.
+                self._move(_State.CLOSED)
+                return _flush(out, tag + b" BAD [CLIENTBUG] Data pipelined after STARTTLS\r\n",
+                              Close(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
+            self._move(_State.TLS)
+            return _flush(out, tag + b" OK Begin TLS negotiation now\r\n", StartTls())
+        elif verb in (b"LOGIN", b"AUTHENTICATE"):
+            out += tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first\r\n"
+        else:
+            out += tag + b" BAD Command unknown or not allowed before STARTTLS\r\n"
+        return None
+
+
+def _flush(out: bytearray, last: bytes, action: Action) -> list[Action]:
+    """One coalesced ``Send`` of everything answered so far plus ``last``, then ``action``."""
+    return [Send(bytes(out) + last), action]
+
+
+# ---------------------------------------------------------------------- backend -> client
+
+# RFC 9051 §4.3: a literal is announced by "{" number "}" (or "{n+}" LITERAL+, "~{n}" literal8,
+# RFC 3516) at the very end of a line; its bytes follow the CRLF and are not lines.
+_LITERAL_END = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
+# Status responses and continuation requests end in free text (resp-text), never a literal.
+_TEXT_RESPONSE = re.compile(rb"(?:\S+ (?:OK|NO|BAD|BYE|PREAUTH)|\+)(?: |\r?\n)", re.IGNORECASE)
+_UNTAGGED_CAP = re.compile(rb"\* CAPABILITY(?= |\r?\n)", re.IGNORECASE)
+_CAP_CODE = re.compile(rb"(\S+ (?:OK|NO|BAD|BYE|PREAUTH) \[CAPABILITY)([^\]\r\n]*)\]", re.IGNORECASE)
+_GREETING_OK = re.compile(rb"\* OK(?: |\r?\n)", re.IGNORECASE)
+_HIDDEN = frozenset({b"STARTTLS", b"LOGINDISABLED"})
+_HEAD = 64      # bytes of a line kept to classify it when it is too long to buffer
+_TAIL = 32      # bytes of a line kept to see a literal announcement at its end
+
+
+def _drop_atoms(atoms: bytes) -> bytes | None:
+    """``atoms`` (space-led) without the hidden capabilities, or None when nothing was removed."""
+    parts = atoms.split(b" ")
+    kept = [p for p in parts if p.upper() not in _HIDDEN]
+    return None if len(kept) == len(parts) else b" ".join(kept)
+
+
+def filter_capabilities(line: bytes) -> bytes:
+    """Remove ``STARTTLS`` and ``LOGINDISABLED`` (whole atoms, any case) from one response line.
+
+    Handles untagged ``* CAPABILITY`` responses (RFC 9051 §7.2.2) and ``[CAPABILITY ...]`` response
+    codes in status responses (§7.1). Any other line is returned unchanged.
+    """
+    if _UNTAGGED_CAP.match(line):
+        body = strip_eol(line)
+        kept = _drop_atoms(body[len(b"* CAPABILITY"):])
+        return line if kept is None else line[:len(b"* CAPABILITY")] + kept + line[len(body):]
+    m = _CAP_CODE.match(line)
+    if m:
+        kept = _drop_atoms(m.group(2))
+        return line if kept is None else m.group(1) + kept + line[m.end(2):]
+    return line
+
+
+class ImapBackendFilter:
+    """Backend->client IMAP stream after TLS: greeting check, capability rewrite, literals untouched.
+
+    With ``consume_greeting`` (STARTTLS listeners) the backend's ``* OK`` greeting is swallowed, the
+    client had ours; on implicit-TLS listeners it is passed on, rewritten. A ``* BYE``, a
+    ``* PREAUTH`` (the proxy never lets the backend authenticate on its own) or anything else as
+    greeting closes the connection. Literal bytes are forwarded in bulk without being scanned; at
+    most one line (``max_line`` bytes) is buffered, a longer line is passed through unchanged.
+    """
+
+    __slots__ = ("_closed", "_consume", "_continued", "_greeting_done", "_head", "_line", "_literal",
+                 "_long", "_max_line", "_tail")
+
+    def __init__(self, consume_greeting: bool = True, max_line: int = 65536) -> None:
+        self._consume = consume_greeting
+        self._max_line = max_line
+        self._greeting_done = False
+        self._closed = False
+        self._line = bytearray()      # the unterminated line being assembled
+        self._literal = 0             # literal bytes still to pass through
+        self._continued = False       # the current line continues a response after a literal
+        self._long = False            # passing through an over-long line until its LF
+        self._head = b""
+        self._tail = b""
+
+    @property
+    def greeting_done(self) -> bool:
+        """True once the backend greeting was accepted (the relay may start)."""
+        return self._greeting_done
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed backend bytes; return at most one ``Send`` (and a ``Close`` if the backend refused)."""
+        if self._closed:
+            return []
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._literal:
+                take = min(self._literal, end - pos)
+                # Bulk: a chunk made only of literal bytes is forwarded without a copy.
+                out.append(data if take == end else data[pos:pos + take])
+                self._literal -= take
+                pos += take
+                continue
+            nl = data.find(b"\n", pos)
+            if self._long:
+                stop = end if nl < 0 else nl + 1
+                piece = data[pos:stop]
+                out.append(piece)
+                self._tail = (self._tail + piece)[-_TAIL:]
+                pos = stop
+                if nl >= 0:
+                    self._long = False
+                    self._end_of_line(self._head, self._tail)
+                continue
+            if nl < 0:
+                self._line += data[pos:]
+                pos = end
+                if len(self._line) > self._max_line:
+                    line, self._line = bytes(self._line), bytearray()
+                    if not self._greeting_done:
+                        return self._refuse(out, Reason.BACKEND_PROTOCOL, "greeting too long")
+                    out.append(line)
+                    self._long, self._head, self._tail = True, line[:_HEAD], line[-_TAIL:]
+                continue
+            if self._line:
+                self._line += data[pos:nl + 1]
+                line, self._line = bytes(self._line), bytearray()
+            else:
+                line = data[pos:nl + 1]
+            pos = nl + 1
+            if not self._greeting_done:
+                if len(line) > self._max_line:
+                    return self._refuse(out, Reason.BACKEND_PROTOCOL, "greeting too long")
+                refused = self._greeting(line, out)
+                if refused is not None:
+                    return refused
+            elif len(line) > self._max_line or self._continued:
+                out.append(line)
+            else:
+                out.append(filter_capabilities(line))
+            self._end_of_line(line[:_HEAD], line[-_TAIL:])
+        return [Send(out[0] if len(out) == 1 else b"".join(out))] if out else []
+
+    def _end_of_line(self, head: bytes, tail: bytes) -> None:
+        """A line ended: does a literal follow (RFC 9051 §4.3)?"""
+        m = _LITERAL_END.search(tail)
+        if m and (self._continued or not _TEXT_RESPONSE.match(head)):
+            self._literal = int(m.group(1))
+            self._continued = True
+        else:
+            self._continued = False
+        # A zero-length literal ("{0}") is legal: the response simply continues on the next line.
+
+    def _greeting(self, line: bytes, out: list[bytes]) -> list[Action] | None:
+        """Check the backend greeting (RFC 9051 §7.1.1); return actions when it is refused."""
+        if _GREETING_OK.match(line):
+            self._greeting_done = True
+            if not self._consume:
+                out.append(filter_capabilities(line))
+            return None
+        return self._refuse(out, Reason.BACKEND_REFUSED, safe_text(line))
+
+    def _refuse(self, out: list[bytes], reason: Reason, detail: str) -> list[Action]:
+        self._closed = True
+        self._line = bytearray()
+        sent: list[Action] = [Send(b"".join(out))] if out else []
+        return [*sent, Close(reason, detail)]

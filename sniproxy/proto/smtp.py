@@ -1,0 +1,281 @@
+"""SMTP, sans-IO: the pre-TLS dialog with the client and the post-TLS backend->client filter.
+
+Owns: what sniproxy says to an SMTP client before STARTTLS (RFC 5321, RFC 3207) and the rewriting
+of the backend's greeting and EHLO keywords once the client is on TLS. Must not do I/O, keep a
+clock or log: it is fed bytes and returns ``Action`` values.
+
+The backend is an unchanged Postfix reached in plaintext, so it advertises ``STARTTLS``; the
+client is already on TLS and must not see it (RFC 3207 §4.2: not offered after TLS).
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+from sniproxy.errors import Reason
+from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.linebuf import LineBuffer, LineTooLong, safe_text, strip_eol
+
+
+class _State(Enum):
+    DIALOG = "dialog"
+    TLS = "tls"          # StartTls returned: the dialog is over, the caller runs the handshake
+    CLOSED = "closed"
+
+
+# Transition table: the only moves the pre-TLS dialog makes.
+_TRANSITIONS: dict[_State, frozenset[_State]] = {
+    _State.DIALOG: frozenset({_State.TLS, _State.CLOSED}),
+    _State.TLS: frozenset(),
+    _State.CLOSED: frozenset(),
+}
+
+_OK = b"250 2.0.0 OK\r\n"
+_SYNTAX = b"501 5.5.4 Syntax error in parameters\r\n"
+_NEED_TLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"   # RFC 3207 §4
+
+
+def smtp_unavailable(detail: str) -> bytes:
+    """Reply sent on TLS when the backend cannot serve (RFC 5321 §3.8: 421, then close)."""
+    return b"421 4.3.0 " + _one_line(detail) + b"\r\n"
+
+
+def _one_line(text: str) -> bytes:
+    """ASCII bytes of ``text`` with no CR/LF, so a reply can never be split by its content."""
+    return text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+class SmtpPreTls:
+    """The SMTP dialog before STARTTLS: greet, answer EHLO/HELO/NOOP/RSET/QUIT, start TLS.
+
+    No mail transaction and no AUTH is accepted (530, RFC 3207 §4). ``PIPELINING`` is not
+    advertised, so a conforming client waits for each reply (RFC 2920 §3.1), and any byte pipelined
+    after ``STARTTLS`` closes the connection instead of starting TLS (the CVE-2011-0411 class).
+    """
+
+    __slots__ = ("_commands", "_hostname", "_lines", "_max_commands", "_state")
+
+    def __init__(self, hostname: str, max_line: int = 8192, max_commands: int = 32) -> None:
+        if any(c in hostname for c in "\r\n\0") or not hostname.isascii():
+            raise ValueError("hostname must be one line of ASCII")
+        self._hostname = hostname.encode("ascii")
+        self._lines = LineBuffer(max_line)
+        self._max_commands = max_commands
+        self._commands = 0
+        self._state = _State.DIALOG
+
+    @property
+    def finished(self) -> bool:
+        """True once ``StartTls`` or ``Close`` was returned; later input is ignored."""
+        return self._state is not _State.DIALOG
+
+    def _move(self, new: _State) -> None:
+        assert new in _TRANSITIONS[self._state], (self._state, new)
+        self._state = new
+
+    def greeting(self) -> list[Action]:
+        """The 220 service-ready greeting (RFC 5321 §4.2, §3.1)."""
+        return [Send(b"220 " + self._hostname + b" ESMTP ready\r\n")]
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed bytes from the client; return what to send and whether to start TLS or close."""
+        if self._state is not _State.DIALOG:
+            return []
+        self._lines.feed(data)
+        out = bytearray()
+        while True:
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                # RFC 5321 §4.5.3.1.4 gives 500 for a too-long command line; we then close.
+                self._move(_State.CLOSED)
+                return _flush(out, b"500 5.5.0 Line too long\r\n421 4.7.0 " + self._hostname
+                              + b" Closing connection\r\n", Close(Reason.LINE_TOO_LONG))
+            if line is None:
+                return [Send(bytes(out))] if out else []
+            self._commands += 1
+            if self._commands > self._max_commands:
+                self._move(_State.CLOSED)
+                return _flush(out, b"421 4.7.0 " + self._hostname
+                              + b" Too many commands, closing connection\r\n",
+                              Close(Reason.TOO_MANY_COMMANDS))
+            final = self._command(strip_eol(line), out)
+            if final is not None:
+                return final
+
+    def _command(self, line: bytes, out: bytearray) -> list[Action] | None:
+        """Answer one command into ``out``; return the final action list when the dialog ends."""
+        verb, _, args = line.partition(b" ")
+        verb = verb.upper()
+        if not verb:
+            out += b"500 5.5.2 Syntax error, command unrecognized\r\n"
+        elif verb == b"EHLO":
+            if not args.strip():
+                out += b"501 5.5.4 Syntax: EHLO hostname\r\n"
+            else:
+                # RFC 5321 §4.1.1.1; no PIPELINING and no AUTH before TLS (RFC 4954 §4 allows
+                # hiding AUTH until TLS, and it is the only way to keep passwords off the wire).
+                out += (b"250-" + self._hostname + b"\r\n250-8BITMIME\r\n"
+                        b"250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n")
+        elif verb == b"HELO":
+            if args.strip():
+                out += b"250 " + self._hostname + b"\r\n"
+            else:
+                out += b"501 5.5.4 Syntax: HELO hostname\r\n"
+        elif verb == b"NOOP":
+            out += _OK           # RFC 5321 §4.1.1.9: NOOP may carry a string, ignored
+        elif verb in (b"RSET", b"QUIT", b"STARTTLS") and args:
+            out += _SYNTAX       # RFC 5321 §4.1.1.5, §4.1.1.10, RFC 3207 §4: no parameters
+        elif verb == b"RSET":
+            out += _OK
+        elif verb == b"QUIT":
+            self._move(_State.CLOSED)
+            return _flush(out, b"221 2.0.0 Bye\r\n", Close(Reason.CLIENT_QUIT))
+        elif verb == b"STARTTLS":
+            if len(self._lines):
+                # RFC 3207 §4.2 and RFC 2920 §3.1: STARTTLS must be the last command of a group;
+                # bytes already queued behind it would be read as if sent over TLS. Refuse.
+                self._move(_State.CLOSED)
+                return _flush(out, b"554 5.5.1 Error: command pipelined after STARTTLS\r\n",
+                              Close(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
+            self._move(_State.TLS)
+            return _flush(out, b"220 2.0.0 Ready to start TLS\r\n", StartTls())
+        else:
+            out += _NEED_TLS     # MAIL, RCPT, DATA, BDAT, AUTH, VRFY, EXPN and the unknown
+        return None
+
+
+def _flush(out: bytearray, last: bytes, action: Action) -> list[Action]:
+    """One coalesced ``Send`` of everything answered so far plus ``last``, then ``action``."""
+    return [Send(bytes(out) + last), action]
+
+
+# ---------------------------------------------------------------------- backend -> client
+
+# RFC 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF
+_REPLY = re.compile(rb"([2-5][0-9][0-9])([ -]|(?=\r?\n))")
+
+
+class SmtpBackendFilter:
+    """Backend->client SMTP replies after TLS: greeting check, ``STARTTLS`` keyword removed.
+
+    With ``consume_greeting`` (STARTTLS listeners) the backend's 220 greeting (possibly multi-line)
+    is swallowed, the client had ours; on implicit-TLS listeners it is passed on. A 4xx/5xx
+    greeting closes with ``BACKEND_REFUSED``, an unparsable one with ``BACKEND_PROTOCOL``. At most
+    one partial line and one held reply line (each ``max_line`` bytes) are buffered; a longer line
+    is passed through unchanged.
+    """
+
+    __slots__ = ("_closed", "_consume", "_greeting_done", "_held", "_in_greeting", "_line", "_long",
+                 "_max_line")
+
+    def __init__(self, consume_greeting: bool = True, max_line: int = 8192) -> None:
+        self._consume = consume_greeting
+        self._max_line = max_line
+        self._greeting_done = False
+        self._in_greeting = False     # between a "220-" line and the greeting's last line
+        self._closed = False
+        self._line = bytearray()      # the unterminated line being assembled
+        self._held: bytes | None = None   # last kept "ddd-" line of the reply in progress
+        self._long = False            # passing through an over-long line until its LF
+
+    @property
+    def greeting_done(self) -> bool:
+        """True once the backend greeting was accepted (the relay may start)."""
+        return self._greeting_done
+
+    def receive_data(self, data: bytes) -> list[Action]:
+        """Feed backend bytes; return at most one ``Send`` (and a ``Close`` if the backend refused)."""
+        if self._closed:
+            return []
+        out: list[bytes] = []
+        pos, end = 0, len(data)
+        while pos < end:
+            nl = data.find(b"\n", pos)
+            if self._long:
+                stop = end if nl < 0 else nl + 1
+                out.append(data[pos:stop])
+                pos = stop
+                self._long = nl < 0
+                continue
+            if nl < 0:
+                self._line += data[pos:]
+                pos = end
+                if len(self._line) > self._max_line:
+                    line, self._line = bytes(self._line), bytearray()
+                    if not self._greeting_done:
+                        return self._refuse(out, Reason.BACKEND_PROTOCOL, "greeting too long")
+                    self._release(out)
+                    out.append(line)
+                    self._long = True
+                continue
+            if self._line:
+                self._line += data[pos:nl + 1]
+                line, self._line = bytes(self._line), bytearray()
+            else:
+                line = data[pos:nl + 1]
+            pos = nl + 1
+            if not self._greeting_done:
+                refused = self._greeting(line, out)
+                if refused is not None:
+                    return refused
+            elif len(line) > self._max_line:
+                self._release(out)
+                out.append(line)
+            else:
+                self._reply_line(line, out)
+        return [Send(out[0] if len(out) == 1 else b"".join(out))] if out else []
+
+    def _release(self, out: list[bytes]) -> None:
+        """Emit the held line unchanged and forget the reply in progress."""
+        if self._held is not None:
+            out.append(self._held)
+            self._held = None
+
+    def _reply_line(self, line: bytes, out: list[bytes]) -> None:
+        """One reply line. The last kept line is held back so that, if the reply's final line is a
+        dropped ``STARTTLS``, it can become the final line itself (separator "-" -> " ")."""
+        m = _REPLY.match(line)
+        if m is None:
+            self._release(out)
+            out.append(line)
+            return
+        last = m.group(2) != b"-"
+        is_starttls = strip_eol(line[4:]).strip().upper() == b"STARTTLS"
+        if is_starttls and self._held is not None:
+            # An EHLO keyword line (RFC 5321 §4.1.1.1): never the first line of the reply.
+            if last:
+                held, self._held = self._held, None
+                out.append(held[:3] + b" " + held[4:])
+            return
+        self._release(out)
+        if last:
+            out.append(line)
+        else:
+            self._held = line
+
+    def _greeting(self, line: bytes, out: list[bytes]) -> list[Action] | None:
+        """Check one greeting line (RFC 5321 §4.2, §3.1); return actions when it is refused."""
+        if len(line) > self._max_line:
+            return self._refuse(out, Reason.BACKEND_PROTOCOL, "greeting too long")
+        m = _REPLY.match(line)
+        if m is None or (self._in_greeting and m.group(1) != b"220"):
+            return self._refuse(out, Reason.BACKEND_PROTOCOL, safe_text(line))
+        if m.group(1) != b"220":
+            # 554 (RFC 5321 §3.1) or 421: the backend will not serve this session.
+            return self._refuse(out, Reason.BACKEND_REFUSED, safe_text(line))
+        if not self._consume:
+            out.append(line)
+        if m.group(2) == b"-":
+            self._in_greeting = True
+        else:
+            self._in_greeting = False
+            self._greeting_done = True
+        return None
+
+    def _refuse(self, out: list[bytes], reason: Reason, detail: str) -> list[Action]:
+        self._closed = True
+        self._line = bytearray()
+        sent: list[Action] = [Send(b"".join(out))] if out else []
+        return [*sent, Close(reason, detail)]

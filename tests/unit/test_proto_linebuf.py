@@ -1,0 +1,120 @@
+"""LineBuffer: splitting, bare LF, limits, bounded memory."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sniproxy.proto.linebuf import LineBuffer, LineTooLong, safe_text, strip_eol
+
+
+def drain(buf: LineBuffer) -> list[bytes]:
+    out = []
+    while (line := buf.next_line()) is not None:
+        out.append(line)
+    return out
+
+
+def test_lines_whole_and_pending() -> None:
+    buf = LineBuffer(100)
+    buf.feed(b"a NOOP\r\nb CAPABILITY\nc part")
+    assert drain(buf) == [b"a NOOP\r\n", b"b CAPABILITY\n"]
+    assert buf.pending() == b"c part"
+    buf.feed(b"ial\r\n")
+    assert drain(buf) == [b"c partial\r\n"]
+    assert buf.pending() == b""
+
+
+def test_pending_includes_undrained_lines() -> None:
+    buf = LineBuffer(100)
+    buf.feed(b"one\r\ntwo\r\n")
+    assert buf.next_line() == b"one\r\n"
+    assert buf.pending() == b"two\r\n"
+    assert len(buf) == 5
+
+
+def test_byte_by_byte() -> None:
+    buf = LineBuffer(100)
+    got: list[bytes] = []
+    for b in b"x1 NOOP\r\nx2 LOGOUT\r\n":
+        buf.feed(bytes([b]))
+        got += drain(buf)
+    assert got == [b"x1 NOOP\r\n", b"x2 LOGOUT\r\n"]
+
+
+def test_limit_is_inclusive_of_terminator() -> None:
+    buf = LineBuffer(10)
+    buf.feed(b"12345678\r\n")          # exactly 10 bytes: accepted
+    assert buf.next_line() == b"12345678\r\n"
+    buf.feed(b"123456789\r\n")         # 11 bytes
+    with pytest.raises(LineTooLong):
+        buf.next_line()
+
+
+def test_incomplete_line_too_long_detected_early() -> None:
+    buf = LineBuffer(10)
+    buf.feed(b"12345678901")
+    with pytest.raises(LineTooLong):
+        buf.next_line()
+
+
+def test_complete_lines_before_long_one_are_returned() -> None:
+    buf = LineBuffer(10)
+    buf.feed(b"ok\r\n" + b"x" * 50)
+    assert buf.next_line() == b"ok\r\n"
+    with pytest.raises(LineTooLong):
+        buf.next_line()
+
+
+def test_memory_bounded_even_without_draining() -> None:
+    buf = LineBuffer(64)
+    for _ in range(1000):
+        buf.feed(b"y" * 1000)
+        assert len(buf) <= 64 + 1
+    with pytest.raises(LineTooLong):
+        buf.next_line()
+
+
+def test_bad_max_line() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        LineBuffer(0)
+
+
+def test_helpers() -> None:
+    assert strip_eol(b"a\r\n") == b"a"
+    assert strip_eol(b"a\n") == b"a"
+    assert strip_eol(b"a\r") == b"a\r"
+    assert safe_text(b"* BYE \x00\xff go\r\n") == "* BYE ?? go"
+    assert len(safe_text(b"z" * 1000)) == 200
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=30))
+def test_property_chunking_invariant(data: bytes, cuts: list[int]) -> None:
+    """Any chunking gives the same lines (or the same error point) and memory stays bounded."""
+    max_line = 32
+
+    def run(chunks: list[bytes]) -> tuple[list[bytes], bool]:
+        buf = LineBuffer(max_line)
+        lines: list[bytes] = []
+        for chunk in chunks:
+            buf.feed(chunk)
+            assert len(buf) <= max_line + 1 + len(chunk)
+            try:
+                lines += drain(buf)
+            except LineTooLong:
+                return lines, True
+        return lines, False
+
+    chunks, pos = [], 0
+    for c in cuts:
+        chunks.append(data[pos:pos + c])
+        pos += c
+    chunks.append(data[pos:])
+    whole = run([data])
+    assert run(chunks) == whole
+    assert run([bytes([b]) for b in data]) == whole
+    lines, _ = whole
+    assert all(line.endswith(b"\n") and len(line) <= max_line for line in lines)
+    assert b"".join(lines) == data[:len(b"".join(lines))]
