@@ -1,0 +1,486 @@
+"""The per-connection driver: the one place where bytes meet the protocol dialogs and TLS.
+
+Phases: pre-TLS dialog (STARTTLS listeners) -> ClientHello (flow chosen from SNI) -> handshake
+with the flow's own context and card checks -> backend connect and greeting -> relay.
+Built on asyncio Protocols rather than streams because IMAP clients idle for hours and a
+stream pair costs several times the memory (docs/decisions/0001-tls-engine.md). Timeouts are
+timer handles, not tasks, for the same reason. Every end goes through ``_finish``, which logs
+one ``connection`` event with a stable ``reason``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sniproxy.config.model import Protocol
+from sniproxy.errors import Reason
+from sniproxy.observability.log import get_logger
+from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
+from sniproxy.proto.imap import ImapBackendFilter, ImapPreTls, imap_unavailable
+from sniproxy.proto.smtp import SmtpBackendFilter, SmtpPreTls, smtp_unavailable
+from sniproxy.tls.contexts import ListenerRuntime, Snapshot, SnapshotHolder
+from sniproxy.tls.identity import identity_fields, parse_identity
+from sniproxy.tls.session import TlsFailure, TlsSession
+
+_log = get_logger("sniproxy.connection")
+_ids = itertools.count(1)
+_PENDING_MAX = 65536          # plaintext held while the backend greets, before pausing the client
+_WRITE_HIGH = 65536           # transport write buffer high-water mark, per direction
+# A fatal unrecognized_name alert (RFC 8446 §6.2, alert 112), sent before any TLS state exists.
+_ALERT_UNRECOGNIZED_NAME = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
+_ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+
+_PRETLS, _HELLO, _HANDSHAKE, _CONNECTING, _RELAY, _CLOSED = range(6)
+_PHASE_NAMES = ("pretls", "client_hello", "handshake", "backend_connect", "relay", "closed")
+
+
+class Stats:
+    """Process-wide counters read by tests and, later, by the metrics endpoint."""
+
+    __slots__ = ("accepted", "active", "by_reason")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.active = 0
+        self.by_reason: dict[str, int] = {}
+
+
+STATS = Stats()
+# Called with every connection event (the same dict that is logged). The demo and the metrics
+# layer subscribe here; an observer must be quick and must not raise.
+OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
+
+
+class _Backend(asyncio.Protocol):
+    """The plaintext side; forwards everything to its owning client connection."""
+
+    __slots__ = ("owner", "transport")
+
+    def __init__(self, owner: ClientConnection) -> None:
+        self.owner = owner
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.backend_data(data)
+
+    def eof_received(self) -> bool:
+        self.owner.backend_closed(None)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.backend_closed(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_client_reading()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_client_reading()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection through the proxy."""
+
+    __slots__ = (
+        "_backend",
+        "_backend_filter",
+        "_bytes_in",
+        "_bytes_out",
+        "_connect_task",
+        "_deadline",
+        "_detail",
+        "_dialog",
+        "_flow",
+        "_hello",
+        "_hello_buf",
+        "_identity",
+        "_last_io",
+        "_lr",
+        "_pending",
+        "_pending_size",
+        "_phase",
+        "_reading_paused",
+        "_reason",
+        "_snapshot",
+        "_sni",
+        "_started",
+        "_timer",
+        "_tls",
+        "id",
+        "peer",
+        "transport",
+    )
+
+    def __init__(self, holder: SnapshotHolder, listener: str) -> None:
+        self._snapshot: Snapshot = holder.current          # pinned for the connection's life
+        self._lr: ListenerRuntime = self._snapshot.listeners[listener]
+        self.id = next(_ids)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._phase = _PRETLS
+        self._dialog: ImapPreTls | SmtpPreTls | None = None
+        self._hello: ClientHelloParser | None = None
+        self._hello_buf = bytearray()
+        self._tls: TlsSession | None = None
+        self._flow: str | None = None
+        self._sni: str | None = None
+        self._identity: dict[str, str] | None = None
+        self._backend: _Backend | None = None
+        self._backend_filter: ImapBackendFilter | SmtpBackendFilter | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._reading_paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._last_io = 0.0
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._started = 0.0
+        self._reason: Reason | None = None
+        self._detail = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._started = time.monotonic()
+        STATS.accepted += 1
+        STATS.active += 1
+        ls = self._lr.listener
+        if ls.protocol is Protocol.IMAP:
+            self._dialog = ImapPreTls(ls.hostname, ls.max_line, ls.max_pretls_commands)
+        elif ls.protocol is Protocol.SMTP:
+            self._dialog = SmtpPreTls(ls.hostname, ls.max_line, ls.max_pretls_commands)
+        if self._dialog is not None:
+            self._arm(ls.timeouts.pretls)
+            self._apply(self._dialog.greeting())
+        else:
+            self._start_hello()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._phase == _RELAY:
+            self._finish(Reason.OK, "client closed")
+        else:
+            self._finish(Reason.CLIENT_RESET if exc else Reason.CLIENT_CLOSED, _PHASE_NAMES[self._phase])
+
+    def eof_received(self) -> bool:
+        if self._phase == _RELAY and self._backend is not None and self._backend.transport is not None:
+            # Half-close: let the backend finish answering; the idle timer bounds the wait.
+            if self._backend.transport.can_write_eof():
+                self._backend.transport.write_eof()
+                return True
+        self.connection_lost(None)
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        self._bytes_in += len(data)
+        self._last_io = time.monotonic()
+        phase = self._phase
+        if phase == _PRETLS:
+            assert self._dialog is not None
+            self._apply(self._dialog.receive_data(data))
+        elif phase == _HELLO:
+            self._client_hello(data)
+        elif phase >= _HANDSHAKE and phase != _CLOSED:
+            assert self._tls is not None
+            self._tls.feed(data)
+            if phase == _HANDSHAKE:
+                self._step_handshake()
+            else:
+                self._read_plaintext()
+
+    # ------------------------------------------------------------------ timers
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + seconds
+        self._timer = loop.call_at(self._deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._phase == _RELAY:
+            idle = self._lr.listener.timeouts.idle
+            remaining = self._last_io + idle - time.monotonic()
+            if remaining > 0:
+                self._arm(remaining)
+                return
+            self._finish(Reason.TIMEOUT, "idle")
+        else:
+            self._finish(Reason.TIMEOUT, _PHASE_NAMES[self._phase])
+
+    # ------------------------------------------------------------------ pre-TLS
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._write_raw(action.data)
+            elif isinstance(action, StartTls):
+                self._dialog = None
+                self._start_hello()
+            elif isinstance(action, Close):
+                self._finish(action.reason, action.detail)
+                return
+
+    def _start_hello(self) -> None:
+        self._phase = _HELLO
+        self._hello = ClientHelloParser()
+        self._arm(self._lr.listener.timeouts.handshake)
+
+    def _client_hello(self, data: bytes) -> None:
+        assert self._hello is not None
+        self._hello_buf += data
+        try:
+            info = self._hello.feed(data)
+        except ClientHelloError as exc:
+            self._finish(Reason.BAD_CLIENT_HELLO, str(exc))
+            return
+        if info is None:
+            return
+        self._hello = None
+        self._sni = info.sni
+        flow = self._lr.routes.choose(info.sni)
+        if flow is None:
+            self._write_raw(_ALERT_UNRECOGNIZED_NAME if info.sni else _ALERT_HANDSHAKE_FAILURE)
+            self._finish(Reason.UNKNOWN_SNI, info.sni or "no SNI and no default flow")
+            return
+        self._flow = flow
+        self._tls = TlsSession(self._snapshot.flows[flow])
+        self._phase = _HANDSHAKE
+        buf, self._hello_buf = bytes(self._hello_buf), bytearray()
+        self._tls.feed(buf)
+        self._step_handshake()
+
+    # ------------------------------------------------------------------ TLS
+    def _step_handshake(self) -> None:
+        tls = self._tls
+        assert tls is not None
+        try:
+            done = tls.handshake()
+        except TlsFailure as exc:
+            self._flush_tls()
+            self._finish(exc.reason, exc.detail)
+            return
+        self._flush_tls()
+        if not done:
+            return
+        leaf = tls.leaf
+        if leaf is not None:
+            try:
+                self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
+            except Exception as exc:  # a verified but odd certificate must not kill the connection
+                self._identity = {"parse_error": type(exc).__name__}
+        self._phase = _CONNECTING
+        self._arm(self._lr.listener.timeouts.connect)
+        self._connect_task = asyncio.get_running_loop().create_task(self._connect_backend())
+        self._read_plaintext()  # bytes that came with the client's Finished
+
+    def _flush_tls(self) -> None:
+        if self._tls is not None:
+            out = self._tls.outgoing()
+            if out:
+                self._write_raw(out)
+
+    def _write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self._bytes_out += len(data)
+            self.transport.write(data)
+
+    def _send_plain(self, data: bytes) -> None:
+        assert self._tls is not None
+        try:
+            self._tls.write(data)
+        except TlsFailure as exc:
+            self._finish(exc.reason, exc.detail)
+            return
+        self._flush_tls()
+
+    def _read_plaintext(self) -> None:
+        assert self._tls is not None
+        try:
+            data, eof = self._tls.read()
+        except TlsFailure as exc:
+            self._flush_tls()
+            self._finish(exc.reason, exc.detail)
+            return
+        self._flush_tls()
+        if data:
+            if self._phase == _RELAY:
+                assert self._backend is not None and self._backend.transport is not None
+                self._backend.transport.write(data)
+            else:
+                self._pending.append(data)
+                self._pending_size += len(data)
+                if self._pending_size > _PENDING_MAX:
+                    self.pause_client_reading()
+        if eof:
+            self.eof_received()
+
+    # ------------------------------------------------------------------ backend
+    async def _connect_backend(self) -> None:
+        ls = self._lr.listener
+        loop = asyncio.get_running_loop()
+        try:
+            _, proto = await loop.create_connection(
+                lambda: _Backend(self), ls.backend.address.host, ls.backend.address.port)
+        except OSError as exc:
+            self._backend_failed(Reason.BACKEND_UNAVAILABLE, f"{ls.backend.address}: {exc.strerror or exc}")
+            return
+        finally:
+            self._connect_task = None
+        if self._phase == _CLOSED:
+            if proto.transport is not None:
+                proto.transport.close()
+            return
+        self._backend = proto
+        if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
+            self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP)
+        elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
+            self._backend_filter = SmtpBackendFilter(consume_greeting=ls.protocol is Protocol.SMTP)
+        else:
+            self._start_relay()
+
+    def _backend_failed(self, reason: Reason, detail: str) -> None:
+        proto = self._lr.listener.protocol
+        if self._tls is not None and self._tls.established:
+            if proto in (Protocol.IMAP, Protocol.IMAPS):
+                self._send_plain(imap_unavailable("Service temporarily unavailable"))
+            elif proto in (Protocol.SMTP, Protocol.SMTPS):
+                self._send_plain(smtp_unavailable("Service temporarily unavailable"))
+        self._finish(reason, detail)
+
+    def _start_relay(self) -> None:
+        self._phase = _RELAY
+        self._arm(self._lr.listener.timeouts.idle)
+        backend = self._backend
+        assert backend is not None and backend.transport is not None
+        if self._pending:
+            backend.transport.write(b"".join(self._pending))
+            self._pending.clear()
+            self._pending_size = 0
+        self.resume_client_reading()
+
+    def backend_data(self, data: bytes) -> None:
+        """Bytes from the backend: filtered for mail protocols, then encrypted to the client."""
+        self._last_io = time.monotonic()
+        filt = self._backend_filter
+        if filt is None:
+            self._send_plain(data)
+            return
+        for action in filt.receive_data(data):
+            if isinstance(action, Send):
+                self._send_plain(action.data)
+            elif isinstance(action, Close):
+                self._backend_failed(action.reason, action.detail)
+                return
+        if self._phase == _CONNECTING and filt.greeting_done:
+            self._start_relay()
+
+    def backend_closed(self, exc: Exception | None) -> None:
+        """The backend went away: end the client side cleanly (close_notify, then close)."""
+        if self._phase == _CLOSED:
+            return
+        if self._phase == _CONNECTING:
+            self._backend_failed(Reason.BACKEND_REFUSED, "closed before greeting")
+            return
+        self._finish(Reason.OK, "backend closed" if exc is None else f"backend reset: {exc}")
+
+    # ------------------------------------------------------------------ flow control
+    def pause_writing(self) -> None:
+        if self._backend is not None and self._backend.transport is not None:
+            self._backend.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._backend is not None and self._backend.transport is not None:
+            self._backend.transport.resume_reading()
+
+    def pause_client_reading(self) -> None:
+        """Stop reading from the client (backend slow, or plaintext piling up before the relay)."""
+        if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        """Read from the client again."""
+        if self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ end
+    def _finish(self, reason: Reason, detail: str = "") -> None:
+        if self._phase == _CLOSED:
+            return
+        phase = self._phase
+        self._phase = _CLOSED
+        self._reason, self._detail = reason, detail
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._connect_task is not None:
+            self._connect_task.cancel()
+            self._connect_task = None
+        if self._tls is not None and self._tls.established:
+            self._tls.close_notify()
+            out = self._tls.outgoing()
+            if out:
+                self._write_raw(out)
+        if self.transport is not None:
+            self.transport.close()
+        if self._backend is not None and self._backend.transport is not None:
+            self._backend.transport.close()
+        STATS.active -= 1
+        STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
+        self._log_event(phase)
+
+    def _log_event(self, phase: int) -> None:
+        reason = self._reason or Reason.INTERNAL_ERROR
+        event: dict[str, Any] = {
+            "conn_id": self.id,
+            "listener": self._lr.listener.name,
+            "peer": self.peer,
+            "flow": self._flow,
+            "sni": self._sni,
+            "reason": reason.value,
+            "phase": _PHASE_NAMES[phase],
+            "bytes_in": self._bytes_in,
+            "bytes_out": self._bytes_out,
+            "duration_ms": round((time.monotonic() - self._started) * 1000, 1),
+        }
+        if self._detail:
+            event["detail"] = self._detail
+        tls = self._tls
+        if tls is not None and tls.established:
+            event["tls_version"] = tls.version
+            event["cipher"] = tls.cipher
+        if tls is not None and tls.state.authority:
+            event["authority"] = tls.state.authority
+        if self._identity:
+            event["identity"] = self._identity
+        event["outcome"] = _outcome(reason)
+        for observer in OBSERVERS:
+            observer(event)
+        log: Callable[..., None] = _log.info if event["outcome"] != "refused" else _log.warning
+        log("connection", **event)
+
+
+_NOT_REFUSALS = frozenset({Reason.OK, Reason.CLIENT_QUIT, Reason.CLIENT_CLOSED, Reason.CLIENT_RESET,
+                           Reason.SHUTDOWN})
+
+
+def _outcome(reason: Reason) -> str:
+    """``ok`` for a served connection, ``closed`` when the client left early, else ``refused``."""
+    if reason is Reason.OK:
+        return "ok"
+    return "closed" if reason in _NOT_REFUSALS else "refused"

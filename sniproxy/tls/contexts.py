@@ -1,0 +1,149 @@
+"""Compile a validated ``Config`` into an immutable runtime ``Snapshot``.
+
+One OpenSSL context per flow, built once, with that flow's own certificate, verify mode, trust
+store and CA-name list. A connection is created directly with its flow's context (the flow is
+chosen from the ClientHello before the SSL object exists), so OpenSSL's SNI context switch and
+its trap (the verify mode and CA names of the first context staying in force) never happen.
+This module reads files; it must not touch sockets or the event loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from OpenSSL import SSL, crypto
+
+from sniproxy.config.model import AuthoritySet, ClientAuth, Config, Flow, Listener, Profile
+from sniproxy.errors import ConfigError
+from sniproxy.routing import RouteTable
+from sniproxy.tls.verify import AuthorityTrust, FlowRules, compile_authority, verify_callback
+
+# pyOpenSSL exports it at run time but its stubs lack it (SSL_OP_NO_RENEGOTIATION, OpenSSL 1.1.0h+).
+_OP_NO_RENEGOTIATION: int = getattr(SSL, "OP_NO_RENEGOTIATION", 0x40000000)
+_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRuntime:
+    """A flow ready to serve: its OpenSSL context and its authorization rules."""
+
+    flow: Flow
+    context: SSL.Context
+    rules: FlowRules
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerRuntime:
+    """A listener's config and its compiled route table."""
+
+    listener: Listener
+    routes: RouteTable
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything a connection needs, immutable; a reload builds a new one and swaps it."""
+
+    config: Config
+    flows: dict[str, FlowRuntime]
+    listeners: dict[str, ListenerRuntime]
+    generation: int = 0
+
+
+def read_certs(path: Path) -> list[x509.Certificate]:
+    """Every certificate of a PEM file, in file order."""
+    try:
+        certs = x509.load_pem_x509_certificates(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read certificates: {exc}", file=str(path)) from exc
+    return certs
+
+
+def _authority(aset: AuthoritySet) -> AuthorityTrust:
+    roots = [c for p in aset.roots for c in read_certs(p)]
+    inter = [c for p in aset.intermediates for c in read_certs(p)]
+    return compile_authority(aset.name, aset.test, roots, inter)
+
+
+def _verify_mode(mode: ClientAuth) -> int:
+    if mode is ClientAuth.REQUIRED:
+        return SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+    if mode is ClientAuth.OPTIONAL:
+        return SSL.VERIFY_PEER
+    return SSL.VERIFY_NONE
+
+
+def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> SSL.Context:
+    """The OpenSSL server context of one flow."""
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(_VERSIONS[flow.tls.min_version])
+    options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | _OP_NO_RENEGOTIATION
+    if not flow.tls.session_tickets:
+        options |= SSL.OP_NO_TICKET
+    ctx.set_options(options)
+    ctx.set_cipher_list(flow.tls.ciphers.encode())
+    # No session cache: every connection runs a full handshake, so resumption can never skip the
+    # card checks (revocation included) that run in the verify callback.
+    ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+    ctx.set_session_id(b"sniproxy-" + flow.name.encode()[:20])
+    # Idle IMAP connections last hours: let OpenSSL free its read/write buffers between records.
+    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+    try:
+        ctx.use_certificate_chain_file(str(flow.certificate))
+        ctx.use_privatekey_file(str(flow.key))
+        ctx.check_privatekey()
+    except SSL.Error as exc:
+        raise ConfigError(f"flow {flow.name}: certificate/key unusable: {exc}", file=str(flow.certificate),
+                          key=f"flows.{flow.name}.certificate") from exc
+    store = ctx.get_cert_store()
+    assert store is not None
+    names: list[crypto.X509Name] = []
+    for auth in authorities:
+        for cert in (*auth.roots, *auth.intermediates):
+            x = crypto.X509.from_cryptography(cert)
+            store.add_cert(x)
+            names.append(x.get_subject())
+    if flow.client_auth is not ClientAuth.NONE:
+        # OpenSSL sends no CA names unless told; card middleware picks the certificate from this list.
+        ctx.set_client_ca_list(names)
+    ctx.set_verify(_verify_mode(flow.client_auth), verify_callback)
+    ctx.set_verify_depth(flow.verify_depth)
+    return ctx
+
+
+def compile_snapshot(config: Config, generation: int = 0) -> Snapshot:
+    """Build every flow context and route table of a config."""
+    trust = {name: _authority(a) for name, a in config.authorities.items() if a.enabled}
+    flows: dict[str, FlowRuntime] = {}
+    for name, flow in config.flows.items():
+        auths = tuple(trust[a] for a in flow.authorities if a in trust)
+        refuse_test = flow.refuse_test_cards
+        if refuse_test is None:
+            refuse_test = config.profile is Profile.PRODUCTION
+        rules = FlowRules(
+            flow=name,
+            profile=config.profile,
+            authorities=auths,
+            card_types=frozenset(flow.card_types),
+            refuse_test_cards=refuse_test,
+            require_cert=flow.client_auth is ClientAuth.REQUIRED,
+        )
+        flows[name] = FlowRuntime(flow, build_flow_context(flow, auths), rules)
+    listeners = {ls.name: ListenerRuntime(ls, RouteTable.from_listener(ls)) for ls in config.listeners}
+    return Snapshot(config, flows, listeners, generation)
+
+
+class SnapshotHolder:
+    """Holds the current snapshot; a connection reads ``current`` once, at accept, and keeps it."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        """Install a new snapshot (one attribute store: atomic for the event loop) and return the old."""
+        old, self.current = self.current, snapshot
+        return old

@@ -1,0 +1,129 @@
+"""One server-side TLS session over memory BIOs (pyOpenSSL), with no socket and no event loop.
+
+The connection driver feeds it ciphertext and takes back ciphertext to send; plaintext goes in
+and out through ``write`` and ``read``. Failures become ``TlsFailure`` carrying a stable reason.
+See docs/decisions/0001-tls-engine.md for why pyOpenSSL over memory BIOs.
+"""
+
+from __future__ import annotations
+
+from cryptography import x509
+from OpenSSL import SSL
+
+from sniproxy.errors import Reason
+from sniproxy.tls.contexts import FlowRuntime
+from sniproxy.tls.verify import VerifyState
+
+_CHUNK = 65536
+_RECORD = 16384
+
+
+class TlsFailure(Exception):
+    """The TLS session cannot go on; ``reason`` says why in the project's stable vocabulary."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _ssl_error_text(exc: SSL.Error) -> str:
+    """OpenSSL's error queue as one short line (the reason strings, not the library codes)."""
+    parts = []
+    for item in exc.args[0] if exc.args and isinstance(exc.args[0], list) else []:
+        if isinstance(item, tuple) and len(item) == 3:
+            parts.append(str(item[2]))
+    return "; ".join(parts) or type(exc).__name__
+
+
+class TlsSession:
+    """The server side of one TLS connection, created with its flow's context."""
+
+    __slots__ = ("_conn", "established", "flow", "state")
+
+    def __init__(self, runtime: FlowRuntime) -> None:
+        self.flow = runtime
+        self.state = VerifyState(runtime.rules)
+        conn = SSL.Connection(runtime.context, None)
+        conn.set_app_data(self.state)
+        conn.set_accept_state()
+        self._conn = conn
+        self.established = False
+
+    def _failure(self, exc: SSL.Error) -> TlsFailure:
+        text = _ssl_error_text(exc)
+        if self.state.reason is not None:
+            return TlsFailure(self.state.reason, self.state.detail or text)
+        if "peer did not return a certificate" in text or "certificate required" in text:
+            return TlsFailure(Reason.NO_CLIENT_CERT, text)
+        return TlsFailure(Reason.HANDSHAKE_FAILED, text)
+
+    def feed(self, data: bytes) -> None:
+        """Give the session ciphertext received from the client."""
+        self._conn.bio_write(data)
+
+    def outgoing(self) -> bytes:
+        """Take every byte of ciphertext the session wants sent to the client."""
+        out = []
+        while True:
+            try:
+                out.append(self._conn.bio_read(_CHUNK))
+            except SSL.WantReadError:
+                break
+        return b"".join(out)
+
+    def handshake(self) -> bool:
+        """Advance the handshake; True once it is complete. Raises ``TlsFailure``."""
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise self._failure(exc) from None
+        self.established = True
+        return True
+
+    def read(self) -> tuple[bytes, bool]:
+        """Decrypt what has been fed: (plaintext, the client sent close_notify). Raises ``TlsFailure``."""
+        out = []
+        while True:
+            try:
+                out.append(self._conn.recv(_CHUNK))
+            except SSL.WantReadError:
+                return b"".join(out), False
+            except SSL.ZeroReturnError:
+                return b"".join(out), True
+            except SSL.Error as exc:
+                raise self._failure(exc) from None
+
+    def write(self, data: bytes) -> None:
+        """Encrypt plaintext for the client (take it back with ``outgoing``). Raises ``TlsFailure``."""
+        view = memoryview(data)
+        try:
+            while view:
+                n = self._conn.send(view[:_RECORD])
+                view = view[n:]
+        except SSL.Error as exc:
+            raise self._failure(exc) from None
+
+    def close_notify(self) -> None:
+        """Queue a close_notify alert; errors are ignored since the connection is ending anyway."""
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            pass
+
+    @property
+    def leaf(self) -> x509.Certificate | None:
+        """The verified client certificate, if any."""
+        return self.state.chain.get(0) if self.state.called else None
+
+    @property
+    def version(self) -> str:
+        """Negotiated protocol version, e.g. ``TLSv1.3``."""
+        return self._conn.get_protocol_version_name()
+
+    @property
+    def cipher(self) -> str:
+        """Negotiated cipher suite name."""
+        return self._conn.get_cipher_name() or ""

@@ -1,0 +1,195 @@
+"""Client-card verification: OpenSSL builds and checks the chain, this module decides and names why.
+
+Owns the per-connection verify state, the mapping from OpenSSL's X509_V_ERR codes to stable
+``Reason`` values, and the flow's authorization rules (which authority set, usage, card type,
+test vs production). It must not do I/O or logging: the connection driver logs the outcome.
+
+Why a per-depth callback instead of a post-handshake check: a refusal inside the callback makes
+OpenSSL abort the handshake with an alert, so a refused card never gets an established TLS session
+and the client learns it at the handshake, as with nginx or HAProxy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from OpenSSL import SSL, crypto
+
+from sniproxy.config.model import CardType, Profile
+from sniproxy.errors import Reason
+from sniproxy.tls.identity import is_test_issuer
+
+# X509_V_ERR_* codes (openssl/x509_vfy.h), stable across OpenSSL 1.1 to 4.0.
+_UNKNOWN_CA_CODES = frozenset({2, 3, 20, 21, 19, 24, 25})
+_ERRNO_REASON: dict[int, Reason] = {
+    7: Reason.BAD_CERTIFICATE,       # CERT_SIGNATURE_FAILURE
+    9: Reason.NOT_YET_VALID,         # CERT_NOT_YET_VALID
+    10: Reason.EXPIRED,              # CERT_HAS_EXPIRED
+    18: Reason.SELF_SIGNED,          # DEPTH_ZERO_SELF_SIGNED_CERT
+    22: Reason.CHAIN_TOO_DEEP,       # CERT_CHAIN_TOO_LONG
+    26: Reason.WRONG_USAGE,          # INVALID_PURPOSE (EKU/KU not fit for a TLS client)
+    28: Reason.WRONG_USAGE,          # CERT_REJECTED
+    68: Reason.BAD_CERTIFICATE,      # CA_KEY_TOO_SMALL
+    66: Reason.BAD_CERTIFICATE,      # EE_KEY_TOO_SMALL
+    67: Reason.BAD_CERTIFICATE,      # CA_MD_TOO_WEAK
+}
+_CARD_TYPE_CODES: dict[int, CardType] = {0: CardType.CPS, 1: CardType.CPF, 2: CardType.CPE, 3: CardType.CPA}
+_OID_CARD_TYPE = x509.ObjectIdentifier("1.2.250.1.71.1.2.2")
+_OID_CATEGORY = x509.ObjectIdentifier("1.2.250.1.71.1.2.5")
+_DER = Encoding.DER
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorityTrust:
+    """One compiled authority set: its CA certificates and their SHA-256 fingerprints."""
+
+    name: str
+    test: bool
+    roots: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...]
+    fingerprints: frozenset[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRules:
+    """What a flow demands of a card once OpenSSL has verified its chain."""
+
+    flow: str
+    profile: Profile
+    authorities: tuple[AuthorityTrust, ...]
+    card_types: frozenset[CardType]
+    refuse_test_cards: bool
+    require_cert: bool
+
+
+@dataclass(slots=True)
+class VerifyState:
+    """What the verify callback saw on one connection (set as the SSL connection's app data)."""
+
+    rules: FlowRules
+    chain: dict[int, x509.Certificate] = field(default_factory=dict)
+    reason: Reason | None = None
+    detail: str = ""
+    authority: str | None = None
+    called: bool = False
+
+    def refuse(self, reason: Reason, detail: str) -> bool:
+        """Record the first refusal (later depths must not overwrite the root cause)."""
+        if self.reason is None:
+            self.reason = reason
+            self.detail = detail
+        return False
+
+
+def _x509_error(errno: int, depth: int) -> str:
+    """OpenSSL's own words for a verify error, for the log (``X509_verify_cert_error_string``)."""
+    try:
+        from OpenSSL._util import ffi, lib  # pyOpenSSL exposes no public wrapper for this string
+
+        text = ffi.string(lib.X509_verify_cert_error_string(errno)).decode()
+    except Exception:
+        text = "verify error"
+    return f"{text} (X509_V_ERR {errno}) at depth {depth}"
+
+
+def _fingerprint(cert: x509.Certificate) -> bytes:
+    return hashlib.sha256(cert.public_bytes(_DER)).digest()
+
+
+
+def compile_authority(name: str, test: bool, roots: list[x509.Certificate],
+                      intermediates: list[x509.Certificate]) -> AuthorityTrust:
+    """Build the runtime form of an authority set."""
+    fps = frozenset(_fingerprint(c) for c in (*roots, *intermediates))
+    return AuthorityTrust(name, test, tuple(roots), tuple(intermediates), fps)
+
+
+def _unknown_ca_reason(state: VerifyState, cert: x509.Certificate) -> Reason:
+    """Tell a foreign chain from a test chain on production (or the reverse on a test platform)."""
+    issuer_is_test = is_test_issuer(cert.issuer)
+    if state.rules.profile is Profile.PRODUCTION and issuer_is_test:
+        return Reason.TEST_CHAIN
+    if state.rules.profile is Profile.TEST and not issuer_is_test:
+        return Reason.PRODUCTION_CHAIN
+    return Reason.UNKNOWN_CA
+
+
+def _int_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
+    """Decode a small DER INTEGER or 1-byte OCTET STRING private extension; None when absent or odd."""
+    try:
+        ext = cert.extensions.get_extension_for_oid(oid)
+    except x509.ExtensionNotFound:
+        return None
+    value = ext.value
+    raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
+    if len(raw) >= 3 and raw[0] in (0x02, 0x04) and raw[1] == len(raw) - 2 and raw[1] <= 4:
+        return int.from_bytes(raw[2:], "big", signed=raw[0] == 0x02)
+    return None
+
+
+def authorize(state: VerifyState, leaf: x509.Certificate) -> bool:
+    """Apply the flow's rules to a chain OpenSSL has accepted. Returns False (and records why) to refuse."""
+    rules = state.rules
+    authority = None
+    for depth in sorted(state.chain, reverse=True):
+        fp = _fingerprint(state.chain[depth])
+        authority = next((a for a in rules.authorities if fp in a.fingerprints), None)
+        if authority is not None:
+            break
+    if authority is None:
+        # The store holds only this flow's sets, so this means a trust material mix-up: refuse.
+        return state.refuse(Reason.UNKNOWN_CA, "chain anchors in no authority set of this flow")
+    state.authority = authority.name
+    if authority.test and rules.profile is Profile.PRODUCTION:
+        return state.refuse(Reason.TEST_CHAIN, f"authority {authority.name} is a test chain")
+    if not authority.test and rules.profile is Profile.TEST:
+        return state.refuse(Reason.PRODUCTION_CHAIN, f"authority {authority.name} is production")
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+            return state.refuse(Reason.WRONG_USAGE, "extended key usage lacks clientAuth")
+    except x509.ExtensionNotFound:
+        return state.refuse(Reason.WRONG_USAGE, "no extended key usage extension")
+    try:
+        ku = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.digital_signature:
+            return state.refuse(Reason.WRONG_USAGE, "key usage lacks digitalSignature")
+    except x509.ExtensionNotFound:
+        pass
+    category = _int_ext(leaf, _OID_CATEGORY)
+    if rules.refuse_test_cards and category is not None and category & 0x80:
+        return state.refuse(Reason.TEST_CARD, f"product category 0x{category:02x} is a test card")
+    if rules.card_types:
+        code = _int_ext(leaf, _OID_CARD_TYPE)
+        card_type = _CARD_TYPE_CODES.get(code) if code is not None else None
+        if card_type not in rules.card_types:
+            return state.refuse(Reason.CARD_TYPE, f"card type {card_type or code} not accepted by this flow")
+    return True
+
+
+def verify_callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+    """OpenSSL's per-depth callback, called from the highest depth down to the leaf.
+
+    Must never raise: an exception here would surface as an unrelated handshake error.
+    """
+    state = conn.get_app_data()
+    if not isinstance(state, VerifyState):
+        return False
+    state.called = True
+    try:
+        c = cert.to_cryptography()
+        state.chain[depth] = c
+        if not ok:
+            if errno in _UNKNOWN_CA_CODES:
+                return state.refuse(_unknown_ca_reason(state, c), _x509_error(errno, depth))
+            reason = _ERRNO_REASON.get(errno, Reason.BAD_CERTIFICATE)
+            return state.refuse(reason, _x509_error(errno, depth))
+        if depth == 0:
+            return authorize(state, c)
+        return True
+    except Exception as exc:  # fail closed on anything unexpected in a client-supplied certificate
+        return state.refuse(Reason.BAD_CERTIFICATE, f"{type(exc).__name__} at depth {depth}")
