@@ -1,0 +1,71 @@
+"""Fixtures starting real peers (private Dovecot and Postfix) for the integration tests.
+
+A peer that cannot start fails the test under ``CI=true`` and skips it otherwise (see ``fail_or_skip``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import fail_or_skip
+from tests.integration.peers import Dovecot, PeerStartError, Postfix, start_dovecot, start_postfix
+
+
+def require_binary(name: str) -> str:
+    """Path of executable ``name``; fails under ``CI=true``, skips otherwise, when it is not installed."""
+    path = shutil.which(name)
+    if path is None:
+        fail_or_skip(f"{name!r} not found in PATH: run scripts/install-test-deps.sh")
+    return path
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        fail_or_skip(f"a private {what} needs root (it switches to its service users)")
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot 2.3 for the whole session.
+
+    Attributes: ``host``, ``imap_port``, ``imap_haproxy_port`` (PROXY v1/v2 required, trusted from
+    127.0.0.0/8 and ::1), ``lmtp_port``, ``log_path``, ``read_log()``, ``wait_for_log(needle)``, ``users``,
+    ``master_users``, ``master_separator``, ``add_user()``, ``add_master_user()``, ``stop()``.
+    Shared by every test: add users with new names rather than changing existing ones.
+    """
+    require_binary("dovecot")
+    require_binary("doveadm")
+    _require_root("Dovecot")
+    try:
+        d = start_dovecot()
+    except PeerStartError as e:
+        fail_or_skip(f"private Dovecot did not start: {e}")
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def postfix(dovecot: Dovecot) -> Iterator[Postfix]:
+    """A private Postfix 3.7 smtpd for the whole session, delivering ``@example.test`` to ``dovecot`` by LMTP.
+
+    Attributes: ``host``, ``smtp_port``, ``lmtp_port``, ``config_dir``, ``log_path``, ``read_log()``,
+    ``wait_for_log(needle)``, ``postconf(**settings)`` (then reload), ``stop()``. XCLIENT is allowed from
+    127.0.0.0/8.
+    """
+    require_binary("postfix")
+    require_binary("postconf")
+    _require_root("Postfix")
+    try:
+        p = start_postfix(dovecot.lmtp_port)
+    except PeerStartError as e:
+        fail_or_skip(f"private Postfix did not start: {e}")
+    try:
+        yield p
+    finally:
+        p.stop()

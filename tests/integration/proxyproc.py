@@ -1,0 +1,99 @@
+"""Run the real ``sniproxy run`` as a child process and read its JSON event log."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class ProxyProcess:
+    """A sniproxy child process with its stderr parsed into events as they come."""
+
+    def __init__(self, config: Path, *, wait_ports: list[tuple[str, int]], timeout: float = 15.0) -> None:
+        self.config = config
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sniproxy", "run", "-c", str(config)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+        )
+        self.lines: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        for host, port in wait_ports:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"sniproxy exited {self.proc.returncode}:\n" + "\n".join(self.lines))
+                try:
+                    with socket.create_connection((host, port), timeout=0.5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        self.stop()
+                        raise RuntimeError("sniproxy did not listen:\n" + "\n".join(self.lines)) from None
+                    time.sleep(0.05)
+        # the port probes above are connections too; let their events land, then forget them
+        time.sleep(0.2)
+        with self._lock:
+            self.events.clear()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            with self._lock:
+                self.lines.append(line)
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict):
+                    self.events.append(ev)
+
+    def connection_events(self) -> list[dict[str, Any]]:
+        """Every ``connection`` event so far."""
+        with self._lock:
+            return [e for e in self.events if e.get("event") == "connection"]
+
+    def wait_event(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """The first connection event matching ``pred``; fails after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self.connection_events():
+                if pred(ev):
+                    return ev
+            time.sleep(0.05)
+        raise AssertionError(f"no matching event in {timeout}s; events: {self.connection_events()}")
+
+    def clear(self) -> None:
+        """Forget events seen so far."""
+        with self._lock:
+            self.events.clear()
+
+    def log_text(self) -> str:
+        """The whole stderr so far."""
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def stop(self) -> int:
+        """SIGTERM, bounded wait, then SIGKILL."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._reader.join(timeout=2)
+        return self.proc.returncode
