@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from sniproxy.config.model import Protocol
 from sniproxy.errors import Reason
@@ -66,9 +66,9 @@ class _Backend(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
 
     def data_received(self, data: bytes) -> None:
         self.owner.backend_data(data)
@@ -151,9 +151,9 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         self._started = time.monotonic()
@@ -186,6 +186,13 @@ class ClientConnection(asyncio.Protocol):
         return False
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._client_data(data)
+        except Exception as exc:  # the one catch-all: a bug here must close this connection, not others
+            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
+            self._finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+
+    def _client_data(self, data: bytes) -> None:
         self._bytes_in += len(data)
         self._last_io = time.monotonic()
         phase = self._phase
@@ -374,6 +381,13 @@ class ClientConnection(asyncio.Protocol):
 
     def backend_data(self, data: bytes) -> None:
         """Bytes from the backend: filtered for mail protocols, then encrypted to the client."""
+        try:
+            self._backend_data(data)
+        except Exception as exc:  # see data_received
+            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
+            self._finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+
+    def _backend_data(self, data: bytes) -> None:
         self._last_io = time.monotonic()
         filt = self._backend_filter
         if filt is None:

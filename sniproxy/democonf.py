@@ -74,8 +74,15 @@ def config_dict(pki: TestPki, ports: DemoPorts, *, profile: str = "production",
             "authorities": authorities, "flows": flows, "listeners": listeners, **ports.extra}
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Never write anchors/aliases: a config error must point at the line of its own flow."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def write_config(data: dict[str, Any], dest: Path) -> Path:
     """Write a config dict as YAML and return its path."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(yaml.safe_dump(data, sort_keys=False))
+    dest.write_text(yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False))
     return dest

@@ -21,7 +21,7 @@ from OpenSSL import SSL, crypto
 
 from sniproxy.config.model import CardType, Profile
 from sniproxy.errors import Reason
-from sniproxy.tls.identity import is_test_issuer
+from sniproxy.tls.identity import der_integer, der_octet, is_test_issuer
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h), stable across OpenSSL 1.1 to 4.0.
 _UNKNOWN_CA_CODES = frozenset({2, 3, 20, 21, 19, 24, 25})
@@ -119,16 +119,12 @@ def _unknown_ca_reason(state: VerifyState, cert: x509.Certificate) -> Reason:
 
 
 def _int_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
-    """Decode a small DER INTEGER or 1-byte OCTET STRING private extension; None when absent or odd."""
+    """A DER INTEGER private extension (decoded as the identity parser does); None when absent or odd."""
     try:
-        ext = cert.extensions.get_extension_for_oid(oid)
+        value = cert.extensions.get_extension_for_oid(oid).value
     except x509.ExtensionNotFound:
         return None
-    value = ext.value
-    raw = value.value if isinstance(value, x509.UnrecognizedExtension) else b""
-    if len(raw) >= 3 and raw[0] in (0x02, 0x04) and raw[1] == len(raw) - 2 and raw[1] <= 4:
-        return int.from_bytes(raw[2:], "big", signed=raw[0] == 0x02)
-    return None
+    return der_integer(value.value) if isinstance(value, x509.UnrecognizedExtension) else None
 
 
 def authorize(state: VerifyState, leaf: x509.Certificate) -> bool:
@@ -160,9 +156,19 @@ def authorize(state: VerifyState, leaf: x509.Certificate) -> bool:
             return state.refuse(Reason.WRONG_USAGE, "key usage lacks digitalSignature")
     except x509.ExtensionNotFound:
         pass
-    category = _int_ext(leaf, _OID_CATEGORY)
-    if rules.refuse_test_cards and category is not None and category & 0x80:
-        return state.refuse(Reason.TEST_CARD, f"product category 0x{category:02x} is a test card")
+    if rules.refuse_test_cards:
+        try:
+            ext = leaf.extensions.get_extension_for_oid(_OID_CATEGORY).value
+        except x509.ExtensionNotFound:
+            ext = None
+        if ext is not None:
+            raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
+            category = der_octet(raw)
+            # Present but unreadable: fail closed, it could be a test card.
+            if category is None:
+                return state.refuse(Reason.TEST_CARD, "unreadable product category extension")
+            if category & 0x80:
+                return state.refuse(Reason.TEST_CARD, f"product category 0x{category:02x} is a test card")
     if rules.card_types:
         code = _int_ext(leaf, _OID_CARD_TYPE)
         card_type = _CARD_TYPE_CODES.get(code) if code is not None else None

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from sniproxy.testpki import TestPki, build
 from tests.conftest import fail_or_skip
 from tests.integration.peers import Dovecot, PeerStartError, Postfix, start_dovecot, start_postfix
+from tests.integration.proxyproc import ProxyProcess
 
 
 def require_binary(name: str) -> str:
@@ -69,3 +73,34 @@ def postfix(dovecot: Dovecot) -> Iterator[Postfix]:
         yield p
     finally:
         p.stop()
+
+
+# ---------------------------------------------------------------------------- sniproxy under test
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    """The look-alike IGC CPS / IGC Santé PKI, generated once per session."""
+    return build(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def start_proxy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], ProxyProcess]]:
+    """Start ``sniproxy run`` on a config dict; every proxy started is stopped at teardown."""
+    from sniproxy.democonf import write_config
+
+    started: list[ProxyProcess] = []
+
+    def start(cfg: dict[str, Any]) -> ProxyProcess:
+        path = write_config(cfg, tmp_path / f"sniproxy-{len(started)}.yaml")
+        waits = []
+        for ls in cfg["listeners"]:
+            host, _, port = ls["bind"].rpartition(":")
+            waits.append((host.strip("[]"), int(port)))
+        proc = ProxyProcess(path, wait_ports=waits)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

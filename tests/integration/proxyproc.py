@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,23 +29,25 @@ class ProxyProcess:
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        # Wait for the proxy's own "ready" event (a port probe could reach another process).
         deadline = time.monotonic() + timeout
-        for host, port in wait_ports:
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"sniproxy exited {self.proc.returncode}:\n" + "\n".join(self.lines))
-                try:
-                    with socket.create_connection((host, port), timeout=0.5):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        self.stop()
-                        raise RuntimeError("sniproxy did not listen:\n" + "\n".join(self.lines)) from None
-                    time.sleep(0.05)
-        # the port probes above are connections too; let their events land, then forget them
-        time.sleep(0.2)
+        while not any(e.get("event") == "ready" for e in self._snapshot_events()):
+            if self.proc.poll() is not None:
+                self._reader.join(timeout=2)
+                raise RuntimeError(f"sniproxy exited {self.proc.returncode}:\n" + self.log_text())
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("sniproxy did not become ready:\n" + self.log_text())
+            time.sleep(0.02)
+        ready = next(e for e in self._snapshot_events() if e.get("event") == "ready")
+        missing = {f"{h}:{p}" for h, p in wait_ports} - set(ready.get("listening", []))
+        if missing and self.proc.poll() is None and '"supervisor"' not in self.log_text():
+            self.stop()
+            raise RuntimeError(f"sniproxy is not listening on {missing}:\n" + self.log_text())
+
+    def _snapshot_events(self) -> list[dict[str, Any]]:
         with self._lock:
-            self.events.clear()
+            return list(self.events)
 
     def _read(self) -> None:
         assert self.proc.stderr is not None
