@@ -7,10 +7,40 @@ this module only decides how events are rendered and filtered.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
 import structlog
+
+
+class LineLogger:
+    """Writes each rendered event as one ``write(2)`` of a whole line.
+
+    Worker processes share the supervisor's stderr; a single write per line keeps lines from
+    interleaving (writes up to PIPE_BUF bytes to a pipe are atomic, POSIX).
+    """
+
+    def __init__(self, fd: int = 2) -> None:
+        self._fd = fd
+
+    def msg(self, message: str) -> None:
+        """Write one line."""
+        data = (message + "\n").encode("utf-8", "replace")
+        while data:
+            try:
+                n = os.write(self._fd, data)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return  # stderr gone: logging must never take the proxy down
+            data = data[n:]
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+def _line_logger_factory(*_args: Any) -> LineLogger:
+    return LineLogger(sys.stderr.fileno())
 
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
@@ -24,7 +54,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_line_logger_factory,
         cache_logger_on_first_use=False,
     )
 
