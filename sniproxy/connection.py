@@ -69,6 +69,8 @@ class _Backend(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
+        # Attach now: the backend's greeting can arrive before create_connection's caller resumes.
+        self.owner.backend_attached(self)
 
     def data_received(self, data: bytes) -> None:
         self.owner.backend_data(data)
@@ -289,6 +291,8 @@ class ClientConnection(asyncio.Protocol):
                 self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
             except Exception as exc:  # a verified but odd certificate must not kill the connection
                 self._identity = {"parse_error": type(exc).__name__}
+        # The parsed chain is no longer needed; IMAP connections idle for hours, so free it now.
+        tls.state.chain.clear()
         self._phase = _CONNECTING
         self._arm(self._lr.listener.timeouts.connect)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_backend())
@@ -339,6 +343,11 @@ class ClientConnection(asyncio.Protocol):
     async def _connect_backend(self) -> None:
         ls = self._lr.listener
         loop = asyncio.get_running_loop()
+        # The filter must exist before the first backend byte can arrive (see _Backend.connection_made).
+        if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
+            self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP)
+        elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
+            self._backend_filter = SmtpBackendFilter(consume_greeting=ls.protocol is Protocol.SMTP)
         try:
             _, proto = await loop.create_connection(
                 lambda: _Backend(self), ls.backend.address.host, ls.backend.address.port)
@@ -347,17 +356,16 @@ class ClientConnection(asyncio.Protocol):
             return
         finally:
             self._connect_task = None
+        if self._phase == _CONNECTING and self._backend_filter is None and self._backend is proto:
+            self._start_relay()  # raw TCP: nothing to wait for
+
+    def backend_attached(self, backend: _Backend) -> None:
+        """The backend connection exists (called from its ``connection_made``)."""
         if self._phase == _CLOSED:
-            if proto.transport is not None:
-                proto.transport.close()
+            if backend.transport is not None:
+                backend.transport.close()
             return
-        self._backend = proto
-        if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
-            self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP)
-        elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
-            self._backend_filter = SmtpBackendFilter(consume_greeting=ls.protocol is Protocol.SMTP)
-        else:
-            self._start_relay()
+        self._backend = backend
 
     def _backend_failed(self, reason: Reason, detail: str) -> None:
         proto = self._lr.listener.protocol

@@ -243,7 +243,8 @@ def test_curl_imap_with_card(biflux: tuple[ProxyProcess, DemoPorts], pki: TestPk
          "--cacert", str(server_roots(pki)), "--cert", str(card.chain), "--key", str(card.key),
          "-u", "alice@example.test:alicepw", f"imap://{IMAP_SANTE}:{ports.imap}/"],
         capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
+    time.sleep(0.3)
+    assert r.returncode == 0, f"{r.stderr} {[(e['reason'], e['phase'], e.get('detail'), e['bytes_in']) for e in proxy.connection_events()]}"
     assert "INBOX" in r.stdout
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "ok" and ev["flow"] == "igcsante" and ev["sni"] == IMAP_SANTE
@@ -430,3 +431,23 @@ def test_workers_auto_serves(pki: TestPki, dovecot: Dovecot, start_proxy: StartP
         _served(proxy, lambda: _imap_try(ports.imap, pki, "fort", IMAP_SANTE))  # type: ignore[arg-type]
     assert len([e for e in proxy.connection_events() if e["reason"] == "ok"]) >= 1
     assert proxy.log_text().count('"event": "ready"') >= 2  # one per worker (2 cores here)
+
+
+def test_curl_smtp_with_card(biflux: tuple[ProxyProcess, DemoPorts], pki: TestPki, tmp_path: Any) -> None:
+    import subprocess
+
+    proxy, ports = biflux
+    card = pki.cards["cps-2ter"]
+    mail = tmp_path / "mail.txt"
+    mail.write_text("Subject: curl through sniproxy\r\n\r\nhello\r\n")
+    r = subprocess.run(
+        ["curl", "-sS", "--ssl-reqd", "--max-time", "20",
+         "--connect-to", f"{SMTP_2BIS}:{ports.smtp}:127.0.0.1:{ports.smtp}",
+         "--cacert", str(server_roots(pki)), "--cert", str(card.chain), "--key", str(card.key),
+         "--mail-from", "bob@example.test", "--mail-rcpt", "alice@example.test", "-T", str(mail),
+         f"smtp://{SMTP_2BIS}:{ports.smtp}/client.test"],
+        capture_output=True, text=True, timeout=30)
+    time.sleep(0.3)
+    assert r.returncode == 0, f"{r.stderr} {[(e['reason'], e['phase'], e.get('detail'), e['bytes_in']) for e in proxy.connection_events()]}"
+    ev = proxy.wait_event(lambda e: e["listener"] == "smtp")
+    assert ev["reason"] == "ok" and ev["flow"] == "2bis" and ev["identity"]["idnat_ps"] == "810001234567"
