@@ -11,11 +11,11 @@ The backend is an unchanged Dovecot reached in plaintext, so it advertises ``STA
 from __future__ import annotations
 
 import re
-from enum import Enum
 
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Close, Send, StartTls
-from sniproxy.proto.linebuf import LineBuffer, LineTooLong, safe_text, strip_eol
+from sniproxy.proto.linebuf import LineTooLong, safe_text, strip_eol
+from sniproxy.proto.pretls import PreTlsDialog, State
 
 CAPABILITIES = b"IMAP4rev1 STARTTLS LOGINDISABLED"
 
@@ -23,20 +23,6 @@ CAPABILITIES = b"IMAP4rev1 STARTTLS LOGINDISABLED"
 # ATOM-CHAR excludes "(" ")" "{" SP CTL "%" "*" DQUOTE "\". Only a valid tag is ever echoed back.
 _TAG = re.compile(rb'[\x21-\x7e]+')
 _TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
-
-
-class _State(Enum):
-    DIALOG = "dialog"
-    TLS = "tls"          # StartTls returned: the dialog is over, the caller runs the handshake
-    CLOSED = "closed"
-
-
-# Transition table: the only moves the pre-TLS dialog makes.
-_TRANSITIONS: dict[_State, frozenset[_State]] = {
-    _State.DIALOG: frozenset({_State.TLS, _State.CLOSED}),
-    _State.TLS: frozenset(),
-    _State.CLOSED: frozenset(),
-}
 
 
 def imap_unavailable(detail: str) -> bytes:
@@ -53,7 +39,7 @@ def _valid_tag(tag: bytes) -> bool:
     return bool(_TAG.fullmatch(tag)) and not any(b in _TAG_FORBIDDEN for b in tag)
 
 
-class ImapPreTls:
+class ImapPreTls(PreTlsDialog):
     """The IMAP dialog before STARTTLS: greet, answer CAPABILITY/NOOP/LOGOUT, start TLS.
 
     Credentials are refused (``LOGINDISABLED``, RFC 9051 §6.2.3) and nothing is ever forwarded.
@@ -61,25 +47,7 @@ class ImapPreTls:
     (the CVE-2011-0411 class: such bytes must never be executed after the handshake).
     """
 
-    __slots__ = ("_commands", "_hostname", "_lines", "_max_commands", "_state")
-
-    def __init__(self, hostname: str, max_line: int = 8192, max_commands: int = 32) -> None:
-        if any(c in hostname for c in "\r\n\0") or not hostname.isascii():
-            raise ValueError("hostname must be one line of ASCII")
-        self._hostname = hostname.encode("ascii")
-        self._lines = LineBuffer(max_line)
-        self._max_commands = max_commands
-        self._commands = 0
-        self._state = _State.DIALOG
-
-    @property
-    def finished(self) -> bool:
-        """True once ``StartTls`` or ``Close`` was returned; later input is ignored."""
-        return self._state is not _State.DIALOG
-
-    def _move(self, new: _State) -> None:
-        assert new in _TRANSITIONS[self._state], (self._state, new)
-        self._state = new
+    __slots__ = ()
 
     def greeting(self) -> list[Action]:
         """The server greeting (RFC 9051 §7.1.1), with capabilities so clients skip a round trip."""
@@ -87,7 +55,7 @@ class ImapPreTls:
 
     def receive_data(self, data: bytes) -> list[Action]:
         """Feed bytes from the client; return what to send and whether to start TLS or close."""
-        if self._state is not _State.DIALOG:
+        if self._state is not State.DIALOG:
             return []
         self._lines.feed(data)
         out = bytearray()
@@ -95,13 +63,13 @@ class ImapPreTls:
             try:
                 line = self._lines.next_line()
             except LineTooLong:
-                self._move(_State.CLOSED)
+                self._move(State.CLOSED)
                 return _flush(out, b"* BYE Line too long\r\n", Close(Reason.LINE_TOO_LONG))
             if line is None:
                 return [Send(bytes(out))] if out else []
             self._commands += 1
             if self._commands > self._max_commands:
-                self._move(_State.CLOSED)
+                self._move(State.CLOSED)
                 return _flush(out, b"* BYE Too many commands\r\n", Close(Reason.TOO_MANY_COMMANDS))
             final = self._command(strip_eol(line), out)
             if final is not None:
@@ -123,7 +91,7 @@ class ImapPreTls:
         elif verb == b"NOOP":
             out += tag + b" OK NOOP completed\r\n"
         elif verb == b"LOGOUT":
-            self._move(_State.CLOSED)
+            self._move(State.CLOSED)
             return _flush(out, b"* BYE " + self._hostname + b" logging out\r\n" + tag
                           + b" OK LOGOUT completed\r\n", Close(Reason.CLIENT_QUIT))
         elif verb == b"STARTTLS":
@@ -131,10 +99,10 @@ class ImapPreTls:
                 # Bytes after STARTTLS arrived before our OK: a client cannot legitimately have
                 # sent them (RFC 9051 §6.2.1: TLS starts right after the tagged OK), so they are
                 # an injection attempt. Never start TLS with them pending.
-                self._move(_State.CLOSED)
+                self._move(State.CLOSED)
                 return _flush(out, tag + b" BAD [CLIENTBUG] Data pipelined after STARTTLS\r\n",
                               Close(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
-            self._move(_State.TLS)
+            self._move(State.TLS)
             return _flush(out, tag + b" OK Begin TLS negotiation now\r\n", StartTls())
         elif verb in (b"LOGIN", b"AUTHENTICATE"):
             out += tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first\r\n"

@@ -11,25 +11,11 @@ client is already on TLS and must not see it (RFC 3207 §4.2: not offered after 
 from __future__ import annotations
 
 import re
-from enum import Enum
 
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Close, Send, StartTls
-from sniproxy.proto.linebuf import LineBuffer, LineTooLong, safe_text, strip_eol
-
-
-class _State(Enum):
-    DIALOG = "dialog"
-    TLS = "tls"          # StartTls returned: the dialog is over, the caller runs the handshake
-    CLOSED = "closed"
-
-
-# Transition table: the only moves the pre-TLS dialog makes.
-_TRANSITIONS: dict[_State, frozenset[_State]] = {
-    _State.DIALOG: frozenset({_State.TLS, _State.CLOSED}),
-    _State.TLS: frozenset(),
-    _State.CLOSED: frozenset(),
-}
+from sniproxy.proto.linebuf import LineTooLong, safe_text, strip_eol
+from sniproxy.proto.pretls import PreTlsDialog, State
 
 _OK = b"250 2.0.0 OK\r\n"
 _SYNTAX = b"501 5.5.4 Syntax error in parameters\r\n"
@@ -46,7 +32,7 @@ def _one_line(text: str) -> bytes:
     return text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
 
 
-class SmtpPreTls:
+class SmtpPreTls(PreTlsDialog):
     """The SMTP dialog before STARTTLS: greet, answer EHLO/HELO/NOOP/RSET/QUIT, start TLS.
 
     No mail transaction and no AUTH is accepted (530, RFC 3207 §4). ``PIPELINING`` is not
@@ -54,25 +40,7 @@ class SmtpPreTls:
     after ``STARTTLS`` closes the connection instead of starting TLS (the CVE-2011-0411 class).
     """
 
-    __slots__ = ("_commands", "_hostname", "_lines", "_max_commands", "_state")
-
-    def __init__(self, hostname: str, max_line: int = 8192, max_commands: int = 32) -> None:
-        if any(c in hostname for c in "\r\n\0") or not hostname.isascii():
-            raise ValueError("hostname must be one line of ASCII")
-        self._hostname = hostname.encode("ascii")
-        self._lines = LineBuffer(max_line)
-        self._max_commands = max_commands
-        self._commands = 0
-        self._state = _State.DIALOG
-
-    @property
-    def finished(self) -> bool:
-        """True once ``StartTls`` or ``Close`` was returned; later input is ignored."""
-        return self._state is not _State.DIALOG
-
-    def _move(self, new: _State) -> None:
-        assert new in _TRANSITIONS[self._state], (self._state, new)
-        self._state = new
+    __slots__ = ()
 
     def greeting(self) -> list[Action]:
         """The 220 service-ready greeting (RFC 5321 §4.2, §3.1)."""
@@ -80,7 +48,7 @@ class SmtpPreTls:
 
     def receive_data(self, data: bytes) -> list[Action]:
         """Feed bytes from the client; return what to send and whether to start TLS or close."""
-        if self._state is not _State.DIALOG:
+        if self._state is not State.DIALOG:
             return []
         self._lines.feed(data)
         out = bytearray()
@@ -89,14 +57,14 @@ class SmtpPreTls:
                 line = self._lines.next_line()
             except LineTooLong:
                 # RFC 5321 §4.5.3.1.4 gives 500 for a too-long command line; we then close.
-                self._move(_State.CLOSED)
+                self._move(State.CLOSED)
                 return _flush(out, b"500 5.5.0 Line too long\r\n421 4.7.0 " + self._hostname
                               + b" Closing connection\r\n", Close(Reason.LINE_TOO_LONG))
             if line is None:
                 return [Send(bytes(out))] if out else []
             self._commands += 1
             if self._commands > self._max_commands:
-                self._move(_State.CLOSED)
+                self._move(State.CLOSED)
                 return _flush(out, b"421 4.7.0 " + self._hostname
                               + b" Too many commands, closing connection\r\n",
                               Close(Reason.TOO_MANY_COMMANDS))
@@ -130,16 +98,16 @@ class SmtpPreTls:
         elif verb == b"RSET":
             out += _OK
         elif verb == b"QUIT":
-            self._move(_State.CLOSED)
+            self._move(State.CLOSED)
             return _flush(out, b"221 2.0.0 Bye\r\n", Close(Reason.CLIENT_QUIT))
         elif verb == b"STARTTLS":
             if len(self._lines):
                 # RFC 3207 §4.2 and RFC 2920 §3.1: STARTTLS must be the last command of a group;
                 # bytes already queued behind it would be read as if sent over TLS. Refuse.
-                self._move(_State.CLOSED)
+                self._move(State.CLOSED)
                 return _flush(out, b"554 5.5.1 Error: command pipelined after STARTTLS\r\n",
                               Close(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
-            self._move(_State.TLS)
+            self._move(State.TLS)
             return _flush(out, b"220 2.0.0 Ready to start TLS\r\n", StartTls())
         else:
             out += _NEED_TLS     # MAIL, RCPT, DATA, BDAT, AUTH, VRFY, EXPN and the unknown
