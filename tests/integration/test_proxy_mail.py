@@ -78,6 +78,11 @@ def _imap_try(port: int, pki: TestPki, card: str | None, sni: str | None) -> str
     return cn
 
 
+def _outcomes(proxy: ProxyProcess) -> list[tuple[Any, ...]]:
+    """(reason, phase, detail) of every connection so far: what a failure message should show."""
+    return [(e["reason"], e["phase"], e.get("detail")) for e in proxy.connection_events()]
+
+
 def _served(proxy: ProxyProcess, client: Callable[[], object]) -> None:
     """Run a client that must succeed; on failure show what the proxy logged, to tell why."""
     try:
@@ -244,7 +249,7 @@ def test_curl_imap_with_card(biflux: tuple[ProxyProcess, DemoPorts], pki: TestPk
          "-u", "alice@example.test:alicepw", f"imap://{IMAP_SANTE}:{ports.imap}/"],
         capture_output=True, text=True, timeout=30)
     time.sleep(0.3)
-    assert r.returncode == 0, f"{r.stderr} {[(e['reason'], e['phase'], e.get('detail'), e['bytes_in']) for e in proxy.connection_events()]}"
+    assert r.returncode == 0, f"{r.stderr} {_outcomes(proxy)}"
     assert "INBOX" in r.stdout
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "ok" and ev["flow"] == "igcsante" and ev["sni"] == IMAP_SANTE
@@ -448,6 +453,6 @@ def test_curl_smtp_with_card(biflux: tuple[ProxyProcess, DemoPorts], pki: TestPk
          f"smtp://{SMTP_2BIS}:{ports.smtp}/client.test"],
         capture_output=True, text=True, timeout=30)
     time.sleep(0.3)
-    assert r.returncode == 0, f"{r.stderr} {[(e['reason'], e['phase'], e.get('detail'), e['bytes_in']) for e in proxy.connection_events()]}"
+    assert r.returncode == 0, f"{r.stderr} {_outcomes(proxy)}"
     ev = proxy.wait_event(lambda e: e["listener"] == "smtp")
     assert ev["reason"] == "ok" and ev["flow"] == "2bis" and ev["identity"]["idnat_ps"] == "810001234567"
