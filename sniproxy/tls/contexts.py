@@ -75,6 +75,19 @@ def _verify_mode(mode: ClientAuth) -> int:
     return SSL.VERIFY_NONE
 
 
+def _set_groups(ctx: SSL.Context, flow: Flow) -> None:
+    """Key-exchange groups (SSL_CTX_set1_curves_list, the older name of set1_groups_list).
+
+    pyOpenSSL has no wrapper, so this goes through the binding it ships; a failure is a config error,
+    never a silent fallback to OpenSSL's defaults.
+    """
+    from OpenSSL._util import lib
+
+    if lib.SSL_CTX_set1_curves_list(ctx._context, flow.tls.groups.encode()) != 1:
+        raise ConfigError(f"flow {flow.name}: unsupported key-exchange groups {flow.tls.groups!r}",
+                          key=f"flows.{flow.name}.tls.groups")
+
+
 def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> SSL.Context:
     """The OpenSSL server context of one flow."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -84,6 +97,7 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
         options |= SSL.OP_NO_TICKET
     ctx.set_options(options)
     ctx.set_cipher_list(flow.tls.ciphers.encode())
+    _set_groups(ctx, flow)
     # No session cache: every connection runs a full handshake, so resumption can never skip the
     # card checks (revocation included) that run in the verify callback.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
@@ -99,15 +113,13 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
                           key=f"flows.{flow.name}.certificate") from exc
     store = ctx.get_cert_store()
     assert store is not None
-    names: list[crypto.X509Name] = []
     for auth in authorities:
         for cert in (*auth.roots, *auth.intermediates):
             x = crypto.X509.from_cryptography(cert)
             store.add_cert(x)
-            names.append(x.get_subject())
-    if flow.client_auth is not ClientAuth.NONE:
-        # OpenSSL sends no CA names unless told; card middleware picks the certificate from this list.
-        ctx.set_client_ca_list(names)
+            if flow.client_auth is not ClientAuth.NONE:
+                # OpenSSL sends no CA names unless told; card middleware picks the card from this list.
+                ctx.add_client_ca(x)
     ctx.set_verify(_verify_mode(flow.client_auth), verify_callback)
     ctx.set_verify_depth(flow.verify_depth)
     return ctx

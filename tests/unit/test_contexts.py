@@ -1,0 +1,88 @@
+"""Per-flow OpenSSL contexts: TLS policy applied as configured."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from OpenSSL import SSL
+
+from sniproxy.config.model import ClientAuth, Flow, TlsPolicy
+from sniproxy.errors import ConfigError
+from sniproxy.testpki import TestPki, build
+from sniproxy.tls.contexts import build_flow_context
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return build(tmp_path_factory.mktemp("pki"))
+
+
+def _flow(pki: TestPki, **tls: str) -> Flow:
+    srv = pki.servers["igcsante"]
+    return Flow(name="f", certificate=srv.chain, key=srv.key, client_auth=ClientAuth.NONE,
+                tls=dataclasses.replace(TlsPolicy(), **tls))
+
+
+def _negotiated_group(server_ctx: SSL.Context, client_groups: str) -> str:
+    """Handshake in memory with a client offering ``client_groups``; return the group used."""
+    from OpenSSL._util import ffi, lib
+
+    server = SSL.Connection(server_ctx, None)
+    server.set_accept_state()
+    cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    assert lib.SSL_CTX_set1_curves_list(cctx._context, client_groups.encode()) == 1
+    client = SSL.Connection(cctx, None)
+    client.set_connect_state()
+    for _ in range(10):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    return ffi.string(lib.SSL_get0_group_name(server._ssl)).decode()
+
+
+def test_groups_are_applied(pki: TestPki) -> None:
+    ctx = build_flow_context(_flow(pki, groups="P-384"), ())
+    assert _negotiated_group(ctx, "X25519:P-384") in ("secp384r1", "P-384")
+    ctx = build_flow_context(_flow(pki, groups="X25519"), ())
+    assert _negotiated_group(ctx, "P-384:X25519").lower() == "x25519"
+
+
+def test_unknown_group_is_a_config_error(pki: TestPki) -> None:
+    with pytest.raises(ConfigError, match="groups"):
+        build_flow_context(_flow(pki, groups="NOPE-1"), ())
+
+
+def test_tls_1_1_is_never_negotiated(pki: TestPki, tmp_path: Path) -> None:
+    ctx = build_flow_context(_flow(pki), ())
+    server = SSL.Connection(ctx, None)
+    server.set_accept_state()
+    cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    cctx.set_max_proto_version(SSL.TLS1_1_VERSION)
+    client = SSL.Connection(cctx, None)
+    client.set_connect_state()
+    with pytest.raises(SSL.Error):
+        for _ in range(5):
+            try:
+                client.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                server.bio_write(client.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+            try:
+                server.do_handshake()
+            except SSL.WantReadError:
+                pass
+            try:
+                client.bio_write(server.bio_read(65536))
+            except SSL.WantReadError:
+                pass
