@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 from OpenSSL import SSL
@@ -25,14 +24,10 @@ def _flow(pki: TestPki, **tls: str) -> Flow:
                 tls=dataclasses.replace(TlsPolicy(), **tls))
 
 
-def _negotiated_group(server_ctx: SSL.Context, client_groups: str) -> str:
-    """Handshake in memory with a client offering ``client_groups``; return the group used."""
-    from OpenSSL._util import ffi, lib
-
+def _handshake(server_ctx: SSL.Context, cctx: SSL.Context) -> SSL.Connection:
+    """Run a handshake in memory between the two contexts; return the server side (raises SSL.Error)."""
     server = SSL.Connection(server_ctx, None)
     server.set_accept_state()
-    cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    assert lib.SSL_CTX_set1_curves_list(cctx._context, client_groups.encode()) == 1
     client = SSL.Connection(cctx, None)
     client.set_connect_state()
     for _ in range(10):
@@ -45,6 +40,16 @@ def _negotiated_group(server_ctx: SSL.Context, client_groups: str) -> str:
                 b.bio_write(a.bio_read(65536))
             except SSL.WantReadError:
                 pass
+    return server
+
+
+def _negotiated_group(server_ctx: SSL.Context, client_groups: str) -> str:
+    """The key-exchange group used with a client offering ``client_groups``."""
+    from OpenSSL._util import ffi, lib
+
+    cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    assert lib.SSL_CTX_set1_curves_list(cctx._context, client_groups.encode()) == 1
+    server = _handshake(server_ctx, cctx)
     return ffi.string(lib.SSL_get0_group_name(server._ssl)).decode()
 
 
@@ -60,29 +65,8 @@ def test_unknown_group_is_a_config_error(pki: TestPki) -> None:
         build_flow_context(_flow(pki, groups="NOPE-1"), ())
 
 
-def test_tls_1_1_is_never_negotiated(pki: TestPki, tmp_path: Path) -> None:
-    ctx = build_flow_context(_flow(pki), ())
-    server = SSL.Connection(ctx, None)
-    server.set_accept_state()
+def test_tls_1_1_is_never_negotiated(pki: TestPki) -> None:
     cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
     cctx.set_max_proto_version(SSL.TLS1_1_VERSION)
-    client = SSL.Connection(cctx, None)
-    client.set_connect_state()
     with pytest.raises(SSL.Error):
-        for _ in range(5):
-            try:
-                client.do_handshake()
-            except SSL.WantReadError:
-                pass
-            try:
-                server.bio_write(client.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-            try:
-                server.do_handshake()
-            except SSL.WantReadError:
-                pass
-            try:
-                client.bio_write(server.bio_read(65536))
-            except SSL.WantReadError:
-                pass
+        _handshake(build_flow_context(_flow(pki), ()), cctx)
