@@ -59,6 +59,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = get_logger("sniproxy.cli")
     for w in warnings:
         log.warning("config_warning", warning=w)
+    with_crl = sorted(n for n, a in cfg.authorities.items() if a.enabled and a.crl_sources)
+    if with_crl:
+        # CRL fetching and checking is not implemented yet: say so on every start, never silently.
+        log.warning("revocation_not_enforced", authorities=with_crl)
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
     return app.run(snapshot, workers)
 

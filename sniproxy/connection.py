@@ -97,6 +97,7 @@ class ClientConnection(asyncio.Protocol):
         "_backend_filter",
         "_bytes_in",
         "_bytes_out",
+        "_client_eof",
         "_connect_task",
         "_deadline",
         "_detail",
@@ -142,6 +143,7 @@ class ClientConnection(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._reading_paused = False
+        self._client_eof = False
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._last_io = 0.0
@@ -179,13 +181,30 @@ class ClientConnection(asyncio.Protocol):
             self._finish(Reason.CLIENT_RESET if exc else Reason.CLIENT_CLOSED, _PHASE_NAMES[self._phase])
 
     def eof_received(self) -> bool:
-        if self._phase == _RELAY and self._backend is not None and self._backend.transport is not None:
+        try:
+            return self._client_eof_received()
+        except Exception as exc:  # see data_received
+            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
+            self._finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+            return False
+
+    def _client_eof_received(self) -> bool:
+        if self._phase == _CONNECTING:
+            # Keep what the client sent before its EOF; it reaches the backend once it is ready.
+            self._client_eof = True
+            return True
+        bt = self._backend_transport()
+        if self._phase == _RELAY and bt is not None and bt.can_write_eof():
             # Half-close: let the backend finish answering; the idle timer bounds the wait.
-            if self._backend.transport.can_write_eof():
-                self._backend.transport.write_eof()
-                return True
+            bt.write_eof()
+            return True
         self.connection_lost(None)
         return False
+
+    def _backend_transport(self) -> asyncio.Transport | None:
+        """The backend transport if it can still be written to (uvloop raises on a closed one)."""
+        bt = self._backend.transport if self._backend is not None else None
+        return None if bt is None or bt.is_closing() else bt
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -286,6 +305,9 @@ class ClientConnection(asyncio.Protocol):
         if not done:
             return
         leaf = tls.leaf
+        if leaf is None and tls.flow.rules.require_cert:
+            self._finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
+            return
         if leaf is not None:
             try:
                 self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
@@ -329,15 +351,16 @@ class ClientConnection(asyncio.Protocol):
         self._flush_tls()
         if data:
             if self._phase == _RELAY:
-                assert self._backend is not None and self._backend.transport is not None
-                self._backend.transport.write(data)
+                bt = self._backend_transport()
+                if bt is not None:
+                    bt.write(data)
             else:
                 self._pending.append(data)
                 self._pending_size += len(data)
                 if self._pending_size > _PENDING_MAX:
                     self.pause_client_reading()
         if eof:
-            self.eof_received()
+            self._client_eof_received()
 
     # ------------------------------------------------------------------ backend
     async def _connect_backend(self) -> None:
@@ -353,6 +376,9 @@ class ClientConnection(asyncio.Protocol):
                 lambda: _Backend(self), ls.backend.address.host, ls.backend.address.port)
         except OSError as exc:
             self._backend_failed(Reason.BACKEND_UNAVAILABLE, f"{ls.backend.address}: {exc.strerror or exc}")
+            return
+        except Exception as exc:  # never let a task exception escape to the loop's handler
+            self._backend_failed(Reason.INTERNAL_ERROR, f"{ls.backend.address}: {type(exc).__name__}")
             return
         finally:
             self._connect_task = None
@@ -379,13 +405,22 @@ class ClientConnection(asyncio.Protocol):
     def _start_relay(self) -> None:
         self._phase = _RELAY
         self._arm(self._lr.listener.timeouts.idle)
-        backend = self._backend
-        assert backend is not None and backend.transport is not None
+        bt = self._backend_transport()
+        if bt is None:
+            self._finish(Reason.OK, "backend closed")
+            return
         if self._pending:
-            backend.transport.write(b"".join(self._pending))
+            bt.write(b"".join(self._pending))
             self._pending.clear()
             self._pending_size = 0
-        self.resume_client_reading()
+        if self._client_eof:
+            if bt.can_write_eof():
+                bt.write_eof()
+            return
+        # Resume only if the flush did not itself fill the backend's buffer (its pause_writing
+        # would otherwise be undone here).
+        if bt.get_write_buffer_size() <= _WRITE_HIGH:
+            self.resume_client_reading()
 
     def backend_data(self, data: bytes) -> None:
         """Bytes from the backend: filtered for mail protocols, then encrypted to the client."""
@@ -421,12 +456,14 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ flow control
     def pause_writing(self) -> None:
-        if self._backend is not None and self._backend.transport is not None:
-            self._backend.transport.pause_reading()
+        bt = self._backend_transport()
+        if bt is not None:
+            bt.pause_reading()
 
     def resume_writing(self) -> None:
-        if self._backend is not None and self._backend.transport is not None:
-            self._backend.transport.resume_reading()
+        bt = self._backend_transport()
+        if bt is not None:
+            bt.resume_reading()
 
     def pause_client_reading(self) -> None:
         """Stop reading from the client (backend slow, or plaintext piling up before the relay)."""

@@ -93,13 +93,15 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
     ctx.set_min_proto_version(_VERSIONS[flow.tls.min_version])
     options = SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | _OP_NO_RENEGOTIATION
-    if not flow.tls.session_tickets:
+    # A resumed session carries no card: never allow it where cards are checked (tickets would
+    # skip the verify callback for their whole lifetime).
+    if not flow.tls.session_tickets or flow.client_auth is not ClientAuth.NONE:
         options |= SSL.OP_NO_TICKET
     ctx.set_options(options)
     ctx.set_cipher_list(flow.tls.ciphers.encode())
     _set_groups(ctx, flow)
     # No session cache: every connection runs a full handshake, so resumption can never skip the
-    # card checks (revocation included) that run in the verify callback.
+    # card checks that run in the verify callback.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     ctx.set_session_id(b"sniproxy-" + flow.name.encode()[:20])
     # Idle IMAP connections last hours: let OpenSSL free its read/write buffers between records.

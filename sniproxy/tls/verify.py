@@ -131,7 +131,8 @@ def authorize(state: VerifyState, leaf: x509.Certificate) -> bool:
     """Apply the flow's rules to a chain OpenSSL has accepted. Returns False (and records why) to refuse."""
     rules = state.rules
     authority = None
-    for depth in sorted(state.chain, reverse=True):
+    # Nearest CA first: a root shared by two sets must not hide which intermediate issued the card.
+    for depth in sorted(d for d in state.chain if d > 0):
         fp = _fingerprint(state.chain[depth])
         authority = next((a for a in rules.authorities if fp in a.fingerprints), None)
         if authority is not None:

@@ -456,3 +456,21 @@ def test_curl_smtp_with_card(biflux: tuple[ProxyProcess, DemoPorts], pki: TestPk
     assert r.returncode == 0, f"{r.stderr} {_outcomes(proxy)}"
     ev = proxy.wait_event(lambda e: e["listener"] == "smtp")
     assert ev["reason"] == "ok" and ev["flow"] == "2bis" and ev["identity"]["idnat_ps"] == "810001234567"
+
+
+def test_commands_sent_before_client_eof_still_reach_the_backend(biflux: tuple[ProxyProcess, DemoPorts],
+                                                                 pki: TestPki, dovecot: Dovecot) -> None:
+    """A client that writes its commands and half-closes at once (a script, s_client < file) is served."""
+    proxy, ports = biflux
+    assert ports.imap is not None
+    raw = _raw(ports.imap)
+    raw.sendall(b"a STARTTLS\r\n")
+    assert b"a OK" in raw.recv(4096)
+    tls = client_context(pki, "fort").wrap_socket(raw, server_hostname=IMAP_SANTE)
+    tls.sendall(b"b LOGIN alice@example.test alicepw\r\nc LOGOUT\r\n")
+    # TCP FIN right behind the commands, before the backend is ready (base method: keep TLS reading)
+    socket.socket.shutdown(tls, socket.SHUT_WR)
+    answer = _read_all(tls)
+    assert b"b OK" in answer and b"c OK" in answer, answer
+    ev = proxy.wait_event(lambda e: e["listener"] == "imap")
+    assert ev["reason"] == "ok", ev

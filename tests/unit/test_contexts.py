@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from OpenSSL import SSL
@@ -18,7 +19,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
     return build(tmp_path_factory.mktemp("pki"))
 
 
-def _flow(pki: TestPki, **tls: str) -> Flow:
+def _flow(pki: TestPki, **tls: Any) -> Flow:
     srv = pki.servers["igcsante"]
     return Flow(name="f", certificate=srv.chain, key=srv.key, client_auth=ClientAuth.NONE,
                 tls=dataclasses.replace(TlsPolicy(), **tls))
@@ -72,3 +73,11 @@ def test_tls_1_1_is_never_negotiated(pki: TestPki) -> None:
     cctx.set_cipher_list(b"ALL:@SECLEVEL=0")
     with pytest.raises(SSL.Error):
         _handshake(build_flow_context(_flow(pki), ()), cctx)
+
+
+def test_tickets_are_off_wherever_cards_are_checked(pki: TestPki) -> None:
+    """A resumed session carries no card: a ticket would skip the card checks for its lifetime."""
+    carded = dataclasses.replace(_flow(pki, session_tickets=True), client_auth=ClientAuth.REQUIRED)
+    assert build_flow_context(carded, ()).set_options(0) & SSL.OP_NO_TICKET
+    cardless = _flow(pki, session_tickets=True)
+    assert not build_flow_context(cardless, ()).set_options(0) & SSL.OP_NO_TICKET
