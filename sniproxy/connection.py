@@ -99,7 +99,6 @@ class ClientConnection(asyncio.Protocol):
         "_bytes_out",
         "_client_eof",
         "_connect_task",
-        "_deadline",
         "_detail",
         "_dialog",
         "_flow",
@@ -145,7 +144,6 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False
         self._client_eof = False
         self._timer: asyncio.TimerHandle | None = None
-        self._deadline = 0.0
         self._last_io = 0.0
         self._bytes_in = 0
         self._bytes_out = 0
@@ -235,8 +233,7 @@ class ClientConnection(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self._deadline = loop.time() + seconds
-        self._timer = loop.call_at(self._deadline, self._on_timer)
+        self._timer = loop.call_later(seconds, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

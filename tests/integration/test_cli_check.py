@@ -9,16 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from sniproxy import __version__
 from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testpki import TestPki, build
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
-    return build(tmp_path_factory.mktemp("pki-cli"))
+from sniproxy.testpki import TestPki
 
 
 def _config(pki: TestPki) -> dict[str, Any]:
