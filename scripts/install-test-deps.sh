@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12 (run as root): the real peers of the integration tests
-# (Dovecot IMAP+LMTP, Postfix, stunnel, HAProxy, swaks, curl, openssl) and the Python test extras.
+# (Dovecot IMAP+LMTP, Postfix, stunnel, HAProxy, OpenLDAP slapd, swaks, curl, openssl) and the Python test extras.
 # Idempotent: apt is skipped when every binary is already present, so re-runs are fast (FORCE_APT=1 runs it
 # anyway; SKIP_PIP=1 skips the pip step).
 # The system Postfix is installed with "No configuration" and stays stopped; the system Dovecot may run on
@@ -8,10 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postfix stunnel4 haproxy swaks curl openssl ca-certificates)
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix stunnel4 haproxy swaks curl openssl ca-certificates slapd ldap-utils)
 # one binary per package, to decide whether apt is needed at all
 BINARIES=(dovecot doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/lmtp postfix postconf stunnel4 haproxy swaks
-          curl openssl)
+          curl openssl /usr/sbin/slapd slapadd ldapsearch)
 
 missing=()
 for b in "${BINARIES[@]}"; do
@@ -30,6 +30,8 @@ if ((${#missing[@]})); then
     fi
     export DEBIAN_FRONTEND=noninteractive
     echo "postfix postfix/main_mailer_type select No configuration" | "${SUDO[@]}" debconf-set-selections
+    # slapd: no system directory; the tests start private instances from their own slapd.conf
+    echo "slapd slapd/no_configuration boolean true" | "${SUDO[@]}" debconf-set-selections
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}"
 else

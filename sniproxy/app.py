@@ -9,6 +9,7 @@ SIGTERM drains: stop accepting, let connections finish for ``drain_seconds``, th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 from sniproxy.connection import STATS, ClientConnection
+from sniproxy.crl.manager import CrlManager
 from sniproxy.observability.log import get_logger
 from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
@@ -59,12 +61,24 @@ async def serve(holder: SnapshotHolder, *, reuse_port: bool = False,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    snapshot = holder.current
+    crl: CrlManager | None = None
+    crl_task: asyncio.Task[None] | None = None
+    if snapshot.revocation is not None:
+        crl = CrlManager(snapshot.config, snapshot.revocation)
+        # The cache (and a first fetch of what it lacks) is in force before any listener accepts.
+        await crl.start()
+        crl_task = loop.create_task(crl.run())
     servers = await start_listeners(holder, reuse_port=reuse_port)
     addrs = [f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers if s.sockets]
-    _log.info("ready", pid=os.getpid(), listening=addrs)
+    _log.info("ready", pid=os.getpid(), listening=addrs, crl_ready=crl.ready if crl is not None else True)
     await stop.wait()
     for srv in servers:
         srv.close()
+    if crl_task is not None:
+        crl_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await crl_task
     deadline = loop.time() + drain_seconds
     _log.info("draining", active=STATS.active, seconds=drain_seconds)
     # Polling a counter keeps the per-connection path free of any drain bookkeeping.

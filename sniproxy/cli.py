@@ -6,9 +6,11 @@ Exit codes: 0 success, 1 runtime failure, 2 configuration error.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from sniproxy import __version__
 from sniproxy.errors import ConfigError, ConfigErrors
@@ -59,12 +61,132 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = get_logger("sniproxy.cli")
     for w in warnings:
         log.warning("config_warning", warning=w)
-    with_crl = sorted(n for n, a in cfg.authorities.items() if a.enabled and a.crl_sources)
-    if with_crl:
-        # CRL fetching and checking is not implemented yet: say so on every start, never silently.
-        log.warning("revocation_not_enforced", authorities=with_crl)
+    unchecked = sorted(n for n, a in cfg.authorities.items() if a.enabled and not a.crl_sources)
+    if unchecked:
+        # Cards of these sets are never checked for revocation: say so on every start.
+        log.warning("revocation_not_checked", authorities=unchecked)
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
     return app.run(snapshot, workers)
+
+
+def _crl_manager(path: str) -> tuple[Any, Any]:
+    """Config, snapshot and a CRL manager loaded from the cache (no network)."""
+    from sniproxy.config.load import load
+    from sniproxy.crl.manager import CrlManager
+    from sniproxy.crl.state import RevocationHolder
+    from sniproxy.tls.contexts import compile_snapshot
+
+    loaded = load(Path(path))
+    holder = RevocationHolder()
+    snapshot = compile_snapshot(loaded.config, revocation=holder)
+    return snapshot, CrlManager(loaded.config, holder)
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        print(f"{row['url']}")
+        for key, value in row.items():
+            if key != "url" and value is not None:
+                print(f"    {key}: {value}")
+
+
+def cmd_crl(args: argparse.Namespace) -> int:
+    """``crl status`` (what is cached and in force) and ``crl fetch`` (fetch, validate, store now)."""
+    import asyncio
+
+    from sniproxy.observability.log import configure
+
+    configure("warning" if args.crl_command == "status" else "info", "console")
+    try:
+        _, manager = _crl_manager(args.config)
+    except (ConfigErrors, ConfigError) as exc:
+        return _config_failed(exc)
+    if not manager.specs:
+        print("no authority set names CRL sources")
+        return 0
+
+    async def go() -> dict[str, str]:
+        try:
+            await manager.load_cache()
+            return await manager.refresh_all() if args.crl_command == "fetch" else {}
+        finally:
+            manager.close()
+
+    results = asyncio.run(go())
+    _print_rows(manager.report(), args.json)
+    problems = manager.problems()
+    for p in problems:
+        print(f"not ready: {p}", file=sys.stderr)
+    if args.crl_command == "fetch":
+        failed = {u: r for u, r in results.items() if r not in ("updated", "unchanged", "not_modified")}
+        for url, result in failed.items():
+            print(f"fetch failed: {url}: {result}", file=sys.stderr)
+        return 1 if failed else 0
+    return 1 if problems else 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Tell, for every flow, whether a card certificate would be accepted and why not."""
+    import asyncio
+    from datetime import UTC, datetime
+
+    from cryptography import x509
+
+    from sniproxy.observability.log import configure
+    from sniproxy.tls.checkcard import verify_card
+
+    configure("warning", "console")
+    try:
+        snapshot, manager = _crl_manager(args.config)
+    except (ConfigErrors, ConfigError) as exc:
+        return _config_failed(exc)
+    try:
+        certs = x509.load_pem_x509_certificates(Path(args.card).read_bytes())
+        for extra in args.chain or []:
+            certs += x509.load_pem_x509_certificates(Path(extra).read_bytes())
+    except (OSError, ValueError) as exc:
+        print(f"error: cannot read certificates: {exc}", file=sys.stderr)
+        return 2
+    when = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    manager.clock = when.timestamp
+
+    async def go() -> None:
+        try:
+            await manager.load_cache()
+            if args.fetch:
+                await manager.refresh_all()
+        finally:
+            manager.close()
+
+    asyncio.run(go())
+    verdicts = [verify_card(rt, certs[0], certs[1:], when) for rt in snapshot.flows.values()]
+    if args.json:
+        print(json.dumps([_as_dict(v) for v in verdicts], indent=2))
+    else:
+        for v in verdicts:
+            word = "ACCEPTED" if v.accepted else "REFUSED"
+            print(f"{v.flow}: {word} reason={v.reason}" + (f" authority={v.authority}" if v.authority else ""))
+            if v.detail:
+                print(f"    {v.detail}")
+            for g in v.crl_grace:
+                print(f"    accepted within CRL grace: {g}")
+    return 0 if any(v.accepted for v in verdicts) else 1
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return {k: getattr(obj, k) for k in obj.__slots__}
+
+
+def _config_failed(exc: ConfigErrors | ConfigError) -> int:
+    errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
+    for err in errors:
+        print(f"error: {err}", file=sys.stderr)
+    return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -85,6 +207,22 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="validate a config file, print errors and warnings")
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=cmd_check)
+    k = sub.add_parser("crl", help="CRL cache: status, fetch now")
+    ksub = k.add_subparsers(dest="crl_command", required=True)
+    for verb, text in (("status", "per source: CRL in force, dates, entries, last fetch (exit 1 when not ready)"),
+                       ("fetch", "fetch, validate and store every source now (exit 1 if any fails)")):
+        kp = ksub.add_parser(verb, help=text)
+        kp.add_argument("-c", "--config", required=True)
+        kp.add_argument("--json", action="store_true")
+        kp.set_defaults(func=cmd_crl)
+    v = sub.add_parser("verify", help="would this card be accepted, on every flow, and why not")
+    v.add_argument("-c", "--config", required=True)
+    v.add_argument("card", help="PEM file: the card certificate (and optionally its chain after it)")
+    v.add_argument("--chain", action="append", help="PEM file of intermediates the client would send")
+    v.add_argument("--at", help="ISO 8601 time to verify at (default: now)")
+    v.add_argument("--fetch", action="store_true", help="refresh the CRLs first (default: cache only)")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_verify)
     d = sub.add_parser("demo", help="run the self-contained demo on embedded defaults")
     d.add_argument("--state-dir", default="state/demo")
     d.add_argument("--base-port", type=int, default=18000)

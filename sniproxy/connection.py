@@ -14,11 +14,13 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sniproxy.config.model import Protocol
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
+from sniproxy.observability.metrics import CRL_GRACE_ACCEPTS
 from sniproxy.proto.actions import Action, Close, Send, StartTls
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
 from sniproxy.proto.imap import ImapBackendFilter, ImapPreTls, imap_unavailable
@@ -310,6 +312,10 @@ class ClientConnection(asyncio.Protocol):
                 self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
             except Exception as exc:  # a verified but odd certificate must not kill the connection
                 self._identity = {"parse_error": type(exc).__name__}
+        if tls.state.crl_grace:
+            CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
+            _log.warning("crl_grace_accept", conn_id=self.id, flow=self._flow, authority=tls.state.authority,
+                         stale_issuers=tls.state.crl_grace)
         # The parsed chain is no longer needed; IMAP connections idle for hours, so free it now.
         tls.state.chain.clear()
         self._phase = _CONNECTING
@@ -522,6 +528,13 @@ class ClientConnection(asyncio.Protocol):
             event["cipher"] = tls.cipher
         if tls is not None and tls.state.authority:
             event["authority"] = tls.state.authority
+        if tls is not None and tls.state.revoked is not None:
+            rv = tls.state.revoked
+            event["revocation"] = {"serial": f"{rv.serial:x}", "reason_code": rv.reason,
+                                   "reason": rv.reason_name,
+                                   "date": datetime.fromtimestamp(rv.date, UTC).isoformat()}
+        if tls is not None and tls.state.crl_grace:
+            event["crl_grace"] = tls.state.crl_grace
         if self._identity:
             event["identity"] = self._identity
         event["outcome"] = _outcome(reason)

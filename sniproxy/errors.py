@@ -28,6 +28,7 @@ class Reason(StrEnum):
     SELF_SIGNED = "self_signed"
     REVOKED = "revoked"
     CRL_STALE = "crl_stale"
+    CRL_MISSING = "crl_missing"
     # TLS handshake, not about the card
     HANDSHAKE_FAILED = "handshake_failed"
     BAD_CLIENT_HELLO = "bad_client_hello"

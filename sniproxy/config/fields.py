@@ -184,6 +184,17 @@ class Section:
             return default
         return float(value)
 
+    def duration(self, key: str, default: float) -> float:
+        """A positive duration: a number of seconds, or a string such as ``90s``, ``15m``, ``6h``, ``2d``."""
+        value = self._typed(key, default, False, (int, float, str), "a duration")
+        if value is MISSING or key not in self.data:
+            return default
+        seconds = parse_duration(value)
+        if seconds is None or not seconds > 0:
+            self.error(key, f"expected a positive duration (seconds, or 90s / 15m / 6h / 2d), got {value!r}")
+            return default
+        return seconds
+
     def enum(self, key: str, cls: type[E], default: Any = MISSING, *, required: bool = False) -> Any:
         """One of the values of the string enum ``cls``."""
         value = self._typed(key, default, required, (str,), "a string")
@@ -239,3 +250,23 @@ class Section:
         """A path from the config, made absolute against the config file's folder (no ``~`` or
         environment expansion)."""
         return Path(os.path.normpath(self.base_dir / value))
+
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds from a number or a ``<number><s|m|h|d>`` string; None when unreadable."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        unit = _UNITS.get(text[-1:], None)
+        number = text[:-1] if unit is not None else text
+        try:
+            return float(number) * (unit or 1.0)
+        except ValueError:
+            return None
+    return None

@@ -24,6 +24,7 @@ from sniproxy.config.model import (
     CardType,
     ClientAuth,
     Config,
+    CrlSettings,
     Flow,
     Listener,
     Profile,
@@ -40,11 +41,14 @@ from sniproxy.config.names import (
     check_sni_pattern,
     parse_address,
 )
-from sniproxy.config.pemfiles import Files, looks_test
+from sniproxy.config.pemfiles import Files, distribution_points, looks_test
 from sniproxy.config.yamlloc import LocDict, parse
 from sniproxy.errors import ConfigError, ConfigErrors
 
-TOP_KEYS = ("profile", "workers", "log", "state_dir", "authorities", "flows", "listeners")
+TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "authorities", "flows", "listeners")
+CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
+CRL_SET_KEYS = ("sources", "from_certificates", "check", "stale")
+CRL_CHECKS = ("chain", "leaf")
 LOG_KEYS = ("level", "format")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
@@ -127,7 +131,13 @@ class _Builder:
         workers = self._workers()
         level, fmt = self._log()
         state_dir = top.string("state_dir", None)
+        state_path = top.resolve(state_dir) if isinstance(state_dir, str) else None
+        crl = self._crl_settings(state_path)
         self._authorities()
+        with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.crl_sources)
+        if with_crl and crl.cache_dir is None:
+            top.error("state_dir", f"authority sets {', '.join(with_crl)} name CRL sources: set `state_dir` "
+                                   "or `crl.cache_dir` (the CRL cache that survives a restart)")
         self._flows()
         listeners = self._listeners()
         for name in sorted(self.flow_names - self.used_flows):
@@ -137,7 +147,7 @@ class _Builder:
         return Config(
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
-            state_dir=top.resolve(state_dir) if isinstance(state_dir, str) else None,
+            state_dir=state_path, crl=crl,
         )
 
     def _flows_section_line(self, name: str) -> int:
@@ -162,6 +172,23 @@ class _Builder:
             return "info", "auto"
         sec.check_keys(LOG_KEYS)
         return sec.choice("level", LOG_LEVELS, "info"), sec.choice("format", LOG_FORMATS, "auto")
+
+    def _crl_settings(self, state_dir: Path | None) -> CrlSettings:
+        sec = self.top.section("crl")
+        default_dir = state_dir / "crl" if state_dir is not None else None
+        if sec is None:
+            return CrlSettings(cache_dir=default_dir)
+        sec.check_keys(CRL_TOP_KEYS)
+        cache_dir = sec.string("cache_dir", None)
+        d = CrlSettings()
+        max_bytes = sec.integer("max_bytes", d.max_bytes, minimum=1024)
+        return CrlSettings(
+            cache_dir=sec.resolve(cache_dir) if isinstance(cache_dir, str) else default_dir,
+            refresh_max=sec.duration("refresh_max", d.refresh_max),
+            retry_min=sec.duration("retry_min", d.retry_min),
+            timeout=sec.duration("timeout", d.timeout),
+            max_bytes=max_bytes if isinstance(max_bytes, int) else d.max_bytes,
+        )
 
     # -- authorities ---------------------------------------------------------------------------
     def _authorities(self) -> None:
@@ -189,13 +216,15 @@ class _Builder:
         inters = sec.strings("intermediates") or []
         declared_test = sec.boolean("test")
         enabled = sec.boolean("enabled", True)
-        crls = [self._crl_source(sec, value, line, key) for value, line, key in sec.strings("crl") or []]
+        crls, from_certs, check, grace = self._crl(sec)
         inferred: bool | None = None
         if self.files is not None and enabled is True:  # a disabled set is not used: files not needed
             subjects = []
             for value, line, key in roots + inters:
                 subjects += self.files.ca_certs(sec.resolve(value), line, key) or []
             inferred = any(looks_test(c) for c in subjects) if subjects else None
+            if from_certs:
+                crls += [u for u in distribution_points(subjects) if u not in crls]
         if declared_test is MISSING:
             test = bool(inferred)
         else:
@@ -208,8 +237,38 @@ class _Builder:
         return AuthoritySet(
             name=name, roots=tuple(sec.resolve(v) for v, _, _ in roots),
             intermediates=tuple(sec.resolve(v) for v, _, _ in inters), test=test, enabled=enabled,
-            crl_sources=tuple(c for c in crls if c is not None),
+            crl_sources=tuple(crls), crl_check=check, crl_grace=grace,
         )
+
+    def _crl(self, sec: Section) -> tuple[list[str], bool, str, float | None]:
+        """The ``crl`` key of an authority set: a list of sources, or a mapping with options."""
+        raw = sec.raw("crl")
+        if raw is MISSING or raw is None or not isinstance(raw, LocDict):
+            items = sec.strings("crl") or []
+            return [c for v, ln, k in items if (c := self._crl_source(sec, v, ln, k)) is not None], False, \
+                "chain", None
+        csec = Section.of(self.r, raw, sec.key("crl"), sec.line("crl"), sec.base_dir)
+        assert csec is not None
+        csec.check_keys(CRL_SET_KEYS)
+        items = csec.strings("sources") or []
+        sources = [c for v, ln, k in items if (c := self._crl_source(csec, v, ln, k)) is not None]
+        from_certs = csec.boolean("from_certificates", False)
+        check = csec.choice("check", CRL_CHECKS, "chain")
+        grace: float | None = None
+        stale = csec.raw("stale")
+        if isinstance(stale, LocDict):
+            ssec = Section.of(self.r, stale, csec.key("stale"), csec.line("stale"), csec.base_dir)
+            assert ssec is not None
+            ssec.check_keys(("grace",))
+            if "grace" not in ssec.data:
+                ssec.error(None, "expected `fail-closed` or `{grace: DURATION}`")
+            else:
+                grace = ssec.duration("grace", 0.0)
+        elif stale is not MISSING and stale != "fail-closed":
+            csec.error("stale", f"expected `fail-closed` or `{{grace: DURATION}}`, got {stale!r}")
+        if not sources and from_certs is not True:
+            csec.error("sources", "no CRL source: list `sources` or set `from_certificates: true`")
+        return sources, from_certs is True, check, grace
 
     def _crl_source(self, sec: Section, value: str, line: int, key: str) -> str | None:
         scheme, sep, _ = value.partition("://")

@@ -77,8 +77,14 @@ class AuthoritySet:
     intermediates: tuple[Path, ...] = ()
     test: bool = False
     enabled: bool = True
-    # CRL sources arrive with issue 3; kept here so a config that names them already validates.
-    crl_sources: tuple[str, ...] = ()
+    crl_sources: tuple[str, ...] = ()            # URLs (http, https, ldap, ldaps) or absolute file paths
+    crl_check: str = "chain"                     # "chain": card and intermediates; "leaf": the card only
+    crl_grace: float | None = None               # None: fail-closed once nextUpdate has passed
+
+    @property
+    def revocation_required(self) -> bool:
+        """Cards of this set are checked against CRLs (and refused when none is in force)."""
+        return bool(self.crl_sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +160,17 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class CrlSettings:
+    """How CRLs are fetched and kept (the ``crl`` top-level section)."""
+
+    cache_dir: Path | None = None                # default: <state_dir>/crl
+    refresh_max: float = 3600.0                  # longest wait between two fetches of a source
+    retry_min: float = 30.0                      # first retry delay after a failure (doubles up to refresh_max)
+    timeout: float = 30.0                        # whole fetch of one source, connect to last byte
+    max_bytes: int = 256 * 1024 * 1024           # a CRL body larger than this is refused
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration (before TLS compilation)."""
 
@@ -166,3 +183,4 @@ class Config:
     log_level: str = "info"
     log_format: str = "auto"                      # auto (json unless a TTY), json, console
     state_dir: Path | None = None
+    crl: CrlSettings = field(default_factory=CrlSettings)

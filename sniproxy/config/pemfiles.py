@@ -151,3 +151,20 @@ class Files:
         if private_key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
             self.report.error(line, key, f"private key does not match the certificate {cert_path} "
                                          f"({describe(leaf)})")
+
+
+def distribution_points(certs: list[x509.Certificate]) -> list[str]:
+    """The http(s)/ldap(s) CRL distribution point URIs written in ``certs``, in order, without repeats."""
+    urls: list[str] = []
+    for cert in certs:
+        try:
+            cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        except x509.ExtensionNotFound:
+            continue
+        for dp in cdp:
+            for name in dp.full_name or ():
+                if isinstance(name, x509.UniformResourceIdentifier):
+                    scheme = name.value.partition("://")[0].lower()
+                    if scheme in ("http", "https", "ldap", "ldaps") and name.value not in urls:
+                        urls.append(name.value)
+    return urls

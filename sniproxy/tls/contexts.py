@@ -16,6 +16,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from sniproxy.config.model import AuthoritySet, ClientAuth, Config, Flow, Listener, Profile
+from sniproxy.crl.state import RevocationHolder, RevocationPolicy
 from sniproxy.errors import ConfigError
 from sniproxy.routing import RouteTable
 from sniproxy.tls.verify import AuthorityTrust, FlowRules, compile_authority, verify_callback
@@ -50,6 +51,7 @@ class Snapshot:
     flows: dict[str, FlowRuntime]
     listeners: dict[str, ListenerRuntime]
     generation: int = 0
+    revocation: RevocationHolder | None = None
 
 
 def read_certs(path: Path) -> list[x509.Certificate]:
@@ -64,7 +66,9 @@ def read_certs(path: Path) -> list[x509.Certificate]:
 def _authority(aset: AuthoritySet) -> AuthorityTrust:
     roots = [c for p in aset.roots for c in read_certs(p)]
     inter = [c for p in aset.intermediates for c in read_certs(p)]
-    return compile_authority(aset.name, aset.test, roots, inter)
+    policy = RevocationPolicy(required=aset.revocation_required, chain=aset.crl_check == "chain",
+                              grace=aset.crl_grace)
+    return compile_authority(aset.name, aset.test, roots, inter, policy)
 
 
 def _verify_mode(mode: ClientAuth) -> int:
@@ -127,8 +131,15 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
     return ctx
 
 
-def compile_snapshot(config: Config, generation: int = 0) -> Snapshot:
-    """Build every flow context and route table of a config."""
+def compile_snapshot(config: Config, generation: int = 0, revocation: RevocationHolder | None = None) -> Snapshot:
+    """Build every flow context and route table of a config.
+
+    ``revocation`` is the CRL state the flows consult; it outlives snapshots (a reload keeps the
+    CRLs in force). A new empty one is made when not given: authority sets that name CRL sources
+    then refuse every card (``crl_missing``) until a CRL manager fills it.
+    """
+    if revocation is None:
+        revocation = RevocationHolder()
     trust = {name: _authority(a) for name, a in config.authorities.items() if a.enabled}
     flows: dict[str, FlowRuntime] = {}
     for name, flow in config.flows.items():
@@ -143,10 +154,11 @@ def compile_snapshot(config: Config, generation: int = 0) -> Snapshot:
             card_types=frozenset(flow.card_types),
             refuse_test_cards=refuse_test,
             require_cert=flow.client_auth is ClientAuth.REQUIRED,
+            revocation=revocation,
         )
         flows[name] = FlowRuntime(flow, build_flow_context(flow, auths), rules)
     listeners = {ls.name: ListenerRuntime(ls, RouteTable.from_listener(ls)) for ls in config.listeners}
-    return Snapshot(config, flows, listeners, generation)
+    return Snapshot(config, flows, listeners, generation, revocation)
 
 
 class SnapshotHolder:

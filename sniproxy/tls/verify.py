@@ -12,6 +12,7 @@ and the client learns it at the handshake, as with nginx or HAProxy.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -20,6 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
 from sniproxy.config.model import CardType, Profile
+from sniproxy.crl.index import Revoked
+from sniproxy.crl.state import RevocationHolder, RevocationPolicy, check_chain
 from sniproxy.errors import Reason
 from sniproxy.tls.identity import der_integer, der_octet, is_test_issuer
 
@@ -52,6 +55,7 @@ class AuthorityTrust:
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...]
     fingerprints: frozenset[bytes]
+    revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ class FlowRules:
     card_types: frozenset[CardType]
     refuse_test_cards: bool
     require_cert: bool
+    # Shared by every flow of a process: a CRL refresh swaps its view without recompiling contexts.
+    revocation: RevocationHolder | None = None
 
 
 @dataclass(slots=True)
@@ -76,6 +82,8 @@ class VerifyState:
     detail: str = ""
     authority: str | None = None
     called: bool = False
+    revoked: Revoked | None = None
+    crl_grace: list[str] = field(default_factory=list)
 
     def refuse(self, reason: Reason, detail: str) -> bool:
         """Record the first refusal (later depths must not overwrite the root cause)."""
@@ -102,10 +110,11 @@ def _fingerprint(cert: x509.Certificate) -> bytes:
 
 
 def compile_authority(name: str, test: bool, roots: list[x509.Certificate],
-                      intermediates: list[x509.Certificate]) -> AuthorityTrust:
+                      intermediates: list[x509.Certificate],
+                      revocation: RevocationPolicy | None = None) -> AuthorityTrust:
     """Build the runtime form of an authority set."""
     fps = frozenset(_fingerprint(c) for c in (*roots, *intermediates))
-    return AuthorityTrust(name, test, tuple(roots), tuple(intermediates), fps)
+    return AuthorityTrust(name, test, tuple(roots), tuple(intermediates), fps, revocation or RevocationPolicy())
 
 
 def _unknown_ca_reason(state: VerifyState, cert: x509.Certificate) -> Reason:
@@ -118,6 +127,13 @@ def _unknown_ca_reason(state: VerifyState, cert: x509.Certificate) -> Reason:
     return Reason.UNKNOWN_CA
 
 
+def error_reason(state: VerifyState, errno: int, cert: x509.Certificate) -> Reason:
+    """The stable reason for an OpenSSL verify error on ``cert``."""
+    if errno in _UNKNOWN_CA_CODES:
+        return _unknown_ca_reason(state, cert)
+    return _ERRNO_REASON.get(errno, Reason.BAD_CERTIFICATE)
+
+
 def _int_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
     """A DER INTEGER private extension (decoded as the identity parser does); None when absent or odd."""
     try:
@@ -127,8 +143,11 @@ def _int_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
     return der_integer(value.value) if isinstance(value, x509.UnrecognizedExtension) else None
 
 
-def authorize(state: VerifyState, leaf: x509.Certificate) -> bool:
-    """Apply the flow's rules to a chain OpenSSL has accepted. Returns False (and records why) to refuse."""
+def authorize(state: VerifyState, leaf: x509.Certificate, now: float | None = None) -> bool:
+    """Apply the flow's rules to a chain OpenSSL has accepted. Returns False (and records why) to refuse.
+
+    ``now`` (POSIX seconds, default the current time) is the clock for CRL freshness.
+    """
     rules = state.rules
     authority = None
     # Nearest CA first: a root shared by two sets must not hide which intermediate issued the card.
@@ -175,6 +194,14 @@ def authorize(state: VerifyState, leaf: x509.Certificate) -> bool:
         card_type = _CARD_TYPE_CODES.get(code) if code is not None else None
         if card_type not in rules.card_types:
             return state.refuse(Reason.CARD_TYPE, f"card type {card_type or code} not accepted by this flow")
+    if rules.revocation is not None and authority.revocation.required:
+        chain = [state.chain[d] for d in sorted(state.chain)]
+        verdict = check_chain(rules.revocation.current, authority.revocation, chain,
+                              time.time() if now is None else now)
+        state.crl_grace = verdict.grace_issuers
+        if verdict.reason is not None:
+            state.revoked = verdict.revoked
+            return state.refuse(verdict.reason, verdict.detail)
     return True
 
 
@@ -191,10 +218,7 @@ def verify_callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: 
         c = cert.to_cryptography()
         state.chain[depth] = c
         if not ok:
-            if errno in _UNKNOWN_CA_CODES:
-                return state.refuse(_unknown_ca_reason(state, c), _x509_error(errno, depth))
-            reason = _ERRNO_REASON.get(errno, Reason.BAD_CERTIFICATE)
-            return state.refuse(reason, _x509_error(errno, depth))
+            return state.refuse(error_reason(state, errno, c), _x509_error(errno, depth))
         if depth == 0:
             return authorize(state, c)
         return True

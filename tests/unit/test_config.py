@@ -277,10 +277,18 @@ def test_valid_config_maps_into_the_model(work: Work) -> None:
 
 def test_workers_auto_and_defaults(work: Work) -> None:
     old = "workers: 2\nlog: {level: debug, format: json}\nstate_dir: state\n"
-    path = work.write(BASE, {old: "workers: auto\n"})
+    path = work.write(BASE, {old: "workers: auto\ncrl: {cache_dir: /var/cache/sniproxy-crl}\n"})
     cfg = load(path).config
     assert cfg.workers is None and cfg.log_level == "info" and cfg.log_format == "auto"
     assert cfg.state_dir is None
+    assert cfg.crl.cache_dir == Path("/var/cache/sniproxy-crl") and cfg.crl.refresh_max == 3600.0
+
+
+def test_crl_sources_need_a_cache_dir(work: Work) -> None:
+    old = "workers: 2\nlog: {level: debug, format: json}\nstate_dir: state\n"
+    path = work.write(BASE, {old: "workers: auto\n"})
+    (err,) = load_errors(path)
+    assert "prod-cards" in err.message and "cache_dir" in err.message
 
 
 def test_every_error_is_reported_in_one_pass(work: Work) -> None:

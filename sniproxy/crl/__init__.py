@@ -1,0 +1,1 @@
+"""Revocation: CRL sources (HTTP, LDAP, files), validation, compact index, disk cache, refresh."""
