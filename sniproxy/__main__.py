@@ -4,4 +4,6 @@ import sys
 
 from sniproxy.cli import main
 
-sys.exit(main())
+# Guarded: the CRL indexer's spawned helper process imports the main module again.
+if __name__ == "__main__":
+    sys.exit(main())

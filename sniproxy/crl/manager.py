@@ -139,6 +139,8 @@ class CrlManager:
         self.specs: dict[str, SourceSpec] = {}
         self.needs: list[Need] = []
         self._executor: Executor | None = None
+        # A delta that arrived before its base (sources are fetched concurrently): applied with the base.
+        self._pending_deltas: dict[bytes, tuple[str, Prepared]] = {}
         self._readiness = _Readiness()
         by_url: dict[str, tuple[list[str], list[x509.Certificate]]] = {}
         for name, aset in config.authorities.items():
@@ -182,6 +184,8 @@ class CrlManager:
         state = view.issuers.get(meta.issuer_key)
         loaded = LoadedCrl(meta, prepared.index, url)
         if meta.is_delta:
+            if state is None:
+                self._pending_deltas[meta.issuer_key] = (url, prepared)
             check_delta_base(meta, state.base.meta if state else None)
             assert state is not None
             if state.delta is not None:
@@ -206,6 +210,15 @@ class CrlManager:
         _log.info("crl_updated", url=url, issuer=meta.issuer, crl_number=meta.number,
                   delta_of=meta.base_number, entries=meta.entries,
                   this_update=_iso(meta.this_update), next_update=_iso(meta.next_update))
+        pending = None if meta.is_delta else self._pending_deltas.pop(meta.issuer_key, None)
+        if pending is not None:
+            delta_url, delta = pending
+            try:
+                self.status[delta_url].last_result = self._install(delta_url, delta)
+                self.status[delta_url].meta = delta.meta
+                self.status[delta_url].last_error = None
+            except CrlRejected as exc:
+                _log.warning("crl_rejected", url=delta_url, reason=exc.reason, error=exc.message)
         return "updated"
 
     # ------------------------------------------------------------------ cache

@@ -10,6 +10,7 @@ in a thread.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,13 @@ def parse_ldap_url(url: str) -> LdapUrl:
         tls=tls,
         dn=unquote(parts.path.lstrip("/")),
         attribute=attribute,
-        filter=flt.strip() or "(objectClass=*)",
+        # Real CA URLs write the filter bare (``objectClass=pkiCA``); LDAP libraries want it in parentheses.
+        filter=_parenthesize(flt.strip() or "objectClass=*"),
     )
+
+
+def _parenthesize(flt: str) -> str:
+    return flt if flt.startswith("(") else f"({flt})"
 
 
 async def fetch(url: str, cond: Conditional, *, timeout: float, max_bytes: int) -> Fetched:  # noqa: ASYNC109
@@ -141,9 +147,10 @@ def _fetch_ldap(url: str, timeout: float, max_bytes: int) -> Fetched:
         u = parse_ldap_url(url)
     except ValueError as exc:
         raise CrlRejected("bad_url", str(exc)) from None
+    seconds = max(1, math.ceil(timeout))  # ldap3 packs it into SO_RCVTIMEO: whole seconds only
     try:
-        server = ldap3.Server(u.host, port=u.port, use_ssl=u.tls, get_info=ldap3.NONE, connect_timeout=timeout)
-        conn = ldap3.Connection(server, auto_bind=True, read_only=True, receive_timeout=timeout)
+        server = ldap3.Server(u.host, port=u.port, use_ssl=u.tls, get_info=ldap3.NONE, connect_timeout=seconds)
+        conn = ldap3.Connection(server, auto_bind=True, read_only=True, receive_timeout=seconds)
         try:
             conn.search(u.dn, u.filter, search_scope=ldap3.BASE, attributes=[u.attribute])
             entries = list(conn.response or [])

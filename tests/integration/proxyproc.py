@@ -77,6 +77,19 @@ class ProxyProcess:
             time.sleep(0.05)
         raise AssertionError(f"no matching event in {timeout}s; events: {self.connection_events()}")
 
+    def wait_log(self, name: str, pred: Callable[[dict[str, Any]], bool] = lambda e: True,
+                 timeout: float = 10.0) -> dict[str, Any]:
+        """The first event called ``name`` (any kind, e.g. ``crl_updated``) matching ``pred``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self._snapshot_events():
+                if ev.get("event") == name and pred(ev):
+                    return ev
+            if self.proc.poll() is not None:
+                raise AssertionError(f"sniproxy exited {self.proc.returncode} waiting for {name}:\n{self.log_text()}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {name} event in {timeout}s; log:\n{self.log_text()[-4000:]}")
+
     def clear(self) -> None:
         """Forget events seen so far."""
         with self._lock:
