@@ -212,10 +212,10 @@ class CrlManager:
                   this_update=_iso(meta.this_update), next_update=_iso(meta.next_update))
         pending = None if meta.is_delta else self._pending_deltas.pop(meta.issuer_key, None)
         if pending is not None:
-            delta_url, delta = pending
+            delta_url, waiting = pending
             try:
-                self.status[delta_url].last_result = self._install(delta_url, delta)
-                self.status[delta_url].meta = delta.meta
+                self.status[delta_url].last_result = self._install(delta_url, waiting)
+                self.status[delta_url].meta = waiting.meta
                 self.status[delta_url].last_error = None
             except CrlRejected as exc:
                 _log.warning("crl_rejected", url=delta_url, reason=exc.reason, error=exc.message)
