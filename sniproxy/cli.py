@@ -61,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log = get_logger("sniproxy.cli")
     for w in warnings:
         log.warning("config_warning", warning=w)
-    unchecked = sorted(n for n, a in cfg.authorities.items() if a.enabled and not a.crl_sources)
+    unchecked = sorted(n for n, a in cfg.authorities.items() if a.enabled and not a.revocation_required)
     if unchecked:
         # Cards of these sets are never checked for revocation: say so on every start.
         log.warning("revocation_not_checked", authorities=unchecked)

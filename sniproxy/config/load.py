@@ -134,7 +134,7 @@ class _Builder:
         state_path = top.resolve(state_dir) if isinstance(state_dir, str) else None
         crl = self._crl_settings(state_path)
         self._authorities()
-        with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.crl_sources)
+        with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.revocation_required)
         if with_crl and crl.cache_dir is None:
             top.error("state_dir", f"authority sets {', '.join(with_crl)} name CRL sources: set `state_dir` "
                                    "or `crl.cache_dir` (the CRL cache that survives a restart)")
@@ -224,7 +224,10 @@ class _Builder:
                 subjects += self.files.ca_certs(sec.resolve(value), line, key) or []
             inferred = any(looks_test(c) for c in subjects) if subjects else None
             if from_certs:
-                crls += [u for u in distribution_points(subjects) if u not in crls]
+                found = [u for u in distribution_points(subjects) if u not in crls]
+                if not found:
+                    sec.warn("crl", "from_certificates: the CA certificates name no CRL distribution point")
+                crls += found
         if declared_test is MISSING:
             test = bool(inferred)
         else:
@@ -237,7 +240,7 @@ class _Builder:
         return AuthoritySet(
             name=name, roots=tuple(sec.resolve(v) for v, _, _ in roots),
             intermediates=tuple(sec.resolve(v) for v, _, _ in inters), test=test, enabled=enabled,
-            crl_sources=tuple(crls), crl_check=check, crl_grace=grace,
+            crl_sources=tuple(crls), crl_check=check, crl_grace=grace, crl_from_certificates=from_certs,
         )
 
     def _crl(self, sec: Section) -> tuple[list[str], bool, str, float | None]:

@@ -80,11 +80,16 @@ class AuthoritySet:
     crl_sources: tuple[str, ...] = ()            # URLs (http, https, ldap, ldaps) or absolute file paths
     crl_check: str = "chain"                     # "chain": card and intermediates; "leaf": the card only
     crl_grace: float | None = None               # None: fail-closed once nextUpdate has passed
+    crl_from_certificates: bool = False          # the CAs' own distribution points were added to the sources
 
     @property
     def revocation_required(self) -> bool:
-        """Cards of this set are checked against CRLs (and refused when none is in force)."""
-        return bool(self.crl_sources)
+        """Cards of this set are checked against CRLs (and refused when none is in force).
+
+        Asking for the certificates' distribution points counts even when they named none: the
+        operator asked for revocation, so the set fails closed rather than silently unchecked.
+        """
+        return bool(self.crl_sources) or self.crl_from_certificates
 
 
 @dataclass(frozen=True, slots=True)
