@@ -21,9 +21,12 @@ from typing import Any
 from sniproxy.app import start_listeners
 from sniproxy.config.load import load
 from sniproxy.connection import OBSERVERS
+from sniproxy.crl.manager import CrlManager
+from sniproxy.crl.state import RevocationHolder
 from sniproxy.demo_backends import DemoImapServer, DemoSmtpServer, MailStore
 from sniproxy.democonf import DemoPorts, config_dict, write_config
 from sniproxy.observability.log import configure
+from sniproxy.testcrl import write_crls
 from sniproxy.testpki import TestPki, build
 from sniproxy.tls.contexts import SnapshotHolder, compile_snapshot
 
@@ -51,6 +54,7 @@ SCENARIOS = (
              "standard-cpe"),
     Scenario("IMAP, TEST chain card on production", "imap", "frontimap-igcsante.mssante.fr", "test-fort"),
     Scenario("IMAP, expired card", "imap", "frontimap.mssante.fr", "expired"),
+    Scenario("IMAP, Fort card revoked in its CRL", "imap", "frontimap-igcsante.mssante.fr", "revoked"),
     Scenario("IMAP, no card", "imap", "frontimap.mssante.fr", None),
     Scenario("IMAP, command pipelined after STARTTLS", "inject", None, "fort"),
 )
@@ -145,8 +149,14 @@ async def _demo(state: Path, serve: bool, base_port: int) -> int:
     ib, sb = await imap_backend.start(), await smtp_backend.start()
     ports = DemoPorts(imap=base_port, smtp=base_port + 1, imaps=base_port + 2, smtps=base_port + 3,
                       imap_backend=f"127.0.0.1:{ib}", smtp_backend=f"127.0.0.1:{sb}")
-    cfg = write_config(config_dict(pki, ports), state / "demo.yaml")
-    snapshot = compile_snapshot(load(cfg).config)
+    # CRLs for both card sets, as files (a deployment fetches them over HTTP or LDAP the same way).
+    crls = write_crls(pki, state / "crl-published", ("igc-cps-2ter", "igc-sante-fort-pp"))
+    cfg = write_config(config_dict(pki, ports, crls=crls, state_dir=state / "state"), state / "demo.yaml")
+    config = load(cfg).config
+    revocation = RevocationHolder()
+    snapshot = compile_snapshot(config, revocation=revocation)
+    crl = CrlManager(config, revocation)
+    await crl.start()
     servers = await start_listeners(SnapshotHolder(snapshot))
     events: list[dict[str, Any]] = []
     OBSERVERS.append(events.append)
@@ -181,6 +191,7 @@ Serving until Ctrl-C. Try (user {USER}, password {PASSWORD} on the demo backend)
         srv.close()
     await imap_backend.stop()
     await smtp_backend.stop()
+    crl.close()
     return code
 
 

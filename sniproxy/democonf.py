@@ -41,12 +41,16 @@ def _authority(pki: TestPki, name: str, enabled: bool = True) -> dict[str, Any]:
 
 
 def config_dict(pki: TestPki, ports: DemoPorts, *, profile: str = "production",
-                standard_enabled: bool = False, client_auth: str = "required") -> dict[str, Any]:
-    """The config as a plain dict (tests tweak it before writing)."""
+                standard_enabled: bool = False, client_auth: str = "required",
+                crls: dict[str, list[Path]] | None = None, state_dir: Path | None = None) -> dict[str, Any]:
+    """The config as a plain dict (tests tweak it before writing). ``crls``: set name -> CRL files."""
     test = profile == "test"
     sfx = "-test" if test else ""
     sets = [f"igc-cps-2ter{sfx}", f"igc-sante-fort-pp{sfx}", f"igc-sante-standard-pp{sfx}"]
     authorities = {s: _authority(pki, s, enabled=standard_enabled or "standard" not in s) for s in sets}
+    for name, paths in (crls or {}).items():
+        if name in authorities:
+            authorities[name]["crl"] = [str(p) for p in paths]
     flows = {
         name: {
             "certificate": str(pki.servers[name].chain),
@@ -70,7 +74,8 @@ def config_dict(pki: TestPki, ports: DemoPorts, *, profile: str = "production",
     add("imaps", ports.imaps, "imaps", ports.imap_backend, IMAP_NAMES)
     add("smtps", ports.smtps, "smtps", ports.smtp_backend, SMTP_NAMES)
     add("tls", ports.tls, "tls", ports.imap_backend, IMAP_NAMES)
-    return {"profile": profile, "workers": 1, "log": {"level": "info", "format": "json"},
+    top: dict[str, Any] = {"state_dir": str(state_dir)} if state_dir is not None else {}
+    return {"profile": profile, "workers": 1, "log": {"level": "info", "format": "json"}, **top,
             "authorities": authorities, "flows": flows, "listeners": listeners, **ports.extra}
 
 

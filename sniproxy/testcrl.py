@@ -7,6 +7,7 @@ any other key, to build a CRL with a bad signature).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
+
+from sniproxy.testpki import TestPki
 
 Entry = tuple[int, datetime, x509.ReasonFlags | None]
 
@@ -61,3 +64,32 @@ def revoke(cert_path: Path, reason: x509.ReasonFlags | None = x509.ReasonFlags.k
     """A CRL entry revoking the certificate in ``cert_path``."""
     when = when or datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
     return load_cert(cert_path).serial_number, when, reason
+
+
+def write_crls(pki: TestPki, dest: Path, sets: Iterable[str], revoked_cards: Iterable[str] = ("revoked",),
+               number: int | None = None) -> dict[str, list[Path]]:
+    """Write an intermediate and a root CRL for each authority set in ``sets``; ``revoked_cards`` (names
+    in ``pki.cards``) are listed in their issuer's CRL. Returns set name -> [intermediate CRL, root CRL].
+
+    ``number`` defaults to the current time in seconds, so a rewrite is never a rollback of a cached copy.
+    """
+    number = int(time.time()) if number is None else number
+    by_issuer: dict[str, list[Entry]] = {}
+    for card in revoked_cards:
+        cert = load_cert(pki.cards[card].cert)
+        by_issuer.setdefault(cert.issuer.rfc4514_string(), []).append(revoke(pki.cards[card].cert))
+    out: dict[str, list[Path]] = {}
+    for name in sets:
+        files = pki.authorities[name]
+        paths = []
+        for kind, cert_path, key_path in (("intermediate", files.intermediates[0], files.intermediate_keys[0]),
+                                          ("root", files.roots[0], files.root_keys[0])):
+            ca = load_cert(cert_path)
+            der = make_crl(ca, load_key(key_path), revoked=by_issuer.get(ca.subject.rfc4514_string(), []),
+                           number=number)
+            path = dest / f"{name}-{kind}.crl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(der)
+            paths.append(path)
+        out[name] = paths
+    return out

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Bump when file names, names or extensions change: an older PKI on disk is then regenerated.
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 OID_CARD_TYPE = x509.ObjectIdentifier("1.2.250.1.71.1.2.2")
 OID_CARD_SERIAL = x509.ObjectIdentifier("1.2.250.1.71.1.2.3")
@@ -205,6 +205,8 @@ CARDS: tuple[_CardSpec, ...] = (
     _CardSpec("wrong-eku", "igc-sante-fort-pp", _fort("810002000003"), usage="server-eku"),
     _CardSpec("wrong-ku", "igc-sante-fort-pp", _fort("810002000004"), usage="sign"),
     _CardSpec("unknown-ca", None, _fort("810002000005")),
+    # A good card that CRLs made by ``sniproxy.testcrl.write_crls`` list as revoked (keyCompromise).
+    _CardSpec("revoked", "igc-sante-fort-pp", _fort("810002000007", "LUC", "MOREAU")),
     _CardSpec("self-signed", None, _fort("810002000006"), self_signed=True),
 )
 SERVERS = ("2bis", "igcsante")

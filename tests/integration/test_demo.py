@@ -20,6 +20,7 @@ EXPECTED = {
     "IMAP, Standard CPE card (Standard off)": "unknown_ca",
     "IMAP, TEST chain card on production": "test_chain",
     "IMAP, expired card": "expired",
+    "IMAP, Fort card revoked in its CRL": "revoked",
     "IMAP, no card": "no_client_cert",
     "IMAP, command pipelined after STARTTLS": "starttls_injection",
 }
