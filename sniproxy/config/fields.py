@@ -190,7 +190,7 @@ class Section:
         if value is MISSING or key not in self.data:
             return default
         seconds = parse_duration(value)
-        if seconds is None or not seconds > 0:
+        if seconds is None or not 0 < seconds < float("inf"):
             self.error(key, f"expected a positive duration (seconds, or 90s / 15m / 6h / 2d), got {value!r}")
             return default
         return seconds

@@ -65,7 +65,7 @@ def next_delay(now: float, fresh_until: float | None, failures: int, settings: C
     Jitter of +-10 % keeps replicas from fetching in step.
     """
     if failures > 0 or (fresh_until is not None and fresh_until <= now):
-        base = min(settings.refresh_max, settings.retry_min * (2 ** max(0, failures - 1)))
+        base = min(settings.refresh_max, settings.retry_min * (2 ** min(max(0, failures - 1), 30)))
     else:
         base = settings.refresh_max
         if fresh_until is not None:
@@ -167,7 +167,9 @@ class CrlManager:
             import multiprocessing
 
             # spawn, not fork: this process runs an event loop and threads.
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            # One task per helper: its memory (hundreds of MB for a million entries) goes with it.
+            self._executor = ProcessPoolExecutor(max_workers=1, max_tasks_per_child=1,
+                                                 mp_context=multiprocessing.get_context("spawn"))
         return await asyncio.get_running_loop().run_in_executor(self._executor, prepare, data, cas_der, now)
 
     def close(self) -> None:
@@ -241,8 +243,9 @@ class CrlManager:
             try:
                 prepared.append((url, await self._prepare(spec, data)))
                 st.etag, st.last_modified = saved.get("etag"), saved.get("last_modified")
-            except CrlRejected as exc:
-                _log.warning("crl_cache_rejected", url=url, reason=exc.reason, error=exc.message)
+            except Exception as exc:  # a corrupt cache file must never stop the start: it is refetched
+                reason = exc.reason if isinstance(exc, CrlRejected) else "parse_error"
+                _log.warning("crl_cache_rejected", url=url, reason=reason, error=str(exc))
         prepared.sort(key=lambda p: p[1].meta.is_delta)
         for url, p in prepared:
             try:

@@ -28,6 +28,10 @@ class CrlRejected(Exception):
         self.reason = reason
         self.message = message
 
+    def __reduce__(self) -> tuple[type[CrlRejected], tuple[str, str]]:
+        # Raised in the indexing helper process: it must cross back to the parent intact.
+        return type(self), (self.reason, self.message)
+
 
 @dataclass(frozen=True, slots=True)
 class CrlMeta:
@@ -63,12 +67,17 @@ def decode(data: bytes) -> x509.CertificateRevocationList:
     head = data.lstrip()[:64]
     try:
         if head.startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_crl(data.lstrip())
-        if head[:1] != b"\x30":
+            crl = x509.load_pem_x509_crl(data.lstrip())
+        elif head[:1] != b"\x30":
             kind = "HTML" if head[:1] == b"<" else "not DER or PEM"
             raise CrlRejected("not_a_crl", f"body is {kind} ({len(data)} bytes)")
-        return x509.load_der_x509_crl(data)
-    except ValueError as exc:
+        else:
+            crl = x509.load_der_x509_crl(data)
+        crl.issuer.rfc4514_string()  # cryptography parses names lazily: a malformed one fails here
+        return crl
+    except CrlRejected:
+        raise
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CrlRejected("parse_error", f"cannot parse CRL ({len(data)} bytes): {exc}") from None
 
 
