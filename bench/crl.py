@@ -359,19 +359,11 @@ def haproxy_server(name: str, pki: Any, hold: int, tmp: Path, crl_file: Path, en
 
 
 # --------------------------------------------------------------------------- clients
-def client_ctx(pki: Any, card: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False            # no SNI: sniproxy's default flow 2bis
-    ctx.load_verify_locations(str(pki.authorities["igc-cps-2bis"].roots[0]))
-    ctx.load_cert_chain(str(pki.cards[card].cert), str(pki.cards[card].key))
-    return ctx
-
-
 def try_card(port: int, pki: Any, card: str) -> dict[str, Any]:
     res: dict[str, Any] = {"card": card}
     try:
         with socket.create_connection((HOST, port), timeout=5) as raw, \
-                client_ctx(pki, card).wrap_socket(raw) as s:
+                core.client_ctx(pki, card).wrap_socket(raw) as s:
             res["tls"] = s.version()
             cipher = s.cipher()
             res["cipher"] = cipher[0] if cipher else None

@@ -38,10 +38,6 @@ class Reason(StrEnum):
     LINE_TOO_LONG = "line_too_long"
     TOO_MANY_COMMANDS = "too_many_commands"
     CLIENT_QUIT = "client_quit"
-    # after TLS: client misbehaviour seen by the relay dialogs
-    CLIENT_PROTOCOL = "client_protocol"
-    UNTRUSTED_PROXY_HEADER = "untrusted_proxy_header"
-    BAD_PROXY_HEADER = "bad_proxy_header"
     # backend
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_REFUSED = "backend_refused"

@@ -117,9 +117,10 @@ def check_chain(view: RevocationView, policy: RevocationPolicy, chain: Sequence[
     if not policy.required:
         return verdict
     last = len(chain) - 1 if policy.chain else min(1, len(chain) - 1)
-    # First pass: a revocation anywhere in the chain is the reason, even if another CRL is stale.
-    for depth in range(last):
-        state = view.issuers.get(ca_key(chain[depth + 1]))
+    # One lookup per issuer: ca_key hashes the CA's name and key, on every handshake.
+    states = [view.issuers.get(ca_key(chain[depth + 1])) for depth in range(last)]
+    # A revocation anywhere in the chain is the reason, even when another CRL is stale or missing.
+    for depth, state in enumerate(states):
         hit = state.lookup(chain[depth].serial_number) if state is not None else None
         if hit is not None:
             who = chain[depth + 1].subject.rfc4514_string()
@@ -127,17 +128,14 @@ def check_chain(view: RevocationView, policy: RevocationPolicy, chain: Sequence[
             verdict.detail = (f"serial {chain[depth].serial_number:x} revoked on {_iso(hit.date)} "
                               f"reason {hit.reason_name} by {who} (depth {depth})")
             return verdict
-    for depth in range(last):
-        issuer = chain[depth + 1]
-        state = view.issuers.get(ca_key(issuer))
+    for depth, state in enumerate(states):
+        who = chain[depth + 1].subject.rfc4514_string() if state is None or now > state.fresh_until else ""
         if state is None:
-            who = issuer.subject.rfc4514_string()
             verdict.reason, verdict.depth = Reason.CRL_MISSING, depth
             verdict.detail = f"no CRL in force for {who} (depth {depth})"
             return verdict
         fresh_until = state.fresh_until
         if now > fresh_until:
-            who = issuer.subject.rfc4514_string()
             if policy.grace is not None and now <= fresh_until + policy.grace:
                 verdict.grace_issuers.append(who)
                 continue

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import free_port
+from tests.integration.proxyproc import terminate
 
 HOST = "127.0.0.1"
 
@@ -173,13 +173,7 @@ class Slapd:
             conn.unbind()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
 
 
 def start_slapd(directory: Path) -> Slapd:

@@ -14,6 +14,17 @@ from pathlib import Path
 from typing import Any
 
 
+def terminate(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a child, wait at most 10 s, then SIGKILL it (bounded: a test never hangs on a peer)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
 class ProxyProcess:
     """A sniproxy child process with its stderr parsed into events as they come."""
 
@@ -102,12 +113,6 @@ class ProxyProcess:
 
     def stop(self) -> int:
         """SIGTERM, bounded wait, then SIGKILL."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        terminate(self.proc)
         self._reader.join(timeout=2)
         return self.proc.returncode
