@@ -530,9 +530,9 @@ class ClientConnection(asyncio.Protocol):
             event["authority"] = tls.state.authority
         if tls is not None and tls.state.revoked is not None:
             rv = tls.state.revoked
+            when = datetime.fromtimestamp(rv.date, UTC).isoformat() if rv.date is not None else None
             event["revocation"] = {"serial": f"{rv.serial:x}", "reason_code": rv.reason,
-                                   "reason": rv.reason_name,
-                                   "date": datetime.fromtimestamp(rv.date, UTC).isoformat()}
+                                   "reason": rv.reason_name, "date": when}
         if tls is not None and tls.state.crl_grace:
             event["crl_grace"] = tls.state.crl_grace
         if self._identity:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ def atomic_write(path: Path, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    _sync_dir(path.parent)
+
+
+def _sync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
     finally:
@@ -76,6 +81,24 @@ class CrlCache:
     def write_crl(self, url: str, der: bytes) -> None:
         """Store a validated CRL."""
         atomic_write(self.crl_path(url), der)
+
+    def adopt_crl(self, url: str, synced_file: Path) -> None:
+        """Make ``synced_file`` (already fsynced, in this directory) the stored CRL of ``url``, atomically."""
+        os.replace(synced_file, self.crl_path(url))
+        _sync_dir(self.directory)
+
+    def remove_stale_temps(self, older_than: float) -> int:
+        """Delete temporary files a crash left behind (only old ones: another worker may be writing)."""
+        removed = 0
+        limit = time.time() - older_than
+        for f in self.directory.glob(".*.tmp"):
+            try:
+                if f.stat().st_mtime < limit:
+                    f.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
 
     def write_status(self, url: str, status: dict[str, Any]) -> None:
         """Store the fetch status of ``url``."""

@@ -103,8 +103,8 @@ class Verdict:
     grace_issuers: list[str] = field(default_factory=list)
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+def _iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat() if ts is not None else "unknown date"
 
 
 def check_chain(view: RevocationView, policy: RevocationPolicy, chain: Sequence[x509.Certificate],

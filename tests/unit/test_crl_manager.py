@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sniproxy.config.load import load
 from sniproxy.config.model import Config, CrlSettings
 from sniproxy.crl.cache import CrlCache, atomic_write, slug
-from sniproxy.crl.manager import CrlManager, Prepared, next_delay, policy_of, prepare
+from sniproxy.crl.index import map_index
+from sniproxy.crl.manager import CrlManager, PreparedFiles, next_delay, policy_of, prepare, prepare_file
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.crl.validate import CrlRejected, ca_key
 from sniproxy.democonf import DemoPorts, config_dict, write_config
@@ -134,7 +135,7 @@ def root(pki: TestPki) -> Ca:
 def test_prepare_der(inter: Ca) -> None:
     der = inter.crl(5, [(4242, datetime.now(UTC) - timedelta(days=1), KC)])
     p = prepare(der, (inter.der,), time.time())
-    assert p.der is None                         # already DER: stored as fetched
+    assert p.index.der is der and p.der_file is None   # already DER: indexed and stored as fetched
     assert p.meta.number == 5 and p.meta.entries == 1 and p.meta.issuer_key == inter.key_id
     hit = p.index.lookup(4242)
     assert hit is not None and hit.reason == 1 and p.index.lookup(4243) is None
@@ -143,8 +144,7 @@ def test_prepare_der(inter: Ca) -> None:
 def test_prepare_converts_pem_to_der(inter: Ca) -> None:
     pem = inter.crl(6, pem=True)
     p = prepare(pem, (inter.der,), time.time())
-    assert p.der is not None and p.der[:1] == b"\x30"
-    assert p.der == x509.load_pem_x509_crl(pem).public_bytes(Encoding.DER)
+    assert p.index.der == x509.load_pem_x509_crl(pem).public_bytes(Encoding.DER)
     assert p.meta.number == 6
 
 
@@ -161,10 +161,28 @@ def test_prepare_refuses_what_validate_refuses(inter: Ca, root: Ca) -> None:
     assert exc.value.reason == "future_this_update"
 
 
-def test_prepared_crosses_a_process_boundary(inter: Ca) -> None:
-    p = prepare(inter.crl(7, [(9, datetime.now(UTC) - timedelta(days=1), None)]), (inter.der,), time.time())
-    again: Prepared = pickle.loads(pickle.dumps(p))
-    assert again.meta == p.meta and again.index.lookup(9) == p.index.lookup(9)
+@pytest.mark.parametrize("pem", [False, True])
+def test_prepare_file_sends_back_files_not_bytes(inter: Ca, tmp_path: Path, pem: bool) -> None:
+    """The helper process gets a path and returns paths: tens of MB never cross the pipe."""
+    data = inter.crl(7, [(9, datetime.now(UTC) - timedelta(days=1), KC)], pem=pem)
+    src = tmp_path / "in.crl"
+    src.write_bytes(data)
+    files = prepare_file(str(src), (inter.der,), time.time(), str(tmp_path))
+    again: PreparedFiles = pickle.loads(pickle.dumps(files))
+    assert len(pickle.dumps(files)) < 2000
+    assert (again.der_path == str(src)) is (not pem)
+    index = map_index(Path(again.der_path), Path(again.index_path))
+    hit = index.lookup(9)
+    assert hit is not None and hit.reason == 1 and index.lookup(10) is None
+    assert again.meta.number == 7 and again.meta.entries == 1
+
+
+def test_prepare_file_leaves_nothing_behind_when_refused(inter: Ca, root: Ca, tmp_path: Path) -> None:
+    src = tmp_path / "in.crl"
+    src.write_bytes(inter.crl(1, pem=True))
+    with pytest.raises(CrlRejected):
+        prepare_file(str(src), (root.der,), time.time(), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.crl"]
 
 
 # -- CrlManager over files ------------------------------------------------------------------------------
@@ -533,6 +551,75 @@ async def test_a_manager_without_cache_dir(env: Env) -> None:
     publish(env.inter_src, env.inter.crl(10))
     assert await m.refresh(str(env.inter_src)) == "updated"
     assert not (env.tmp / "state").exists()
+
+
+async def test_large_crls_go_through_the_helper_process_as_files(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above THREAD_LIMIT the CRL is sent by path and mapped back; the cache keeps DER; no temp file stays."""
+    import sniproxy.crl.manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "THREAD_LIMIT", 0)
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    der = env.inter.crl(10, [(4242, when, KC), (2**70 + 5, when, None)])
+    publish(env.inter_src, der)
+    publish(env.root_src, env.root.crl(20, pem=True))
+    m = env.manager()
+    try:
+        assert await m.refresh_all() == {str(env.inter_src): "updated", str(env.root_src): "updated"}
+        state = m.holder.current.issuers[env.inter.key_id]
+        hit = state.lookup(4242)
+        assert hit is not None and hit.reason == 1 and hit.date == when.timestamp()
+        assert state.lookup(2**70 + 5) is not None and state.lookup(4243) is None
+        assert not isinstance(state.base.index.der, bytes)          # mapped from the cache file
+        cache = m.cache
+        assert cache is not None
+        assert cache.read_crl(str(env.inter_src)) == der
+        assert cache.read_crl(str(env.root_src)) == x509.load_pem_x509_crl(
+            env.root_src.read_bytes()).public_bytes(Encoding.DER)
+        assert_clean(cache.directory)
+        publish(env.inter_src, b"\x30\x03\x02\x01\x01")              # DER-looking garbage, refused in the helper
+        assert await m.refresh(str(env.inter_src)) == "parse_error"
+        publish(env.inter_src, env.inter.crl(9))                     # a rollback, refused at install
+        assert await m.refresh(str(env.inter_src)) == "rollback"
+        assert_clean(cache.directory)
+        assert m.holder.current.issuers[env.inter.key_id].lookup(4242) is not None
+    finally:
+        m.close()
+    again = env.manager()
+    try:
+        await again.load_cache()
+        assert again.holder.current.issuers[env.inter.key_id].lookup(4242) is not None
+        assert cache.read_crl(str(env.inter_src)) == der                  # the cache file is read, not rewritten
+        assert_clean(cache.directory)
+    finally:
+        again.close()
+
+
+async def test_large_crls_without_cache_leave_no_file(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sniproxy.crl.manager as manager_mod
+
+    monkeypatch.setattr(manager_mod, "THREAD_LIMIT", 0)
+    config = env.config()
+    m = CrlManager(replace(config, crl=replace(config.crl, cache_dir=None)), RevocationHolder(), clock=Clock())
+    publish(env.inter_src, env.inter.crl(10, [(77, datetime.now(UTC) - timedelta(days=1), None)]))
+    try:
+        assert await m.refresh(str(env.inter_src)) == "updated"
+        workdir = m._tmpdir
+        assert workdir is not None and list(workdir.iterdir()) == []
+        assert m.holder.current.issuers[env.inter.key_id].lookup(77) is not None
+    finally:
+        m.close()
+    assert not workdir.exists()
+    assert m.holder.current.issuers[env.inter.key_id].lookup(77) is not None   # still mapped after close
+
+
+def test_stale_temp_files_are_removed_only_when_old(tmp_path: Path) -> None:
+    cache = CrlCache(tmp_path)
+    old, new, kept = tmp_path / ".incoming.a.tmp", tmp_path / ".index.b.tmp", tmp_path / "x.crl"
+    for f in (old, new, kept):
+        f.write_bytes(b"x")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    assert cache.remove_stale_temps(3600) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.b.tmp", "x.crl"]
 
 
 # -- readiness and report -------------------------------------------------------------------------------
