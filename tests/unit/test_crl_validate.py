@@ -7,11 +7,12 @@ import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sniproxy.crl.validate import (
@@ -23,6 +24,7 @@ from sniproxy.crl.validate import (
     check_not_older,
     decode,
     find_issuer,
+    signed_by,
     validate,
 )
 from sniproxy.testcrl import load_cert, load_key, make_crl
@@ -487,3 +489,33 @@ def test_module_has_no_clock_of_its_own(inter: Ca) -> None:
     with pytest.raises(CrlRejected):
         validate(der, [inter.cert], NOW)
     validate(der, [inter.cert], NOW + timedelta(minutes=2))
+
+
+@pytest.mark.parametrize("kind", ["rsa", "rsa-pss", "ec", "ed25519"])
+def test_signed_by_over_the_received_bytes_agrees_with_cryptography(kind: str) -> None:
+    """validate checks the signature over the DER as received (fast path) for RSA and ECDSA, else via cryptography."""
+    key: Any = {"rsa": lambda: rsa.generate_private_key(65537, 2048),
+                "rsa-pss": lambda: rsa.generate_private_key(65537, 2048),
+                "ec": lambda: ec.generate_private_key(ec.SECP256R1()),
+                "ed25519": ed25519.Ed25519PrivateKey.generate}[kind]()
+    other: Any = ec.generate_private_key(ec.SECP384R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "AC SIG")])
+    builder = (x509.CertificateRevocationListBuilder().issuer_name(name)
+               .last_update(NOW - timedelta(hours=1)).next_update(NOW + timedelta(days=1))
+               .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(7)
+                                        .revocation_date(NOW - timedelta(days=1)).build()))
+    if kind == "ed25519":
+        crl = builder.sign(key, None)
+    elif kind == "rsa-pss":
+        crl = builder.sign(key, hashes.SHA256(),
+                           rsa_padding=padding.PSS(padding.MGF1(hashes.SHA256()), padding.PSS.DIGEST_LENGTH))
+    else:
+        crl = builder.sign(key, hashes.SHA256())
+    der = crl.public_bytes(Encoding.DER)
+    assert signed_by(crl, der, key.public_key()) is True is crl.is_signature_valid(key.public_key())
+    assert signed_by(crl, der, other.public_key()) is False
+    bad = bytearray(der)
+    bad[der.index(b"AC SIG")] ^= 0x20                       # the issuer name changed after signing
+    tampered = x509.load_der_x509_crl(bytes(bad))
+    assert signed_by(tampered, bytes(bad), key.public_key()) is False
+    assert tampered.is_signature_valid(key.public_key()) is False
