@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -33,11 +35,30 @@ class Conditional:
 
 @dataclass(frozen=True, slots=True)
 class Fetched:
-    """A fetch result: ``data`` is None when the source answered "not modified"."""
+    """A fetch result: the body in ``data``, or spooled to the file ``path`` (the caller's to remove).
+
+    Both are None when the source answered "not modified".
+    """
 
     data: bytes | None
     etag: str | None = None
     last_modified: str | None = None
+    path: Path | None = None
+
+    @property
+    def not_modified(self) -> bool:
+        """True when the source said the copy in hand is current."""
+        return self.data is None and self.path is None
+
+
+#: Bodies over this size are spooled to a file when the caller gives a spool directory: joining or
+#: reading tens of MB into one bytes object holds the GIL long enough to stall handshakes.
+SPOOL_OVER = 64 * 1024
+
+
+def _spool_file(directory: Path) -> tuple[int, Path]:
+    fd, name = tempfile.mkstemp(dir=directory, prefix=".incoming.", suffix=".tmp")
+    return fd, Path(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,21 +109,25 @@ def _parenthesize(flt: str) -> str:
     return flt if flt.startswith("(") else f"({flt})"
 
 
-async def fetch(url: str, cond: Conditional, *, timeout: float, max_bytes: int) -> Fetched:  # noqa: ASYNC109
-    """Fetch ``url`` within ``timeout`` seconds and ``max_bytes``; raise ``CrlRejected`` on any failure."""
+async def fetch(url: str, cond: Conditional, *, timeout: float, max_bytes: int,  # noqa: ASYNC109
+                spool: Path | None = None) -> Fetched:
+    """Fetch ``url`` within ``timeout`` seconds and ``max_bytes``; raise ``CrlRejected`` on any failure.
+
+    With ``spool`` (a directory), a body over ``SPOOL_OVER`` bytes comes back as a file there.
+    """
     try:
         async with asyncio.timeout(timeout):
             k = kind(url)
             if k == "http":
-                return await _fetch_http(url, cond, max_bytes)
+                return await _fetch_http(url, cond, max_bytes, spool)
             if k == "ldap":
                 return await asyncio.to_thread(_fetch_ldap, url, timeout, max_bytes)
-            return await asyncio.to_thread(_fetch_file, Path(url), cond, max_bytes)
+            return await asyncio.to_thread(_fetch_file, Path(url), cond, max_bytes, spool)
     except TimeoutError:
         raise CrlRejected("timeout", f"no complete answer within {timeout:g} s") from None
 
 
-async def _fetch_http(url: str, cond: Conditional, max_bytes: int) -> Fetched:
+async def _fetch_http(url: str, cond: Conditional, max_bytes: int, spool: Path | None) -> Fetched:
     headers = {"Accept": "application/pkix-crl, application/x-pkcs7-crl;q=0.9, */*;q=0.1",
                "User-Agent": "sniproxy-crl",
                # raw bytes are counted against the size limit: no compression to expand behind it
@@ -126,17 +151,62 @@ async def _fetch_http(url: str, cond: Conditional, max_bytes: int) -> Fetched:
                 encoding = resp.headers.get("content-encoding", "identity").lower()
                 if encoding not in ("identity", ""):
                     raise CrlRejected("http_status", f"unsupported Content-Encoding {encoding}")
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in resp.aiter_raw():
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise CrlRejected("too_large", f"body exceeds {max_bytes} bytes")
-                    chunks.append(chunk)
-                return Fetched(b"".join(chunks), resp.headers.get("etag"), resp.headers.get("last-modified"))
+                body = _Body(spool)
+                try:
+                    async for chunk in resp.aiter_raw():
+                        if body.size + len(chunk) > max_bytes:
+                            raise CrlRejected("too_large", f"body exceeds {max_bytes} bytes")
+                        await body.add(chunk)
+                    data, path = await body.finish()
+                except BaseException:
+                    await body.discard()
+                    raise
+                return Fetched(data, resp.headers.get("etag"), resp.headers.get("last-modified"), path)
     except httpx.HTTPError as exc:
         # A body cut short (the server closed before Content-Length) lands here too.
         raise CrlRejected("unreachable", f"{type(exc).__name__}: {exc}") from None
+
+
+class _Body:
+    """An HTTP body kept in memory while small, then spooled to a file chunk by chunk."""
+
+    def __init__(self, spool: Path | None) -> None:
+        self.spool = spool
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.fd: int | None = None
+        self.path: Path | None = None
+
+    async def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.fd is None and self.spool is not None and self.size > SPOOL_OVER:
+            self.fd, self.path = await asyncio.to_thread(_spool_file, self.spool)
+            chunk, self.chunks = b"".join((*self.chunks, chunk)), []
+        if self.fd is not None:
+            os.write(self.fd, chunk)   # one network chunk into the page cache: microseconds
+        else:
+            self.chunks.append(chunk)
+
+    async def finish(self) -> tuple[bytes | None, Path | None]:
+        if self.fd is None:
+            return b"".join(self.chunks), None
+        fd, self.fd = self.fd, None
+        await asyncio.to_thread(_sync_close, fd)
+        return None, self.path
+
+    async def discard(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.path is not None:
+            await asyncio.to_thread(self.path.unlink, missing_ok=True)
+
+
+def _sync_close(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fetch_ldap(url: str, timeout: float, max_bytes: int) -> Fetched:
@@ -171,7 +241,7 @@ def _fetch_ldap(url: str, timeout: float, max_bytes: int) -> Fetched:
     raise CrlRejected("ldap_no_attribute", f"entry {u.dn!r} has no {u.attribute}")
 
 
-def _fetch_file(path: Path, cond: Conditional, max_bytes: int) -> Fetched:
+def _fetch_file(path: Path, cond: Conditional, max_bytes: int, spool: Path | None) -> Fetched:
     try:
         st = path.stat()
         tag = f"file:{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
@@ -179,6 +249,8 @@ def _fetch_file(path: Path, cond: Conditional, max_bytes: int) -> Fetched:
             return Fetched(None, tag)
         if st.st_size > max_bytes:
             raise CrlRejected("too_large", f"{path} is {st.st_size} bytes, over {max_bytes}")
+        if spool is not None and st.st_size > SPOOL_OVER:
+            return Fetched(None, tag, path=_copy_file(path, spool, max_bytes))
         with open(path, "rb") as f:
             data = f.read(max_bytes + 1)
     except OSError as exc:
@@ -186,3 +258,19 @@ def _fetch_file(path: Path, cond: Conditional, max_bytes: int) -> Fetched:
     if len(data) > max_bytes:
         raise CrlRejected("too_large", f"{path} grew over {max_bytes} bytes")
     return Fetched(data, tag)
+
+
+def _copy_file(path: Path, spool: Path, max_bytes: int) -> Path:
+    """Copy a large source file into the spool in the kernel (no 50 MB bytes object in this process)."""
+    fd, tmp = _spool_file(spool)
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())          # it may become the cache copy by rename
+        if tmp.stat().st_size > max_bytes:
+            raise CrlRejected("too_large", f"{path} grew over {max_bytes} bytes")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp

@@ -269,3 +269,53 @@ async def test_whole_fetch_deadline(http: Callable[[Handler], list[httpx.Request
     with pytest.raises(CrlRejected) as exc:
         await sources.fetch(URL, Conditional(), timeout=0.05, max_bytes=1000)
     assert exc.value.reason == "timeout" and "0.05" in exc.value.message
+
+
+# -- spooling large bodies to a file ------------------------------------------------------------------------
+async def test_large_file_is_copied_to_the_spool(tmp_path: Path) -> None:
+    src, spool = tmp_path / "big.crl", tmp_path / "spool"
+    spool.mkdir()
+    body = bytes(range(256)) * (sources.SPOOL_OVER // 256 + 10)
+    src.write_bytes(body)
+    got = await sources.fetch(str(src), Conditional(), timeout=5, max_bytes=len(body), spool=spool)
+    assert got.data is None and got.path is not None and got.path.parent == spool
+    assert got.path.read_bytes() == body and not got.not_modified
+    small = tmp_path / "small.crl"
+    small.write_bytes(b"\x30small")
+    kept = await sources.fetch(str(small), Conditional(), timeout=5, max_bytes=100, spool=spool)
+    assert kept.data == b"\x30small" and kept.path is None
+    assert sorted(p.name for p in spool.iterdir()) == [got.path.name]
+
+
+async def test_http_body_spooled_past_the_threshold(http: Callable[[Handler], list[httpx.Request]],
+                                                    tmp_path: Path) -> None:
+    body = b"\x30" + bytes(sources.SPOOL_OVER * 3)
+    http(lambda r: resp(200, body, {"ETag": '"big"'}))
+    got = await sources.fetch(URL, Conditional(), timeout=5, max_bytes=len(body), spool=tmp_path)
+    assert got.data is None and got.path is not None and got.etag == '"big"'
+    assert got.path.read_bytes() == body
+    small = await sources.fetch(URL, Conditional(), timeout=5, max_bytes=len(body))   # no spool: in memory
+    assert small.data == body and small.path is None
+
+
+async def test_http_spool_removed_when_the_body_is_too_large(http: Callable[[Handler], list[httpx.Request]],
+                                                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(48):
+            yield bytes(sources.SPOOL_OVER // 16)
+
+    spooled: list[Path] = []
+    real = sources._spool_file
+
+    def spy(directory: Path) -> tuple[int, Path]:
+        fd, path = real(directory)
+        spooled.append(path)
+        return fd, path
+
+    monkeypatch.setattr(sources, "_spool_file", spy)
+    # no Content-Length: the limit is hit while streaming, after the spool file was created
+    http(lambda r: httpx.Response(200, content=body()))
+    with pytest.raises(CrlRejected) as exc:
+        await sources.fetch(URL, Conditional(), timeout=5, max_bytes=sources.SPOOL_OVER * 2, spool=tmp_path)
+    assert exc.value.reason == "too_large"
+    assert len(spooled) == 1 and os.listdir(tmp_path) == []
