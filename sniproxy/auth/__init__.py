@@ -1,0 +1,1 @@
+"""Proxy-side SASL EXTERNAL: which mailboxes a verified card may log in to."""
