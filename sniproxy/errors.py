@@ -38,6 +38,11 @@ class Reason(StrEnum):
     LINE_TOO_LONG = "line_too_long"
     TOO_MANY_COMMANDS = "too_many_commands"
     CLIENT_QUIT = "client_quit"
+    # PROXY protocol in front of the client (docs/config.md, proxy_protocol_from)
+    UNTRUSTED_PROXY_HEADER = "untrusted_proxy_header"   # a PROXY header from an address not trusted
+    BAD_PROXY_HEADER = "bad_proxy_header"               # a trusted peer sent no or a malformed header
+    # after TLS, the client broke the protocol the proxy speaks with it
+    CLIENT_PROTOCOL = "client_protocol"
     # backend
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_REFUSED = "backend_refused"

@@ -73,11 +73,12 @@ def read_backend(report: Report, sec: Section, protocol: Any) -> Backend | None:
         login = _login(report, lsec, protocol, identity)
         if (login is not None and identity is Identity.PROXY_V2 and pv2.send_cn
                 and isinstance(protocol, Protocol) and protocol in MAIL_IMAP):
-            # Dovecot with auth_ssl_username_from_cert = yes logs in as the proxied CN whatever the
-            # mechanism says, master logins included: one backend is set up for one of the two ways.
+            # Dovecot with auth_ssl_username_from_cert = yes puts the proxied CN in place of the name
+            # the mechanism gave, the master user's included (seen with 2.3.19: the CN is then looked
+            # up as a master user and the login fails). One backend is set up for one of the two ways.
             lsec.warn(None, "login by master user with a CN in the PROXY header: a Dovecot with "
-                            "auth_ssl_username_from_cert = yes logs in as the CN instead; set "
-                            "proxy_v2.send_cn: false or drop login")
+                            "auth_ssl_username_from_cert = yes replaces the master user name by the CN "
+                            "and the login fails; set proxy_v2.send_cn: false or drop login")
     if len(report.errors) > before or address is None:
         return None
     return Backend(address, identity, pv2, login)

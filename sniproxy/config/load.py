@@ -11,21 +11,23 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from sniproxy.config.backendconf import read_backend
 from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.model import (
     Address,
     AuthoritySet,
-    Backend,
     CardType,
     ClientAuth,
     Config,
     CrlSettings,
     Flow,
+    Identity,
     Listener,
     Profile,
     Protocol,
@@ -59,10 +61,9 @@ FLOW_KEYS = ("certificate", "key", "client_auth", "authorities", "card_types", "
 TLS_KEYS = ("min_version", "ciphers", "groups", "session_tickets")
 TLS_VERSIONS = ("1.2", "1.3")
 LISTENER_KEYS = ("name", "bind", "protocol", "hostname", "backend", "flow", "sni", "default_flow",
-                 "unknown_sni", "timeouts", "max_line", "max_pretls_commands")
-BACKEND_KEYS = ("address", "identity")
-#: How the verified identity travels to the backend; grows with issue 4 (proxy-v2, xclient).
-BACKEND_IDENTITIES = ("none",)
+                 "unknown_sni", "timeouts", "max_line", "max_pretls_commands", "proxy_protocol_from")
+#: How the verified identity travels to the backend (``backend.identity``).
+BACKEND_IDENTITIES = tuple(i.value for i in Identity)
 TIMEOUT_KEYS = ("pretls", "handshake", "connect", "idle")
 
 
@@ -441,18 +442,30 @@ class _Builder:
                 hostname = check_hostname(hostname)
             except ValueError as exc:
                 sec.error("hostname", str(exc))
-        backend = self._backend(sec)
+        backend = read_backend(self.r, sec, protocol)
         routes, default_flow, unknown_sni = self._routing(sec)
         timeouts = self._timeouts(sec.section("timeouts"))
         max_line = sec.integer("max_line", 8192, minimum=512, maximum=1 << 20)
         max_cmds = sec.integer("max_pretls_commands", 32, minimum=1, maximum=1000)
+        proxy_from = self._proxy_from(sec)
         if len(self.r.errors) > before or backend is None:
             return None
         return Listener(
             name=name, binds=tuple(addresses), protocol=protocol, backend=backend, routes=routes,
             default_flow=default_flow, unknown_sni=unknown_sni, hostname=hostname, timeouts=timeouts,
-            max_line=max_line, max_pretls_commands=max_cmds,
+            max_line=max_line, max_pretls_commands=max_cmds, proxy_protocol_from=proxy_from,
         )
+
+    def _proxy_from(self, sec: Section) -> tuple[IPv4Network | IPv6Network, ...]:
+        """``proxy_protocol_from``: CIDRs of the L4 load balancers that put a PROXY header first."""
+        out: list[IPv4Network | IPv6Network] = []
+        for value, line, path in sec.strings("proxy_protocol_from") or []:
+            try:
+                # strict: "10.0.0.1/8" is a typo for a host or a network, not something to guess
+                out.append(ip_network(value.strip(), strict=True))
+            except ValueError as exc:
+                self.r.error(line, path, f"expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32: {exc}")
+        return tuple(out)
 
     def _binds(self, sec: Section, seen: list[tuple[Address, int]]) -> list[Address]:
         items = sec.list_of("bind", required=True, scalar_ok=True)
@@ -476,31 +489,6 @@ class _Builder:
             seen.append((addr, line))
             out.append(addr)
         return out
-
-    def _backend(self, sec: Section) -> Backend | None:
-        value = sec.raw("backend", required=True)
-        if value is MISSING:
-            return None
-        address_text: Any = value
-        address_line, address_key = sec.line("backend"), sec.key("backend")
-        identity = "none"
-        if isinstance(value, LocDict):
-            bsec = Section(self.r, value, sec.key("backend"), sec.base_dir, sec.line("backend"))
-            bsec.check_keys(BACKEND_KEYS)
-            address_text = bsec.string("address", required=True)
-            address_line, address_key = bsec.line("address"), bsec.key("address")
-            identity = bsec.choice("identity", BACKEND_IDENTITIES, "none")
-            if address_text is MISSING:
-                return None
-        if not isinstance(address_text, str):
-            self.r.error(address_line, address_key,
-                         f"expected \"HOST:PORT\" or {{address: ..., identity: ...}}, got {address_text!r}")
-            return None
-        try:
-            return Backend(parse_address(address_text.strip(), allow_localhost=True), identity)
-        except ValueError as exc:
-            self.r.error(address_line, address_key, str(exc))
-            return None
 
     def _flow_ref(self, sec: Section, value: Any, line: int, path: str) -> str | None:
         if not isinstance(value, str):

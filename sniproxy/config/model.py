@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
+
+from sniproxy.auth.login import LoginRule
 
 
 class Profile(StrEnum):
@@ -139,12 +142,43 @@ class Timeouts:
     idle: float = 1800.0        # no byte either way (IMAP IDLE lasts long)
 
 
+class Identity(StrEnum):
+    """How the verified card identity travels to the backend."""
+
+    NONE = "none"            # nothing: the backend sees the proxy's address and no identity
+    PROXY_V2 = "proxy-v2"    # a PROXY v2 header with SSL TLVs (Dovecot haproxy = yes listeners)
+    XCLIENT = "xclient"      # SMTP XCLIENT ADDR/PORT/HELO, then LOGIN= (Postfix)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyV2Options:
+    """What the PROXY v2 header carries besides addresses, SSL flags, version and cipher."""
+
+    send_cn: bool = True          # PP2_SUBTYPE_SSL_CN: Dovecot's auth_ssl_username_from_cert uses it
+    identity_tlvs: bool = False   # the full card identity in application TLVs 0xE0-0xEF
+    crc32c: bool = False          # a PP2_TYPE_CRC32C checksum
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyLogin:
+    """Proxy-side SASL EXTERNAL: the mailbox rule, and the master login used for IMAP.
+
+    ``master_password`` is a secret: it is excluded from ``repr`` so it never reaches a log.
+    """
+
+    rule: LoginRule
+    master_user: str | None = None
+    master_password: str | None = field(default=None, repr=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """Where plaintext goes. ``identity`` grows with issue 4 (proxy-v2, xclient)."""
+    """Where plaintext goes, and how the verified identity travels there."""
 
     address: Address
-    identity: str = "none"
+    identity: Identity = Identity.NONE
+    proxy_v2: ProxyV2Options = field(default_factory=ProxyV2Options)
+    login: ProxyLogin | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +196,8 @@ class Listener:
     timeouts: Timeouts = field(default_factory=Timeouts)
     max_line: int = 8192                          # pre-TLS command line limit, bytes
     max_pretls_commands: int = 32
+    # Peers (L4 load balancers) that must open with a PROXY v1/v2 header; everyone else must not.
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
