@@ -11,6 +11,7 @@ The backend is an unchanged Dovecot reached in plaintext, so it advertises ``STA
 from __future__ import annotations
 
 import re
+from typing import Protocol
 
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Close, Send, StartTls
@@ -131,28 +132,45 @@ _HEAD = 64      # bytes of a line kept to classify it when it is too long to buf
 _TAIL = 32      # bytes of a line kept to see a literal announcement at its end
 
 
-def _drop_atoms(atoms: bytes) -> bytes | None:
-    """``atoms`` (space-led) without the hidden capabilities, or None when nothing was removed."""
+def _drop_atoms(atoms: bytes, add: bytes = b"") -> bytes | None:
+    """``atoms`` (space-led) without the hidden capabilities and with ``add`` (space-separated atoms)
+    appended when missing, or None when nothing changed."""
     parts = atoms.split(b" ")
     kept = [p for p in parts if p.upper() not in _HIDDEN]
-    return None if len(kept) == len(parts) else b" ".join(kept)
+    present = {p.upper() for p in kept}
+    extra = [a for a in add.split() if a.upper() not in present]
+    if len(kept) == len(parts) and not extra:
+        return None
+    return b" ".join(kept + extra)
 
 
-def filter_capabilities(line: bytes) -> bytes:
-    """Remove ``STARTTLS`` and ``LOGINDISABLED`` (whole atoms, any case) from one response line.
+def filter_capabilities(line: bytes, add: bytes = b"") -> bytes:
+    """Remove ``STARTTLS`` and ``LOGINDISABLED`` (whole atoms, any case) from one response line, and
+    add the capabilities in ``add`` (e.g. ``AUTH=EXTERNAL`` when the proxy answers it).
 
     Handles untagged ``* CAPABILITY`` responses (RFC 9051 §7.2.2) and ``[CAPABILITY ...]`` response
     codes in status responses (§7.1). Any other line is returned unchanged.
     """
     if _UNTAGGED_CAP.match(line):
         body = strip_eol(line)
-        kept = _drop_atoms(body[len(b"* CAPABILITY"):])
+        kept = _drop_atoms(body[len(b"* CAPABILITY"):], add)
         return line if kept is None else line[:len(b"* CAPABILITY")] + kept + line[len(body):]
     m = _CAP_CODE.match(line)
     if m:
-        kept = _drop_atoms(m.group(2))
+        kept = _drop_atoms(m.group(2), add)
         return line if kept is None else m.group(1) + kept + line[m.end(2):]
     return line
+
+
+class AuthWatcher(Protocol):
+    """What the backend filter tells a proxy-side login dialog (``imap_auth.ImapExternal``)."""
+
+    @property
+    def extra_caps(self) -> bytes:
+        """Capabilities to add to the lists the client sees (empty once logged in)."""
+
+    def backend_line(self, line: bytes) -> None:
+        """One complete backend response line (not literal data), before it is rewritten."""
 
 
 class ImapBackendFilter:
@@ -165,10 +183,12 @@ class ImapBackendFilter:
     most one line (``max_line`` bytes) is buffered, a longer line is passed through unchanged.
     """
 
-    __slots__ = ("_closed", "_consume", "_continued", "_greeting_done", "_head", "_line", "_literal",
+    __slots__ = ("_auth", "_closed", "_consume", "_continued", "_greeting_done", "_head", "_line", "_literal",
                  "_long", "_max_line", "_tail")
 
-    def __init__(self, consume_greeting: bool = True, max_line: int = 65536) -> None:
+    def __init__(self, consume_greeting: bool = True, max_line: int = 65536, auth: AuthWatcher | None = None
+                 ) -> None:
+        self._auth = auth
         self._consume = consume_greeting
         self._max_line = max_line
         self._greeting_done = False
@@ -234,6 +254,9 @@ class ImapBackendFilter:
                     return refused
             elif len(line) > self._max_line or self._continued:
                 out.append(line)
+            elif self._auth is not None:
+                self._auth.backend_line(line)
+                out.append(filter_capabilities(line, self._auth.extra_caps))
             else:
                 out.append(filter_capabilities(line))
             self._end_of_line(line[:_HEAD], line[-_TAIL:])
@@ -254,7 +277,7 @@ class ImapBackendFilter:
         if _GREETING_OK.match(line):
             self._greeting_done = True
             if not self._consume:
-                out.append(filter_capabilities(line))
+                out.append(filter_capabilities(line, self._auth.extra_caps if self._auth is not None else b""))
             return None
         return self._refuse(out, Reason.BACKEND_REFUSED, safe_text(line))
 

@@ -595,3 +595,17 @@ def _v1_port(token: bytes) -> int:
     if _V1_PORT.fullmatch(token) is None or int(token) > 0xFFFF:
         raise ProxyHeaderError(V1_MALFORMED, f"bad port {token!r}")
     return int(token)
+
+
+def looks_like_header(first: bytes) -> bool | None:
+    """Whether the first bytes of a connection start a PROXY header: True, False, or None (need more).
+
+    For peers that are not trusted load balancers: a header from them is a spoofing attempt (or a
+    misrouted load balancer) and is refused, never parsed. v1 is recognised by ``PROXY`` and a space,
+    v2 by its 12-byte signature; at most 12 bytes are ever needed to tell.
+    """
+    for sig in (V1_PREFIX + b" ", V2_SIGNATURE):
+        n = min(len(first), len(sig))
+        if first[:n] == sig[:n]:
+            return True if len(first) >= len(sig) else None
+    return False

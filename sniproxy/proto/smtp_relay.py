@@ -50,7 +50,7 @@ class SmtpRelay:
     def __init__(self, *, client_addr: tuple[str, int], helo: str, hostname: str,
                  consume_greeting: bool, decide: Decide | None, max_line: int = 8192) -> None:
         self._client_addr = client_addr
-        self._helo = helo or "unknown"
+        self._helo = helo or "[UNAVAILABLE]"   # Postfix's XCLIENT word for "not known"
         self._hostname = hostname
         self._consume = consume_greeting
         self._decide = decide
@@ -107,8 +107,9 @@ class SmtpRelay:
                                                       "(smtpd_authorized_xclient_hosts)")]
             self._phase = "xclient"
             host, port = self._client_addr
+            # NAME: the proxy does no reverse DNS; Postfix then logs the client as "unknown".
             cmd = (f"XCLIENT ADDR={xtext(_xclient_addr(host))} PORT={port} PROTO=ESMTP "
-                   f"HELO={xtext(self._helo)}\r\n")
+                   f"HELO={xtext(self._helo)} NAME=[UNAVAILABLE]\r\n")
             return [ToBackend(cmd.encode())]
         if self._phase == "xclient":
             if code != 220:

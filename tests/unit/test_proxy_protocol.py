@@ -710,3 +710,23 @@ def test_arbitrary_bytes(data: bytes) -> None:
     whole = verdict([data])
     bytewise = verdict([data[i:i + 1] for i in range(len(data))])
     assert whole == bytewise
+
+
+# --- looks_like_header: refusing headers from peers that are not trusted balancers --------------
+
+@pytest.mark.parametrize(("first", "verdict"), [
+    (b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", True),
+    (b"PROXY ", True),
+    (b"PROX", None),
+    (b"", None),
+    (b"\r\n\r\n\x00\r\nQUIT\n!", True),
+    (b"\r\n\r\n", None),
+    (b"\x16\x03\x01\x02\x00", False),
+    (b"a1 CAPABILITY\r\n", False),
+    (b"PROXYX", False),
+    (b"EHLO x\r\n", False),
+])
+def test_looks_like_header(first: bytes, verdict: bool | None) -> None:
+    from sniproxy.proto.proxy_protocol import looks_like_header
+
+    assert looks_like_header(first) is verdict

@@ -1,0 +1,185 @@
+"""IMAP proxy-side SASL EXTERNAL (sans-IO): the card logs in, the proxy logs in to the backend for it.
+
+Owns, for an IMAP backend that cannot see the certificate (a Dovecot with master users):
+- the client's ``tag AUTHENTICATE EXTERNAL`` (RFC 4959 SASL-IR form ``tag AUTHENTICATE EXTERNAL =``
+  or ``... <base64 authzid>``, or the continuation form ``+`` then a response line, RFC 9051 §6.2.2,
+  RFC 4422 appendix A). The authorization identity asked for is checked against the login rule
+  (``sniproxy.auth.login.decide``); allowed, the backend gets ``tag AUTHENTICATE PLAIN`` with
+  authzid = mailbox, authcid = the master user and the master password (RFC 4616); refused, the
+  client gets ``tag NO [AUTHENTICATIONFAILED]`` and the backend sees nothing at all;
+- watching the backend's tagged answers to login commands (ours and the client's own ``LOGIN`` or
+  ``AUTHENTICATE``, which pass through unchanged: the proxy grants nothing by itself), so that once
+  logged in the stream is passed through without being parsed and ``AUTH=EXTERNAL`` is no longer
+  added to capability lists;
+- literals before login (``{n}`` / ``{n+}`` at the end of a line, RFC 9051 §4.3, RFC 7888): their
+  bytes are passed through without being read as commands.
+No I/O, no clock, no logging: bytes in, ``ToClient``/``ToBackend``/``Notice``/``Stop`` out. The
+master password only ever leaves inside the base64 PLAIN response to the backend, never in a
+``Notice``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from sniproxy.auth.login import LoginDecision
+from sniproxy.auth.sasl import SaslError, decode_external, plain_response
+from sniproxy.errors import Reason
+from sniproxy.proto.linebuf import strip_eol
+from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
+
+Decide = Callable[[str], LoginDecision]
+
+_LITERAL_END = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
+_TAG = re.compile(rb"[\x21-\x7e]+")
+_TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
+_TAGGED = re.compile(rb"(\S+) (OK|NO|BAD)(?: |\r?\n|\Z)", re.IGNORECASE)
+MAX_LINE = 65536          # longest command line before login (Dovecot's own limit is 64 KiB)
+EXTRA_CAPS = b"AUTH=EXTERNAL"
+
+
+def _valid_tag(tag: bytes) -> bool:
+    return bool(_TAG.fullmatch(tag)) and not any(b in _TAG_FORBIDDEN for b in tag)
+
+
+class ImapExternal:
+    """The client->backend direction of one IMAP session, until the backend says the login worked."""
+
+    __slots__ = ("_buf", "_decide", "_ext_tag", "_literal", "_master_password", "_master_user", "_max_line",
+                 "_notices", "_watched", "logged_in")
+
+    def __init__(self, *, decide: Decide, master_user: str, master_password: str,
+                 max_line: int = MAX_LINE) -> None:
+        self._decide = decide
+        self._master_user = master_user
+        self._master_password = master_password
+        self._max_line = max_line
+        self._buf = bytearray()
+        self._literal = 0                       # literal bytes still to pass through
+        self._ext_tag: bytes | None = None      # AUTHENTICATE EXTERNAL waiting for its response line
+        # Tags of login commands sent to the backend -> the mailbox for ours, None for the client's own.
+        self._watched: dict[bytes, str | None] = {}
+        self._notices: list[RelayAction] = []
+        self.logged_in = False
+
+    # ------------------------------------------------------------------ backend side (AuthWatcher)
+    @property
+    def extra_caps(self) -> bytes:
+        """``AUTH=EXTERNAL`` until logged in: the client learns it may use EXTERNAL (RFC 4959 §3)."""
+        return b"" if self.logged_in else EXTRA_CAPS
+
+    def backend_line(self, line: bytes) -> None:
+        """Watch tagged answers to login commands; ``take_notices`` returns the outcomes."""
+        if self.logged_in or not self._watched:
+            return
+        m = _TAGGED.match(line)
+        if m is None or m.group(1) not in self._watched:
+            return
+        mailbox = self._watched.pop(m.group(1))
+        ok = m.group(2).upper() == b"OK"
+        if ok:
+            self.logged_in = True
+            self._watched.clear()
+        if mailbox is not None:
+            text = strip_eol(line)[len(m.group(0)):].decode("ascii", "replace")[:200]
+            self._notices.append(Notice("auth", {"mechanism": "EXTERNAL", "mailbox": mailbox,
+                                                 "result": "ok" if ok else "backend_refused",
+                                                 **({} if ok else {"detail": text})}))
+
+    def take_notices(self) -> list[RelayAction]:
+        """Login outcomes learnt from the backend since the last call."""
+        out, self._notices = self._notices, []
+        return out
+
+    # ------------------------------------------------------------------ client side
+    def client_data(self, data: bytes) -> list[RelayAction]:
+        """Feed client plaintext; return what goes to the backend and to the client, in order."""
+        if self.logged_in and not self._buf and not self._literal:
+            return [ToBackend(data)]
+        self._buf += data
+        out: list[RelayAction] = []
+        to_backend = bytearray()
+
+        def flush() -> None:
+            if to_backend:
+                out.append(ToBackend(bytes(to_backend)))
+                to_backend.clear()
+
+        while self._buf:
+            if self._literal:
+                take = min(self._literal, len(self._buf))
+                to_backend += self._buf[:take]
+                del self._buf[:take]
+                self._literal -= take
+                continue
+            if self.logged_in:
+                to_backend += self._buf
+                self._buf.clear()
+                break
+            nl = self._buf.find(b"\n")
+            if nl < 0:
+                if len(self._buf) > self._max_line:
+                    flush()
+                    return [*out, Stop(Reason.LINE_TOO_LONG, f"command line over {self._max_line} bytes")]
+                break
+            line = bytes(self._buf[:nl + 1])
+            del self._buf[:nl + 1]
+            if len(line) > self._max_line:
+                flush()
+                return [*out, Stop(Reason.LINE_TOO_LONG, f"command line over {self._max_line} bytes")]
+            replies = self._line(line)
+            if replies is None:
+                to_backend += line
+                m = _LITERAL_END.search(line[-32:])
+                if m:
+                    self._literal = int(m.group(1))
+                continue
+            flush()
+            out += replies
+        flush()
+        return out
+
+    def _line(self, line: bytes) -> list[RelayAction] | None:
+        """Handle one command line; None means pass it to the backend unchanged."""
+        if self._ext_tag is not None:
+            tag, self._ext_tag = self._ext_tag, None
+            return self._external(tag, strip_eol(line))
+        words = strip_eol(line).split(b" ")
+        if len(words) < 2 or not _valid_tag(words[0]):
+            return None
+        tag, verb = words[0], words[1].upper()
+        if verb == b"LOGIN" or (verb == b"AUTHENTICATE" and (len(words) < 3 or words[2].upper() != b"EXTERNAL")):
+            self._watched[tag] = None   # the client's own login: the backend decides
+            return None
+        if verb != b"AUTHENTICATE":
+            return None
+        if len(words) > 4:
+            return [ToClient(tag + b" BAD Syntax: AUTHENTICATE EXTERNAL [initial-response]\r\n")]
+        if len(words) == 4:
+            return self._external(tag, words[3])
+        self._ext_tag = tag
+        return [ToClient(b"+ \r\n")]
+
+    def _external(self, tag: bytes, response: bytes) -> list[RelayAction]:
+        if response == b"*":
+            return [ToClient(tag + b" BAD Authentication canceled\r\n")]
+        try:
+            authzid = decode_external(response.decode("ascii"))
+        except (SaslError, UnicodeDecodeError) as exc:
+            return [ToClient(tag + b" BAD Invalid base64 response\r\n"),
+                    Notice("auth", {"mechanism": "EXTERNAL", "result": "malformed", "detail": str(exc)})]
+        decision = self._decide(authzid)
+        if decision.mailbox is None:
+            # RFC 5530: AUTHENTICATIONFAILED; the reason stays in the proxy's log, not on the wire.
+            return [ToClient(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
+                    Notice("auth", {"mechanism": "EXTERNAL", "result": decision.reason, "authzid": authzid,
+                                    "detail": decision.detail})]
+        try:
+            plain = plain_response(decision.mailbox, self._master_user, self._master_password)
+        except ValueError:
+            return [ToClient(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
+                    Notice("auth", {"mechanism": "EXTERNAL", "result": "bad_mailbox", "authzid": authzid})]
+        self._watched[tag] = decision.mailbox
+        # SASL-IR (RFC 4959): one round trip; Dovecot advertises and accepts it.
+        return [ToBackend(tag + b" AUTHENTICATE PLAIN " + plain.encode("ascii") + b"\r\n")]

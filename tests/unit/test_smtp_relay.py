@@ -1,0 +1,160 @@
+"""``SmtpRelay``: the XCLIENT opening with the backend, client XCLIENT/XFORWARD refused, AUTH EXTERNAL as
+XCLIENT LOGIN=, EHLO keyword rewriting, DATA end detection. Sans-IO, driven with the replies Postfix 3.7 gives."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sniproxy.auth.login import LoginRule, decide
+from sniproxy.errors import Reason
+from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
+from sniproxy.proto.smtp_relay import HOLD_MAX, SmtpRelay
+
+POSTFIX_EHLO = (b"250-mx.example.test\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-VRFY\r\n250-ETRN\r\n"
+                b"250-XCLIENT NAME ADDR PROTO HELO REVERSE_NAME PORT LOGIN DESTADDR DESTPORT\r\n"
+                b"250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250-DSN\r\n250 CHUNKING\r\n")
+RULE = LoginRule(mapping={"810001234567": ("alice@example.test",)})
+
+
+def _to_backend(out: list[RelayAction]) -> bytes:
+    return b"".join(x.data for x in out if isinstance(x, ToBackend))
+
+
+def _to_client(out: list[RelayAction]) -> bytes:
+    return b"".join(x.data for x in out if isinstance(x, ToClient))
+
+
+def _ready(*, consume: bool = True, login: bool = True) -> SmtpRelay:
+    r = SmtpRelay(client_addr=("192.0.2.7", 40000), helo="", hostname="frontsmtp.mssante.fr", consume_greeting=consume,
+                  decide=(lambda z: decide(RULE, {"idnat_ps": "810001234567"}, z)) if login else None)
+    assert _to_backend(r.backend_data(b"220 mx.example.test ESMTP test\r\n")) == b"EHLO frontsmtp.mssante.fr\r\n"
+    assert _to_backend(r.backend_data(POSTFIX_EHLO)).startswith(b"XCLIENT ADDR=")
+    out = r.backend_data(b"220 mx.example.test ESMTP test\r\n")
+    assert r.ready
+    assert _to_client(out) == (b"" if consume else b"220 mx.example.test ESMTP test\r\n")
+    return r
+
+
+def test_opening_dance_sends_the_client_address() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 40000), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    assert _to_backend(r.backend_data(POSTFIX_EHLO)) == (
+        b"XCLIENT ADDR=192.0.2.7 PORT=40000 PROTO=ESMTP HELO=[UNAVAILABLE] NAME=[UNAVAILABLE]\r\n")
+    assert not r.ready
+
+
+def test_ipv6_client_address_form() -> None:
+    r = SmtpRelay(client_addr=("2001:db8::7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    assert b"ADDR=IPV6:2001:db8::7 " in _to_backend(r.backend_data(POSTFIX_EHLO))
+
+
+def test_backend_without_xclient_is_a_backend_error() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    (stop,) = r.backend_data(b"250-mx\r\n250 PIPELINING\r\n")
+    assert isinstance(stop, Stop) and stop.reason is Reason.BACKEND_PROTOCOL
+
+
+def test_implicit_tls_passes_the_new_greeting() -> None:
+    _ready(consume=False)
+
+
+def test_ehlo_hides_keywords_and_adds_auth_external() -> None:
+    r = _ready()
+    assert _to_backend(r.client_data(b"EHLO client.test\r\n")) == b"EHLO client.test\r\n"
+    text = _to_client(r.backend_data(POSTFIX_EHLO))
+    assert b"XCLIENT" not in text and b"CHUNKING" not in text and b"STARTTLS" not in text
+    assert text.endswith(b"250 AUTH EXTERNAL\r\n") and text.count(b"250 ") == 1
+
+
+@pytest.mark.parametrize("verb", [b"XCLIENT", b"xforward"])
+def test_client_identity_commands_refused(verb: bytes) -> None:
+    r = _ready()
+    out = r.client_data(verb + b" ADDR=10.9.9.9 LOGIN=bob\r\n")
+    assert _to_backend(out) == b""
+    assert _to_client(out).startswith(b"550 5.7.0 ")
+    assert any(isinstance(x, Notice) and x.event == "client_identity_refused" for x in out)
+
+
+def test_auth_external_becomes_xclient_login_then_ehlo_then_235() -> None:
+    r = _ready()
+    r.client_data(b"EHLO client.test\r\n")
+    r.backend_data(POSTFIX_EHLO)
+    out = r.client_data(b"AUTH EXTERNAL " + base64.b64encode(b"alice@example.test") + b"\r\n")
+    assert _to_backend(out) == b"XCLIENT LOGIN=alice@example.test\r\n"
+    # held while the backend decides: nothing of the next command goes through yet
+    assert r.client_data(b"MAIL FROM:<alice@example.test>\r\n") == []
+    assert _to_backend(r.backend_data(b"220 mx ESMTP\r\n")) == b"EHLO client.test\r\n"
+    out = r.backend_data(POSTFIX_EHLO)
+    assert _to_client(out) == b"235 2.7.0 Authentication successful\r\n"
+    assert _to_backend(out) == b"MAIL FROM:<alice@example.test>\r\n"
+    assert any(isinstance(x, Notice) and x.fields.get("result") == "ok" for x in out)
+    assert _to_client(r.client_data(b"AUTH EXTERNAL =\r\n")).startswith(b"503")
+
+
+def test_auth_external_refused_with_535() -> None:
+    r = _ready()
+    out = r.client_data(b"AUTH EXTERNAL " + base64.b64encode(b"bob@example.test") + b"\r\n")
+    assert _to_client(out) == b"535 5.7.8 Authentication credentials invalid\r\n" and _to_backend(out) == b""
+
+
+def test_auth_external_continuation_and_cancel() -> None:
+    r = _ready()
+    assert _to_client(r.client_data(b"AUTH EXTERNAL\r\n")) == b"334 \r\n"
+    assert _to_client(r.client_data(b"*\r\n")).startswith(b"501")
+    r.client_data(b"AUTH EXTERNAL\r\n")
+    assert _to_backend(r.client_data(b"=\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+
+
+def test_data_end_found_leniently_and_commands_inside_data_not_parsed() -> None:
+    r = _ready(login=False)
+    r.client_data(b"DATA\r\n")
+    out = r.backend_data(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+    assert _to_client(out).startswith(b"354")
+    body = b"Subject: x\r\n\r\nXCLIENT ADDR=1.2.3.4\r\n..leading dot\r\n"
+    sent = b""
+    for i in range(len(body)):
+        sent += _to_backend(r.client_data(body[i:i + 1]))
+    sent += _to_backend(r.client_data(b".\nRSET\r\n"))
+    # the LF-only end is taken as the end, as Postfix takes it; what follows is a command again
+    assert sent == body + b".\nRSET\r\n"
+    assert _to_client(r.backend_data(b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n")) == (
+        b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n")
+
+
+def test_bdat_refused_and_hold_is_bounded() -> None:
+    r = _ready(login=False)
+    assert _to_client(r.client_data(b"BDAT 10 LAST\r\n")).startswith(b"502")
+    r.client_data(b"DATA\r\n")
+    out = r.client_data(b"x" * (HOLD_MAX + 1))
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.CLIENT_PROTOCOL
+
+
+def test_content_with_only_a_marker_prefix_waits_without_looping() -> None:
+    """``_content`` keeps back a possible start of the end marker: the loop must wait, not spin."""
+    r = _ready(login=False)
+    r.client_data(b"DATA\r\n")
+    r.backend_data(b"354 go\r\n")
+    assert _to_backend(r.client_data(b"line\r\n")) == b"line\r"   # "\n" kept: it may start "\n.\r\n"
+    assert r.client_data(b".") == []                                 # "\n." alone: wait for more
+    assert _to_backend(r.client_data(b"\r\n")) == b"\n.\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=400), max_size=20), st.lists(st.sampled_from(
+    [b"250 ok\r\n", b"354 go\r\n", b"220 mx\r\n", b"550 no\r\n", b"334 \r\n"]), max_size=20))
+def test_never_crashes_never_loops(client: list[bytes], replies: list[bytes]) -> None:
+    r = _ready()
+    for i, chunk in enumerate(client):
+        out = r.client_data(chunk)
+        if out and isinstance(out[-1], Stop):
+            return
+        if i < len(replies):
+            out = r.backend_data(replies[i])
+            if out and isinstance(out[-1], Stop):
+                return
