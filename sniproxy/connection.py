@@ -1,7 +1,8 @@
 """The per-connection driver: the one place where bytes meet the protocol dialogs and TLS.
 
-Phases: pre-TLS dialog (STARTTLS listeners) -> ClientHello (flow chosen from SNI) -> handshake
-with the flow's own context and card checks -> backend connect and greeting -> relay.
+Phases: PROXY header (from trusted load balancers only) -> pre-TLS dialog (STARTTLS listeners) ->
+ClientHello (flow chosen from SNI) -> handshake with the flow's own context and card checks ->
+backend connect, identity preamble (PROXY v2 header or XCLIENT dialog) and greeting -> relay.
 Built on asyncio Protocols rather than streams because IMAP clients idle for hours and a
 stream pair costs several times the memory (docs/decisions/0001-tls-engine.md). Timeouts are
 timer handles, not tasks, for the same reason. Every end goes through ``_finish``, which logs
@@ -15,16 +16,23 @@ import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from ipaddress import ip_address
 from typing import Any, cast
 
-from sniproxy.config.model import Protocol
+from sniproxy.auth.login import LoginDecision, decide
+from sniproxy.config.model import Identity, Protocol
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import CRL_GRACE_ACCEPTS
 from sniproxy.proto.actions import Action, Close, Send, StartTls
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
+from sniproxy.proto.identity_out import CardFacts, card_facts, proxy_v2_header
 from sniproxy.proto.imap import ImapBackendFilter, ImapPreTls, imap_unavailable
+from sniproxy.proto.imap_auth import ImapExternal
+from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
+from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 from sniproxy.proto.smtp import SmtpBackendFilter, SmtpPreTls, smtp_unavailable
+from sniproxy.proto.smtp_relay import SmtpRelay
 from sniproxy.tls.contexts import ListenerRuntime, Snapshot, SnapshotHolder
 from sniproxy.tls.identity import identity_fields, parse_identity
 from sniproxy.tls.session import TlsFailure, TlsSession
@@ -37,8 +45,8 @@ _WRITE_HIGH = 65536           # transport write buffer high-water mark, per dire
 _ALERT_UNRECOGNIZED_NAME = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
 _ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
 
-_PRETLS, _HELLO, _HANDSHAKE, _CONNECTING, _RELAY, _CLOSED = range(6)
-_PHASE_NAMES = ("pretls", "client_hello", "handshake", "backend_connect", "relay", "closed")
+_PROXY, _PRETLS, _HELLO, _HANDSHAKE, _CONNECTING, _RELAY, _CLOSED = range(7)
+_PHASE_NAMES = ("proxy_header", "pretls", "client_hello", "handshake", "backend_connect", "relay", "closed")
 
 
 class Stats:
@@ -95,10 +103,13 @@ class ClientConnection(asyncio.Protocol):
     """One client connection through the proxy."""
 
     __slots__ = (
+        "_auth",
         "_backend",
         "_backend_filter",
         "_bytes_in",
         "_bytes_out",
+        "_card",
+        "_client_addr",
         "_client_eof",
         "_connect_task",
         "_detail",
@@ -108,17 +119,22 @@ class ClientConnection(asyncio.Protocol):
         "_hello_buf",
         "_identity",
         "_last_io",
+        "_local_addr",
         "_lr",
         "_pending",
         "_pending_size",
         "_phase",
+        "_proxy_parser",
         "_reading_paused",
         "_reason",
+        "_relay",
         "_snapshot",
         "_sni",
+        "_sniff",
         "_started",
         "_timer",
         "_tls",
+        "_via",
         "id",
         "peer",
         "transport",
@@ -140,6 +156,17 @@ class ClientConnection(asyncio.Protocol):
         self._identity: dict[str, str] | None = None
         self._backend: _Backend | None = None
         self._backend_filter: ImapBackendFilter | SmtpBackendFilter | None = None
+        # Two-sided dialogs between client and backend: XCLIENT (SMTP) or proxy-side EXTERNAL (IMAP).
+        self._relay: SmtpRelay | ImapExternal | None = None
+        self._auth: list[dict[str, Any]] | None = None     # proxy-side login outcomes, for the event
+        self._client_addr: tuple[str, int] = ("", 0)       # real client (from a PROXY header if any)
+        self._local_addr: tuple[str, int] = ("", 0)        # where the client connected to
+        self._via: str | None = None                       # the load balancer, when a header was read
+        self._proxy_parser: ProxyHeaderParser | None = None
+        # First bytes of a peer not trusted to send a PROXY header, until they prove they are none.
+        # b"" (a shared singleton) rather than a bytearray: idle connections must stay small.
+        self._sniff: bytes | None = None
+        self._card: CardFacts | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -160,15 +187,43 @@ class ClientConnection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            self._client_addr = (str(peer[0]), int(peer[1]))
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            self._local_addr = (str(local[0]), int(local[1]))
         self._started = time.monotonic()
         STATS.accepted += 1
         STATS.active += 1
+        ls = self._lr.listener
+        if ls.proxy_protocol_from and self._trusted_balancer():
+            # A trusted load balancer speaks first: nothing is sent until its header is read.
+            self._phase = _PROXY
+            self._proxy_parser = ProxyHeaderParser()
+            self._arm(ls.timeouts.handshake)
+            return
+        self._sniff = b""
+        self._begin()
+
+    def _trusted_balancer(self) -> bool:
+        host = self._client_addr[0]
+        try:
+            addr = ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return False
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped   # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+        return any(addr in net for net in self._lr.listener.proxy_protocol_from)
+
+    def _begin(self) -> None:
+        """Start the client-facing protocol: the pre-TLS greeting, or wait for a ClientHello."""
         ls = self._lr.listener
         if ls.protocol is Protocol.IMAP:
             self._dialog = ImapPreTls(ls.hostname, ls.max_line, ls.max_pretls_commands)
         elif ls.protocol is Protocol.SMTP:
             self._dialog = SmtpPreTls(ls.hostname, ls.max_line, ls.max_pretls_commands)
         if self._dialog is not None:
+            self._phase = _PRETLS
             self._arm(ls.timeouts.pretls)
             self._apply(self._dialog.greeting())
         else:
@@ -216,6 +271,22 @@ class ClientConnection(asyncio.Protocol):
     def _client_data(self, data: bytes) -> None:
         self._bytes_in += len(data)
         self._last_io = time.monotonic()
+        if self._phase == _PROXY:
+            rest = self._proxy_header(data)
+            if not rest:
+                return
+            data = rest
+        if self._sniff is not None:
+            # Never believe a client: a PROXY header from a peer outside proxy_protocol_from is refused.
+            data = self._sniff + data if self._sniff else data
+            verdict = looks_like_header(data[:16])
+            if verdict is None:
+                self._sniff = data      # at most 15 bytes: a prefix of a signature
+                return
+            if verdict:
+                self._finish(Reason.UNTRUSTED_PROXY_HEADER, "PROXY header from a peer not in proxy_protocol_from")
+                return
+            self._sniff = None
         phase = self._phase
         if phase == _PRETLS:
             assert self._dialog is not None
@@ -248,6 +319,27 @@ class ClientConnection(asyncio.Protocol):
             self._finish(Reason.TIMEOUT, "idle")
         else:
             self._finish(Reason.TIMEOUT, _PHASE_NAMES[self._phase])
+
+    # ------------------------------------------------------------------ PROXY header in
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Feed the trusted balancer's header; return the bytes after it once it is complete."""
+        assert self._proxy_parser is not None
+        try:
+            result = self._proxy_parser.feed(data)
+        except ProxyHeaderError as exc:
+            self._finish(Reason.BAD_PROXY_HEADER, str(exc))
+            return b""
+        if result is None:
+            return b""
+        self._proxy_parser = None
+        if result.src is not None and result.dst is not None:
+            # From now on the client is the one the balancer names; the balancer is kept as ``via``.
+            self._via = self.peer
+            self._client_addr, self._local_addr = result.src, result.dst
+            self.peer = f"{result.src[0]}:{result.src[1]}"   # same form as the socket's peer
+        self._sniff = b""   # a second header, from the client behind the balancer, is a spoof
+        self._begin()
+        return result.rest if self._phase != _CLOSED else b""
 
     # ------------------------------------------------------------------ pre-TLS
     def _apply(self, actions: list[Action]) -> None:
@@ -312,6 +404,10 @@ class ClientConnection(asyncio.Protocol):
                 self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
             except Exception as exc:  # a verified but odd certificate must not kill the connection
                 self._identity = {"parse_error": type(exc).__name__}
+            try:
+                self._card = card_facts(leaf)
+            except Exception:  # same: the backend then gets the SSL flags without the CN
+                self._card = CardFacts(cn=None, sig_alg=None, key_alg=None)
         if tls.state.crl_grace:
             CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
             _log.warning("crl_grace_accept", conn_id=self.id, flow=self._flow, authority=tls.state.authority,
@@ -354,9 +450,7 @@ class ClientConnection(asyncio.Protocol):
         self._flush_tls()
         if data:
             if self._phase == _RELAY:
-                bt = self._backend_transport()
-                if bt is not None:
-                    bt.write(data)
+                self._client_plaintext(data)
             else:
                 self._pending.append(data)
                 self._pending_size += len(data)
@@ -365,13 +459,67 @@ class ClientConnection(asyncio.Protocol):
         if eof:
             self._client_eof_received()
 
+    def _client_plaintext(self, data: bytes) -> None:
+        """Client plaintext during the relay: through the two-sided dialog if any, else straight on."""
+        if self._relay is not None:
+            self._relay_actions(self._relay.client_data(data))
+            return
+        bt = self._backend_transport()
+        if bt is not None:
+            bt.write(data)
+
+    def _relay_actions(self, actions: list[RelayAction]) -> None:
+        for action in actions:
+            if self._phase == _CLOSED:
+                return
+            if isinstance(action, ToBackend):
+                bt = self._backend_transport()
+                if bt is not None:
+                    bt.write(action.data)
+            elif isinstance(action, ToClient):
+                self._send_plain(action.data)
+            elif isinstance(action, Notice):
+                self._notice(action)
+            elif isinstance(action, Stop):
+                if action.reason in (Reason.BACKEND_PROTOCOL, Reason.BACKEND_REFUSED):
+                    self._backend_failed(action.reason, action.detail)
+                else:
+                    self._finish(action.reason, action.detail)
+                return
+
+    def _notice(self, notice: Notice) -> None:
+        """A login outcome or a refused client identity command: logged now and kept for the event."""
+        fields = {"conn_id": self.id, "listener": self._lr.listener.name, "peer": self.peer, **notice.fields}
+        if notice.event == "auth":
+            # Allocated on first use: most connections never log in through the proxy.
+            if self._auth is None:
+                self._auth = []
+            self._auth.append(dict(notice.fields))
+        ok = notice.fields.get("result") == "ok"
+        (_log.info if ok else _log.warning)(notice.event, **fields)
+
+    def _decide(self, authzid: str) -> LoginDecision:
+        login = self._lr.listener.backend.login
+        assert login is not None
+        return decide(login.rule, self._identity or {}, authzid)
+
     # ------------------------------------------------------------------ backend
     async def _connect_backend(self) -> None:
         ls = self._lr.listener
+        backend = ls.backend
         loop = asyncio.get_running_loop()
         # The filter must exist before the first backend byte can arrive (see _Backend.connection_made).
         if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
-            self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP)
+            auth = None
+            if backend.login is not None and backend.login.master_user and backend.login.master_password:
+                auth = ImapExternal(decide=self._decide, master_user=backend.login.master_user,
+                                    master_password=backend.login.master_password)
+                self._relay = auth
+            self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP, auth=auth)
+        elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS) and backend.identity is Identity.XCLIENT:
+            self._relay = SmtpRelay(client_addr=self._client_addr, helo="", hostname=ls.hostname,
+                                    consume_greeting=ls.protocol is Protocol.SMTP,
+                                    decide=self._decide if backend.login is not None else None)
         elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
             self._backend_filter = SmtpBackendFilter(consume_greeting=ls.protocol is Protocol.SMTP)
         try:
@@ -385,7 +533,8 @@ class ClientConnection(asyncio.Protocol):
             return
         finally:
             self._connect_task = None
-        if self._phase == _CONNECTING and self._backend_filter is None and self._backend is proto:
+        if (self._phase == _CONNECTING and self._backend_filter is None and self._relay is None
+                and self._backend is proto):
             self._start_relay()  # raw TCP: nothing to wait for
 
     def backend_attached(self, backend: _Backend) -> None:
@@ -395,6 +544,25 @@ class ClientConnection(asyncio.Protocol):
                 backend.transport.close()
             return
         self._backend = backend
+        if self._lr.listener.backend.identity is Identity.PROXY_V2 and backend.transport is not None:
+            # Before any other byte, and before the backend can greet (Dovecot waits for it).
+            header = self._proxy_v2_header()
+            if header is None:
+                return
+            backend.transport.write(header)
+
+    def _proxy_v2_header(self) -> bytes | None:
+        tls = self._tls
+        assert tls is not None
+        opts = self._lr.listener.backend.proxy_v2
+        try:
+            return proxy_v2_header(src=self._client_addr, dst=self._local_addr, sni=self._sni,
+                                   tls_version=tls.version, cipher=tls.cipher, card=self._card,
+                                   send_cn=opts.send_cn, identity=self._identity if opts.identity_tlvs else None,
+                                   crc32c=opts.crc32c)
+        except ValueError as exc:  # only an absurd SNI or CN can get here
+            self._backend_failed(Reason.INTERNAL_ERROR, f"PROXY v2 header: {exc}")
+            return None
 
     def _backend_failed(self, reason: Reason, detail: str) -> None:
         proto = self._lr.listener.protocol
@@ -413,9 +581,12 @@ class ClientConnection(asyncio.Protocol):
             self._finish(Reason.OK, "backend closed")
             return
         if self._pending:
-            bt.write(b"".join(self._pending))
+            pending = b"".join(self._pending)
             self._pending.clear()
             self._pending_size = 0
+            self._client_plaintext(pending)
+            if self._phase == _CLOSED:
+                return
         if self._client_eof:
             if bt.can_write_eof():
                 bt.write_eof()
@@ -435,6 +606,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _backend_data(self, data: bytes) -> None:
         self._last_io = time.monotonic()
+        if isinstance(self._relay, SmtpRelay):
+            relay = self._relay
+            self._relay_actions(relay.backend_data(data))
+            if self._phase == _CONNECTING and relay.ready:
+                self._start_relay()
+            return
         filt = self._backend_filter
         if filt is None:
             self._send_plain(data)
@@ -445,6 +622,8 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, Close):
                 self._backend_failed(action.reason, action.detail)
                 return
+        if isinstance(self._relay, ImapExternal):
+            self._relay_actions(self._relay.take_notices())
         if self._phase == _CONNECTING and filt.greeting_done:
             self._start_relay()
 
@@ -537,6 +716,10 @@ class ClientConnection(asyncio.Protocol):
             event["crl_grace"] = tls.state.crl_grace
         if self._identity:
             event["identity"] = self._identity
+        if self._via is not None:
+            event["via"] = self._via
+        if self._auth:
+            event["auth"] = self._auth
         event["outcome"] = _outcome(reason)
         for observer in OBSERVERS:
             observer(event)

@@ -187,6 +187,7 @@ class Dovecot:
     lmtp_port: int
     host: str = HOST
     extra_conf: str = field(default="", repr=False)
+    external_users: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -204,6 +205,10 @@ class Dovecot:
     @property
     def master_users_path(self) -> Path:
         return self.root / "master-users"
+
+    @property
+    def external_users_path(self) -> Path:
+        return self.root / "external-users"
 
     @property
     def mail_root(self) -> Path:
@@ -284,6 +289,23 @@ def _write_passwd(path: Path, users: dict[str, str]) -> None:
     tmp.replace(path)  # atomic: the auth process never sees half a file
 
 
+def _external_conf(d: Dovecot) -> str:
+    """The "EXTERNAL from the proxied CN" set-up (docs/identity.md): the CN of the PROXY v2 SSL TLV becomes
+    the user name, and a passdb restricted to EXTERNAL accepts those users without a password (EXTERNAL
+    checks the passdb with an empty one). Every other mechanism skips it, so LOGIN still needs the password."""
+    if not d.external_users:
+        return ""
+    return f"""\
+auth_mechanisms = plain login external
+auth_ssl_username_from_cert = yes
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {d.external_users_path}
+  mechanisms = external
+}}
+"""
+
+
 def _dovecot_conf(d: Dovecot) -> str:
     r = d.root
     return f"""\
@@ -325,7 +347,7 @@ passdb {{
   master = yes
   result_success = continue
 }}
-passdb {{
+{_external_conf(d)}passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {d.users_path}
 }}
@@ -361,10 +383,10 @@ protocol lmtp {{
 """
 
 
-def _dovecot_once(root: Path, instance_name: str, extra_conf: str) -> Dovecot:
+def _dovecot_once(root: Path, instance_name: str, extra_conf: str, external_users: tuple[str, ...]) -> Dovecot:
     imap, haproxy, lmtp = free_ports(3, HOST)
     d = Dovecot(root=root, instance_name=instance_name, imap_port=imap, imap_haproxy_port=haproxy,
-                lmtp_port=lmtp, extra_conf=extra_conf)
+                lmtp_port=lmtp, extra_conf=extra_conf, external_users=external_users)
     d.log_path.unlink(missing_ok=True)
     d.config_path.write_text(_dovecot_conf(d))
     # -F: the master stays our child, in its own session, so stop() can reap the whole group
@@ -390,10 +412,12 @@ def _dovecot_once(root: Path, instance_name: str, extra_conf: str) -> Dovecot:
     raise err(f"{why} (ports {imap}/{haproxy}/{lmtp}); log:\n{log}")
 
 
-def start_dovecot(extra_conf: str = "") -> Dovecot:
+def start_dovecot(extra_conf: str = "", external_users: tuple[str, ...] = ()) -> Dovecot:
     """Start a private Dovecot and wait until IMAP and LMTP greet; the caller must ``stop()`` it.
 
-    ``extra_conf`` is appended to dovecot.conf (later settings override earlier ones)."""
+    ``extra_conf`` is appended to dovecot.conf (later settings override earlier ones). ``external_users``
+    (user names, e.g. card CNs) sets the instance up for SASL EXTERNAL from the CN a PROXY v2 header
+    carries: ``auth_ssl_username_from_cert = yes`` and a passdb accepting those users for EXTERNAL only."""
     if shutil.which("dovecot") is None:
         raise FileNotFoundError("dovecot")
     reap_stale()
@@ -407,9 +431,13 @@ def start_dovecot(extra_conf: str = "") -> Dovecot:
         os.chown(mail, pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
         _write_passwd(root / "users", dict(USERS))
         _write_passwd(root / "master-users", dict(MASTER_USERS))
+        ext = root / "external-users"
+        # passwd-file fields: user:password:uid:gid:gecos:home:shell:extra; no password, nopassword=y
+        ext.write_text("".join(f"{u}:::::::nopassword\n" for u in external_users))
+        ext.chmod(0o644)
         for attempt in range(PORT_ATTEMPTS):
             try:
-                return _dovecot_once(root, instance, extra_conf)
+                return _dovecot_once(root, instance, extra_conf, tuple(external_users))
             except _PortInUse:
                 if attempt == PORT_ATTEMPTS - 1:
                     raise
