@@ -776,7 +776,7 @@ def swap_phase(srv: Server, pki: Any, swap_inter: Path, variants: list[bytes], n
     swaps = [_ts(u["timestamp"]) for u in updates if u.get("event") == "crl_updated"]
     # None: the refresh of that write had not installed its CRL when the load ended
     writes_to_updates = [(w, next((s for s in swaps if s >= w), None)) for w in writes]
-    # refresh in progress: the helper process is using CPU (decode, validate, index, pickle), sampled
+    # refresh in progress: the helper process is using CPU (decode, validate, index, write), sampled
     # every ~50 ms (10 ms ticks); spans closer than 0.5 s are merged
     busy: list[tuple[float, float]] = []
     for (t_a, c_a), (t_b, c_b) in itertools.pairwise(cpu_samples):
@@ -916,7 +916,8 @@ def markdown(res: dict[str, Any]) -> str:
             f"| CPU in one process: decode + validate / build_index / prepare (both) | "
             f"{_fmt(B_['decode_validate'])} / {_fmt(B_['build_index'])} / "
             f"{_fmt(B_['prepare (both, as the helper runs it)'])} s |",
-            f"| of validate: is_signature_valid | {_fmt(B_['of validate: is_signature_valid'])} s |",
+            "| cryptography's is_signature_valid, for comparison (validate checks the received bytes) | "
+            f"{_fmt(B_['of validate: is_signature_valid'])} s |",
             f"| pickled argument to the helper (a path) / result from it (paths + meta) | "
             f"{L['pickle']['argument_bytes']:,} / {L['pickle']['result_bytes']:,} bytes; unpickle of the result "
             f"and map of its files {_fmt(L['pickle']['result_unpickle_and_map_s'])} s |",
