@@ -76,3 +76,14 @@ def s_client(port: int, *, starttls: str | None, sni: str | None, cert: Path | N
     cmd += extra or []
     r = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout)
     return (r.stdout + r.stderr).decode(errors="replace")
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything a peer sends until it closes (or the socket times out or resets)."""
+    out = b""
+    try:
+        while chunk := sock.recv(4096):
+            out += chunk
+    except OSError:
+        pass
+    return out

@@ -41,11 +41,16 @@ def dovecot() -> Iterator[Dovecot]:
     ``master_users``, ``master_separator``, ``add_user()``, ``add_master_user()``, ``stop()``.
     Shared by every test: add users with new names rather than changing existing ones.
     """
+    yield from private_dovecot()
+
+
+def private_dovecot(**options: Any) -> Iterator[Dovecot]:
+    """Start a private Dovecot (``start_dovecot`` options), yield it, stop it: the body of Dovecot fixtures."""
     require_binary("dovecot")
     require_binary("doveadm")
     _require_root("Dovecot")
     try:
-        d = start_dovecot()
+        d = start_dovecot(**options)
     except PeerStartError as e:
         fail_or_skip(f"private Dovecot did not start: {e}")
     try:

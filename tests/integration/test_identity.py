@@ -37,10 +37,10 @@ from sniproxy.proto.proxy_protocol import (
     parse_ssl_tlv,
 )
 from sniproxy.testpki import TestPki
-from tests.conftest import fail_or_skip, free_ports
-from tests.integration.clients import client_context
-from tests.integration.conftest import _require_root, require_binary
-from tests.integration.peers import Dovecot, PeerStartError, Postfix, start_dovecot
+from tests.conftest import free_ports
+from tests.integration.clients import client_context, read_all
+from tests.integration.conftest import private_dovecot
+from tests.integration.peers import Dovecot, Postfix
 from tests.integration.proxyproc import ProxyProcess
 
 pytestmark = pytest.mark.integration
@@ -58,16 +58,7 @@ CLIENT_ERRORS = (ssl.SSLError, OSError, imaplib.IMAP4.error, imaplib.IMAP4.abort
 @pytest.fixture(scope="module")
 def dovecot_cn() -> Iterator[Dovecot]:
     """A Dovecot set up for "EXTERNAL from the proxied CN": auth_ssl_username_from_cert, an EXTERNAL-only passdb."""
-    require_binary("dovecot")
-    _require_root("Dovecot")
-    try:
-        d = start_dovecot(external_users=(CARD_CN,))
-    except PeerStartError as e:
-        fail_or_skip(f"private Dovecot did not start: {e}")
-    try:
-        yield d
-    finally:
-        d.stop()
+    yield from private_dovecot(external_users=(CARD_CN,))
 
 
 @pytest.fixture
@@ -224,7 +215,7 @@ def test_proxy_v2_header_layout(pki: TestPki, start_proxy: StartProxy, identity_
             assert raw.recv(4096).startswith(b"a OK")
             with client_context(pki, "cps-2ter").wrap_socket(raw, server_hostname=IMAP_SANTE) as tls:
                 tls.sendall(b"b NOOP\r\n")
-                _read_all(tls)
+                read_all(tls)
         deadline = time.monotonic() + 5
         while not backend.headers and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -272,16 +263,6 @@ def test_proxy_header_from_trusted_balancer_gives_client_address(
     assert ev["via"].startswith(BALANCER_SRC + ":")
 
 
-def _read_all(sock: socket.socket) -> bytes:
-    out = b""
-    try:
-        while chunk := sock.recv(4096):
-            out += chunk
-    except OSError:
-        pass
-    return out
-
-
 @pytest.mark.parametrize(("listener", "header"), [
     ("imap", b"PROXY TCP4 192.0.2.66 127.0.0.1 40000 143\r\n"),
     ("imaps", encode_v2(command="PROXY", src=("192.0.2.66", 40000), dst=("127.0.0.1", 993))),
@@ -298,7 +279,7 @@ def test_proxy_header_from_untrusted_address_refused(pki: TestPki, dovecot_cn: D
         if listener == "imap":
             assert sock.recv(4096).startswith(b"* OK")   # the proxy's own pre-TLS greeting
         sock.sendall(header)
-        _read_all(sock)
+        read_all(sock)
     ev = proxy.wait_event(lambda e: e["listener"] == listener)
     assert ev["reason"] == "untrusted_proxy_header" and ev["outcome"] == "refused", ev
     assert ev["peer"].startswith(CLIENT_SRC + ":")
@@ -313,7 +294,7 @@ def test_trusted_balancer_without_header_refused(pki: TestPki, dovecot_cn: Dovec
     assert ports.imap is not None
     with socket.create_connection(("127.0.0.1", ports.imap), timeout=10, source_address=(BALANCER_SRC, 0)) as sock:
         sock.sendall(b"a CAPABILITY\r\n")
-        assert _read_all(sock) == b""   # not even a greeting: the balancer must speak first
+        assert read_all(sock) == b""   # not even a greeting: the balancer must speak first
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "bad_proxy_header" and ev["phase"] == "proxy_header", ev
 
@@ -581,7 +562,7 @@ def test_second_header_behind_a_trusted_balancer_refused(pki: TestPki, dovecot_c
     with socket.create_connection(("127.0.0.1", ports.imaps), timeout=10, source_address=(BALANCER_SRC, 0)) as sock:
         sock.sendall(encode_v2(command="PROXY", src=("192.0.2.20", 1000), dst=("127.0.0.1", ports.imaps))
                      + _v1("10.66.66.66", 2000, ports.imaps))
-        _read_all(sock)
+        read_all(sock)
     ev = proxy.wait_event(lambda e: e["listener"] == "imaps")
     assert ev["reason"] == "untrusted_proxy_header" and ev["peer"] == "192.0.2.20:1000", ev
 
@@ -597,7 +578,7 @@ def test_local_header_keeps_the_balancer_address(pki: TestPki, dovecot_cn: Dovec
     with client_context(pki, "cps-2ter").wrap_socket(raw, server_hostname=IMAP_SANTE) as tls:
         assert tls.recv(4096).startswith(b"* OK")
         tls.sendall(b"a LOGOUT\r\n")
-        _read_all(tls)
+        read_all(tls)
     ev = proxy.wait_event(lambda e: e["listener"] == "imaps")
     assert ev["reason"] == "ok" and ev["peer"].startswith(BALANCER_SRC + ":") and "via" not in ev, ev
     assert dovecot_cn.wait_for_log(f"rip={BALANCER_SRC}")

@@ -23,6 +23,7 @@ from tests.conftest import free_ports
 from tests.integration.clients import (
     client_context,
     imap_starttls,
+    read_all,
     s_client,
     server_roots,
     smtp_starttls,
@@ -308,16 +309,6 @@ def _raw(port: int, greeting_lines: int = 1) -> socket.socket:
     return sock
 
 
-def _read_all(sock: socket.socket) -> bytes:
-    out = b""
-    try:
-        while chunk := sock.recv(4096):
-            out += chunk
-    except OSError:
-        pass
-    return out
-
-
 @pytest.mark.parametrize(("listener", "payload"), [
     ("imap", b"a STARTTLS\r\nb LOGIN alice@example.test alicepw\r\n"),
     ("smtp", b"EHLO x\r\nSTARTTLS\r\nMAIL FROM:<a@example.test>\r\n"),
@@ -330,7 +321,7 @@ def test_starttls_injection_refused(biflux: tuple[ProxyProcess, DemoPorts], dove
     before = dovecot.read_log().count("imap-login")
     with _raw(port) as sock:
         sock.sendall(payload)
-        answer = _read_all(sock)
+        answer = read_all(sock)
     assert b"Begin TLS" not in answer and b"220 2.0.0" not in answer
     ev = proxy.wait_event(lambda e: e["listener"] == listener)
     assert ev["reason"] == "starttls_injection" and ev["phase"] == "pretls"
@@ -342,11 +333,11 @@ def test_pretls_dialog_refuses_login_and_mail(biflux: tuple[ProxyProcess, DemoPo
     assert ports.imap is not None and ports.smtp is not None
     with _raw(ports.imap) as sock:
         sock.sendall(b"a LOGIN alice@example.test alicepw\r\nb LOGOUT\r\n")
-        answer = _read_all(sock)
+        answer = read_all(sock)
     assert b"a NO [PRIVACYREQUIRED]" in answer and b"b OK" in answer
     with _raw(ports.smtp) as sock:
         sock.sendall(b"EHLO x\r\nMAIL FROM:<a@example.test>\r\nQUIT\r\n")
-        answer = _read_all(sock)
+        answer = read_all(sock)
     assert b"530 5.7.0 Must issue a STARTTLS command first" in answer
     assert b"STARTTLS" in answer and b"AUTH" not in answer
 
@@ -356,14 +347,14 @@ def test_garbage_and_long_lines_close_with_reason(biflux: tuple[ProxyProcess, De
     assert ports.imaps is not None and ports.imap is not None
     with socket.create_connection(("127.0.0.1", ports.imaps), timeout=10) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        _read_all(sock)
+        read_all(sock)
     assert proxy.wait_event(lambda e: e["listener"] == "imaps")["reason"] == "bad_client_hello"
     with _raw(ports.imap) as sock:
         try:
             sock.sendall(b"a" * 65536)
         except OSError:
             pass
-        _read_all(sock)
+        read_all(sock)
     assert proxy.wait_event(lambda e: e["listener"] == "imap")["reason"] == "line_too_long"
     assert "Traceback" not in proxy.log_text()
 
@@ -378,7 +369,7 @@ def test_backend_down_gets_protocol_error(pki: TestPki, start_proxy: StartProxy)
     raw.sendall(b"a STARTTLS\r\n")
     assert b"a OK" in raw.recv(4096)
     tls = client_context(pki, "fort").wrap_socket(raw, server_hostname=IMAP_SANTE)
-    assert _read_all(tls).startswith(b"* BYE [UNAVAILABLE]")
+    assert read_all(tls).startswith(b"* BYE [UNAVAILABLE]")
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "backend_unavailable" and "Connection refused" in ev["detail"]
     s = smtplib.SMTP("127.0.0.1", smtp, timeout=10)
@@ -470,7 +461,7 @@ def test_commands_sent_before_client_eof_still_reach_the_backend(biflux: tuple[P
     tls.sendall(b"b LOGIN alice@example.test alicepw\r\nc LOGOUT\r\n")
     # TCP FIN right behind the commands, before the backend is ready (base method: keep TLS reading)
     socket.socket.shutdown(tls, socket.SHUT_WR)
-    answer = _read_all(tls)
+    answer = read_all(tls)
     assert b"b OK" in answer and b"c OK" in answer, answer
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "ok", ev
