@@ -31,7 +31,7 @@ from sniproxy.proto.imap import ImapBackendFilter, ImapPreTls, imap_unavailable
 from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
-from sniproxy.proto.smtp import SmtpBackendFilter, SmtpPreTls, smtp_unavailable
+from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
 from sniproxy.proto.smtp_relay import SmtpRelay
 from sniproxy.tls.contexts import ListenerRuntime, Snapshot, SnapshotHolder
 from sniproxy.tls.identity import identity_fields, parse_identity
@@ -155,7 +155,7 @@ class ClientConnection(asyncio.Protocol):
         self._sni: str | None = None
         self._identity: dict[str, str] | None = None
         self._backend: _Backend | None = None
-        self._backend_filter: ImapBackendFilter | SmtpBackendFilter | None = None
+        self._backend_filter: ImapBackendFilter | None = None
         # Two-sided dialogs between client and backend: XCLIENT (SMTP) or proxy-side EXTERNAL (IMAP).
         self._relay: SmtpRelay | ImapExternal | None = None
         self._auth: list[dict[str, Any]] | None = None     # proxy-side login outcomes, for the event
@@ -516,12 +516,13 @@ class ClientConnection(asyncio.Protocol):
                                     master_password=backend.login.master_password)
                 self._relay = auth
             self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP, auth=auth)
-        elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS) and backend.identity is Identity.XCLIENT:
-            self._relay = SmtpRelay(client_addr=self._client_addr, helo="", hostname=ls.hostname,
-                                    consume_greeting=ls.protocol is Protocol.SMTP,
-                                    decide=self._decide if backend.login is not None else None)
         elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
-            self._backend_filter = SmtpBackendFilter(consume_greeting=ls.protocol is Protocol.SMTP)
+            # Every SMTP session goes through the command filter, XCLIENT opening or not: a backend
+            # that trusts this proxy for XCLIENT on one listener trusts it on all of them.
+            xclient = backend.identity is Identity.XCLIENT
+            self._relay = SmtpRelay(client_addr=self._client_addr, helo="", hostname=ls.hostname,
+                                    consume_greeting=ls.protocol is Protocol.SMTP, xclient=xclient,
+                                    decide=self._decide if xclient and backend.login is not None else None)
         try:
             _, proto = await loop.create_connection(
                 lambda: _Backend(self), ls.backend.address.host, ls.backend.address.port)

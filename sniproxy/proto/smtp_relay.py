@@ -3,12 +3,16 @@
 Owns, for a backend such as Postfix that trusts the proxy's address for XCLIENT:
 - the backend opening: greeting, ``EHLO``, check ``XCLIENT`` is offered, ``XCLIENT ADDR PORT PROTO
   HELO``, the new ``220`` greeting (passed to the client on implicit TLS, swallowed after STARTTLS);
-- the client's commands, for the whole session: ``XCLIENT``/``XFORWARD`` from the client are answered
-  ``550`` here and never reach the backend (which trusts this proxy's address); ``AUTH EXTERNAL`` is
-  answered here when a login rule is configured (``XCLIENT LOGIN=`` then a fresh ``EHLO`` to the
-  backend, then ``235`` to the client); ``BDAT`` is refused (``CHUNKING`` is hidden) so message data
-  is always ``DATA`` ... ``.``, whose end is found as leniently as any server would (a line ``.``
-  ended by LF or CRLF), so no command can hide in message data;
+- the client's commands, for the whole session, re-emitted in one canonical form so the backend
+  parses exactly what the proxy parsed: a command line with a control character (tab, bare CR, NUL)
+  or leading white space is answered ``500`` here, a verb outside the SMTP submission set ``502``;
+  ``XCLIENT``/``XFORWARD`` from the client are answered ``550`` and never reach the backend (which
+  trusts this proxy's address); ``AUTH EXTERNAL`` is answered here when a login rule is configured
+  (``XCLIENT LOGIN=`` then a fresh ``EHLO`` to the backend, then ``235`` to the client); a client's
+  own ``AUTH`` holds the client until the backend answers, and its SASL responses must be base64;
+  ``BDAT`` is refused (``CHUNKING`` is hidden) so message data is always ``DATA`` ... ``.``, passed
+  with every line end rewritten to CRLF (a run of CRs before LF counts as one line end, as Postfix
+  reads it), so the proxy and the backend always agree where the data ends;
 - the backend's replies, correlated one to one with the commands sent (pipelining), with EHLO
   keywords the client must not use hidden (``STARTTLS``, ``XCLIENT``, ``XFORWARD``, ``CHUNKING``) and
   ``EXTERNAL`` added to ``AUTH`` when the proxy answers it.
@@ -30,14 +34,27 @@ from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 _REPLY = re.compile(rb"^([2-5][0-9][0-9])([ -])")
 _HIDDEN_EHLO = frozenset({b"STARTTLS", b"XCLIENT", b"XFORWARD", b"CHUNKING", b"BINARYMIME"})
-_DATA_END = re.compile(rb"\n\.\r?\n")
+_EOL = re.compile(rb"\r*\n")
+# Control characters, tab included: Postfix splits commands on any white space, the proxy on spaces only.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_SASL_RESPONSE = re.compile(rb"[A-Za-z0-9+/]*={0,2}|\*")
+#: Verbs a submission client may send (RFC 5321, 4954, 3461); anything else never reaches the backend.
+_VERBS = frozenset({b"EHLO", b"HELO", b"MAIL", b"RCPT", b"DATA", b"RSET", b"NOOP", b"QUIT", b"VRFY", b"HELP",
+                    b"AUTH", b"EXPN", b"ETRN"})
 HOLD_MAX = 1 << 20        # client bytes held while the backend decides (DATA, a login): 1 MiB
+LONG_DATA_LINE = 1 << 16  # a message line longer than this without LF is passed on in parts
+# A backend reply is assembled whole before it is rewritten (EHLO) or passed on: Postfix's longest is
+# well under 1 KiB, so 64 KiB is generous, and it bounds what a broken backend can make us hold.
+MAX_REPLY = 1 << 16
 
 Decide = Callable[[str], LoginDecision]
 
 
 def _xclient_addr(host: str) -> str:
-    addr = ip_address(host)
+    try:
+        addr = ip_address(host.split("%", 1)[0])
+    except ValueError:              # not an IP address (a Unix socket): Postfix's word for unknown
+        return "[UNAVAILABLE]"
     if addr.version == 6:
         mapped = addr.ipv4_mapped
         return str(mapped) if mapped is not None else f"IPV6:{addr}"
@@ -48,20 +65,30 @@ class SmtpRelay:
     """Both directions of one SMTP session through the proxy, XCLIENT mode."""
 
     def __init__(self, *, client_addr: tuple[str, int], helo: str, hostname: str,
-                 consume_greeting: bool, decide: Decide | None, max_line: int = 8192) -> None:
+                 consume_greeting: bool, decide: Decide | None, max_line: int = 8192, xclient: bool = True) -> None:
+        """``xclient=False``: no XCLIENT opening and no proxy-side login, the command filter only
+        (a backend reached with ``identity: none`` or ``proxy-v2`` may trust this proxy's address for
+        XCLIENT too, so the client's own must never reach it)."""
         self._client_addr = client_addr
         self._helo = helo or "[UNAVAILABLE]"   # Postfix's XCLIENT word for "not known"
         self._hostname = hostname
         self._consume = consume_greeting
         self._decide = decide
         self._max_line = max_line
+        self._xclient = xclient
+        if not xclient:
+            self._decide = None
         self._phase = "greeting"          # greeting -> ehlo -> xclient -> ready
         self._reply: list[bytes] = []     # lines of the backend reply being assembled
+        self._reply_size = 0              # their bytes, bounded by MAX_REPLY
         self._bline = bytearray()         # unterminated backend line
-        self._queue: deque[str] = deque() # what each expected reply answers
+        # What each expected backend reply answers (a str), and the proxy's own replies (bytes) to
+        # commands pipelined after them, released in order (RFC 2920: replies in command order).
+        self._queue: deque[str | bytes] = deque()
         self._cbuf = bytearray()          # client bytes not yet processed
-        self._mode = "command"            # command | data_wait | content | auth_resp | ext_resp | hold
-        self._content_start = False
+        self._mode = "command"            # command | hold | content | auth_resp | ext_resp
+        self._line_start = True           # in content: the next byte starts a line
+        self._ehlo_ok = False             # the client's EHLO/HELO was accepted
         self._authenticated = False
         self._mailbox: str | None = None
         self.ready = False
@@ -82,14 +109,21 @@ class SmtpRelay:
             m = _REPLY.match(line)
             if m is None:
                 return [*out, Stop(Reason.BACKEND_PROTOCOL, f"not an SMTP reply: {safe_text(line)}")]
+            if self._reply_size + len(line) > MAX_REPLY:
+                return [*out, Stop(Reason.BACKEND_PROTOCOL, f"reply over {MAX_REPLY} bytes")]
             self._reply.append(line)
+            self._reply_size += len(line)
             if m.group(2) == b" ":
-                reply, self._reply = self._reply, []
+                reply, self._reply, self._reply_size = self._reply, [], 0
                 out += self._on_reply(int(m.group(1)), reply)
                 if out and isinstance(out[-1], Stop):
                     return out
+                while self._queue and isinstance(self._queue[0], bytes):
+                    local = self._queue.popleft()
+                    assert isinstance(local, bytes)
+                    out.append(ToClient(local))
         # Held client bytes may now be processed (after 354, a login, or the opening dance).
-        if self.ready and self._mode in ("command", "content") and self._cbuf:
+        if self.ready and self._mode != "hold" and self._cbuf:
             out += self._client_process()
         return out
 
@@ -98,6 +132,9 @@ class SmtpRelay:
         if self._phase == "greeting":
             if code != 220:
                 return [Stop(Reason.BACKEND_REFUSED, f"{code} {text}")]
+            if not self._xclient:
+                self._phase, self.ready = "ready", True
+                return [] if self._consume else [ToClient(b"".join(lines))]
             self._phase = "ehlo"
             return [ToBackend(f"EHLO {self._hostname}\r\n".encode())]
         if self._phase == "ehlo":
@@ -118,11 +155,13 @@ class SmtpRelay:
             self.ready = True
             return [] if self._consume else [ToClient(b"".join(lines))]
         kind = self._queue.popleft() if self._queue else "unsolicited"
+        assert isinstance(kind, str)   # proxy replies are released as soon as they reach the head
         if kind == "ehlo":
+            self._ehlo_ok = self._ehlo_ok or code == 250
             return [ToClient(self._rewrite_ehlo(lines))]
         if kind == "data":
             self._mode = "content" if code == 354 else "command"
-            self._content_start = code == 354
+            self._line_start = True
             return [ToClient(b"".join(lines))]
         if kind == "auth":
             if code == 334:
@@ -142,9 +181,11 @@ class SmtpRelay:
         if kind == "ehlo_login":
             self._mode = "command"
             if code != 250:
-                return [ToClient(b"454 4.7.0 Temporary authentication failure\r\n"),
-                        Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
-                                        "mailbox": self._mailbox, "detail": f"{code} {text}"})]
+                # The backend session is logged in already: the client must not go on as if it failed,
+                # so the session ends (the driver answers 421 for a backend failure).
+                return [Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
+                                        "mailbox": self._mailbox, "detail": f"{code} {text}"}),
+                        Stop(Reason.BACKEND_PROTOCOL, f"EHLO after XCLIENT LOGIN refused: {code} {text}")]
             self._authenticated = True
             return [ToClient(b"235 2.7.0 Authentication successful\r\n"),
                     Notice("auth", {"mechanism": "EXTERNAL", "result": "ok", "mailbox": self._mailbox})]
@@ -172,7 +213,7 @@ class SmtpRelay:
     def client_data(self, data: bytes) -> list[RelayAction]:
         """Feed client plaintext (call only once ``ready``)."""
         self._cbuf += data
-        if self._mode in ("data_wait", "hold"):
+        if self._mode == "hold":
             if len(self._cbuf) > HOLD_MAX:
                 return [Stop(Reason.CLIENT_PROTOCOL, "client sent too much while its command was pending")]
             return []
@@ -180,7 +221,7 @@ class SmtpRelay:
 
     def _client_process(self) -> list[RelayAction]:
         out: list[RelayAction] = []
-        while self._cbuf and self._mode not in ("data_wait", "hold"):
+        while self._cbuf and self._mode != "hold":
             if self._mode == "content":
                 sent = self._content()
                 if not sent:
@@ -202,69 +243,95 @@ class SmtpRelay:
         return out
 
     def _content(self) -> list[RelayAction]:
-        """Pass message data through until a line holding only ``.`` (ended by LF or CRLF)."""
-        buf = bytes(self._cbuf)
-        probe = (b"\n" + buf) if self._content_start else buf
-        shift = 1 if self._content_start else 0
-        m = _DATA_END.search(probe)
-        if m is not None:
-            end = m.end() - shift
-            self._cbuf = bytearray(buf[end:])
-            self._mode, self._content_start = "command", False
-            self._queue.append("dot")
-            return [ToBackend(buf[:end])]
-        # Keep back a tail that could start the end marker ("\n", "\n.", "\n.\r"); send the rest.
-        keep = 0
-        for k in (3, 2, 1):
-            tail = probe[-k:]
-            if tail in (b"\n.\r", b"\n.", b"\n"):
-                keep = k
-                break
-        keep = min(keep, len(buf))
-        if keep == len(buf):
-            return []  # wait for more bytes: everything may be the start of the marker
-        send, self._cbuf = buf[:len(buf) - keep], bytearray(buf[len(buf) - keep:])
-        self._content_start = False
-        return [ToBackend(send)]
+        """Pass complete message lines on, every line end rewritten to CRLF, until a line ``.``.
+
+        Rewriting (rather than finding the end leniently and passing bytes as they came) is what
+        keeps the proxy and the backend in step: a line ``.\\r\\r\\n`` or ``.\\n`` ends the data for
+        Postfix, so it ends it here, and the backend receives exactly ``.\\r\\n``.
+        """
+        buf = self._cbuf
+        last = buf.rfind(b"\n")
+        if last < 0:
+            if len(buf) <= LONG_DATA_LINE:
+                return []          # wait for the rest of the line
+            # A very long line cannot be the end marker: pass it on, but keep its trailing CRs,
+            # which may belong to the line end still to come.
+            cut = len(buf.rstrip(b"\r"))
+            send = bytes(buf[:cut])
+            del buf[:cut]
+            self._line_start = False
+            return [ToBackend(send)] if send else []
+        norm = _EOL.sub(b"\r\n", bytes(buf[:last + 1]))
+        rest = bytes(buf[last + 1:])
+        pre = b"\r\n" if self._line_start else b""
+        at = (pre + norm).find(b"\r\n.\r\n")
+        if at < 0:
+            self._cbuf = bytearray(rest)
+            self._line_start = True
+            return [ToBackend(norm)]
+        end = at + 5 - len(pre)
+        self._cbuf = bytearray(norm[end:] + rest)
+        self._mode, self._line_start = "command", True
+        self._queue.append("dot")
+        return [ToBackend(norm[:end])]
 
     def _client_line(self, line: bytes) -> list[RelayAction]:
+        # As Postfix reads a line: up to LF, every CR before it dropped.
+        body = strip_eol(line).rstrip(b"\r")
         if self._mode == "auth_resp":
-            self._mode = "command"
+            # A SASL response for the backend: base64 or "*" only, so it cannot carry a command.
+            self._mode = "hold"
             self._queue.append("auth")
-            return [ToBackend(line)]
+            return [ToBackend((body if _SASL_RESPONSE.fullmatch(body) else b"*") + b"\r\n")]
         if self._mode == "ext_resp":
             self._mode = "command"
-            return self._external(safe_text(strip_eol(line)))
-        words = strip_eol(line).split(b" ")
+            return self._external(body.decode("ascii", "replace"))
+        if not body or body[:1] == b" " or _CONTROL.search(body):
+            return self._local(b"500 5.5.2 Syntax error: control character or leading space in command\r\n")
+        words = body.split()
         verb = words[0].upper()
         if verb in (b"XCLIENT", b"XFORWARD"):
-            return [ToClient(b"550 5.7.0 " + verb + b" is not accepted from clients\r\n"),
-                    Notice("client_identity_refused", {"command": verb.decode()})]
+            return [*self._local(b"550 5.7.0 " + verb + b" is not accepted from clients\r\n"),
+                    Notice("client_identity_refused", {"command": verb.decode("ascii", "replace")})]
         if verb == b"BDAT":
-            return [ToClient(b"502 5.5.1 BDAT is not available through this proxy, use DATA\r\n")]
+            return self._local(b"502 5.5.1 BDAT is not available through this proxy, use DATA\r\n")
         if verb == b"STARTTLS":
-            return [ToClient(b"503 5.5.1 TLS already active\r\n")]
+            return self._local(b"503 5.5.1 TLS already active\r\n")
+        if verb not in _VERBS:
+            return self._local(b"502 5.5.2 Command not recognized\r\n")
         if verb == b"AUTH" and len(words) > 1 and words[1].upper() == b"EXTERNAL" and self._decide is not None:
+            if self._queue:
+                return self._local(b"503 5.5.1 AUTH must not be pipelined\r\n")
+            if not self._ehlo_ok:
+                return [ToClient(b"503 5.5.1 Send EHLO first\r\n")]
             if self._authenticated:
                 return [ToClient(b"503 5.5.1 Already authenticated\r\n")]
-            if self._queue:
-                return [ToClient(b"503 5.5.1 AUTH must not be pipelined\r\n")]
             if len(words) > 2:
-                return self._external(safe_text(words[2]))
+                return self._external(words[2].decode("ascii", "replace"))
             self._mode = "ext_resp"
             return [ToClient(b"334 \r\n")]
         if verb in (b"EHLO", b"HELO"):
-            if len(words) > 1 and words[1]:
+            if len(words) > 1:
                 self._helo = safe_text(words[1])
             self._queue.append("ehlo")
         elif verb == b"DATA":
             self._queue.append("data")
-            self._mode = "data_wait"
+            self._mode = "hold"
         elif verb == b"AUTH":
+            # Held until the backend answers: pipelined bytes after it could be read by the backend
+            # as a SASL response and by the proxy as a command, or the other way round.
             self._queue.append("auth")
+            self._mode = "hold"
         else:
             self._queue.append("other")
-        return [ToBackend(line)]
+        return [ToBackend(body + b"\r\n")]
+
+    def _local(self, reply: bytes) -> list[RelayAction]:
+        """A reply the proxy gives itself: now, or after the backend replies still due before it."""
+        if self._queue:
+            self._queue.append(reply)
+            return []
+        return [ToClient(reply)]
 
     def _external(self, response: str) -> list[RelayAction]:
         assert self._decide is not None
@@ -278,7 +345,8 @@ class SmtpRelay:
         decision = self._decide(authzid)
         if decision.mailbox is None:
             return [ToClient(b"535 5.7.8 Authentication credentials invalid\r\n"),
-                    Notice("auth", {"mechanism": "EXTERNAL", "result": decision.reason, "authzid": authzid,
+                    Notice("auth", {"mechanism": "EXTERNAL", "result": decision.reason,
+                                    "authzid": safe_text(authzid.encode("utf-8", "replace")),
                                     "detail": decision.detail})]
         self._mailbox = decision.mailbox
         self._mode = "hold"

@@ -376,6 +376,35 @@ def test_smtp_client_xclient_xforward_refused(pki: TestPki, postfix: Postfix, st
     assert "192.0.2.99" not in postfix.read_log()
 
 
+@pytest.mark.parametrize("identity", ["xclient", "none"])
+def test_smtp_smuggled_xclient_never_reaches_postfix(pki: TestPki, postfix: Postfix, start_proxy: StartProxy,
+                                                     login_files: dict[str, str], identity: str) -> None:
+    """What Postfix would parse as XCLIENT (tab, leading space, after a DATA end it accepts) is refused first."""
+    smtp_backend: dict[str, Any] = {"address": f"127.0.0.1:{postfix.smtp_port}", "identity": identity}
+    if identity == "xclient":
+        smtp_backend["login"] = {"mapping": login_files["mapping"]}
+    cfg, ports = _config(pki, smtp_backend=smtp_backend)
+    proxy = start_proxy(cfg)
+    assert ports.smtp is not None
+    victim = f"victim-{identity}@example.test"
+    s = _smtp(ports.smtp, pki, "cps-2ter")
+    for line in (f"XCLIENT\tLOGIN={victim}", f" XCLIENT LOGIN={victim}", "XFORWARD\tADDR=192.0.2.98"):
+        s.putcmd(line)
+        code, _ = s.getreply()
+        assert code in (500, 550), (line, code)
+    assert s.mail("alice@example.test")[0] == 250 and s.rcpt("alice@example.test")[0] == 250
+    assert s.docmd("DATA")[0] == 354
+    # Postfix ends message data on ".\r\r\n": so does the proxy, and what follows is a command again
+    s.send(f"Subject: smuggle\r\n\r\nbody\r\n.\r\r\nXCLIENT LOGIN={victim}\r\n".encode())
+    queued = s.getreply()
+    assert queued[0] == 250, (queued, postfix.read_log()[-1500:])
+    assert s.getreply()[0] == 550
+    s.quit()
+    proxy.wait_event(lambda e: e["listener"] == "smtp")
+    log = postfix.read_log()
+    assert victim not in log and "192.0.2.98" not in log
+
+
 def test_smtp_external_unmapped_card_refused(pki: TestPki, postfix: Postfix, start_proxy: StartProxy,
                                              login_files: dict[str, str]) -> None:
     smtp_backend = {"address": f"127.0.0.1:{postfix.smtp_port}", "identity": "xclient",

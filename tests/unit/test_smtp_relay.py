@@ -94,17 +94,27 @@ def test_auth_external_becomes_xclient_login_then_ehlo_then_235() -> None:
     assert _to_client(out) == b"235 2.7.0 Authentication successful\r\n"
     assert _to_backend(out) == b"MAIL FROM:<alice@example.test>\r\n"
     assert any(isinstance(x, Notice) and x.fields.get("result") == "ok" for x in out)
-    assert _to_client(r.client_data(b"AUTH EXTERNAL =\r\n")).startswith(b"503")
+    # pipelined behind MAIL: refused, and the refusal waits for MAIL's reply (replies in order)
+    assert r.client_data(b"AUTH EXTERNAL =\r\n") == []
+    assert _to_client(r.backend_data(b"250 2.1.0 Ok\r\n")) == (
+        b"250 2.1.0 Ok\r\n503 5.5.1 AUTH must not be pipelined\r\n")
+
+
+def _ehlo(r: SmtpRelay) -> None:
+    r.client_data(b"EHLO client.test\r\n")
+    r.backend_data(POSTFIX_EHLO)
 
 
 def test_auth_external_refused_with_535() -> None:
     r = _ready()
+    _ehlo(r)
     out = r.client_data(b"AUTH EXTERNAL " + base64.b64encode(b"bob@example.test") + b"\r\n")
     assert _to_client(out) == b"535 5.7.8 Authentication credentials invalid\r\n" and _to_backend(out) == b""
 
 
 def test_auth_external_continuation_and_cancel() -> None:
     r = _ready()
+    _ehlo(r)
     assert _to_client(r.client_data(b"AUTH EXTERNAL\r\n")) == b"334 \r\n"
     assert _to_client(r.client_data(b"*\r\n")).startswith(b"501")
     r.client_data(b"AUTH EXTERNAL\r\n")
@@ -121,8 +131,8 @@ def test_data_end_found_leniently_and_commands_inside_data_not_parsed() -> None:
     for i in range(len(body)):
         sent += _to_backend(r.client_data(body[i:i + 1]))
     sent += _to_backend(r.client_data(b".\nRSET\r\n"))
-    # the LF-only end is taken as the end, as Postfix takes it; what follows is a command again
-    assert sent == body + b".\nRSET\r\n"
+    # the LF-only end is taken as the end, as Postfix takes it, and sent as CRLF; then a command again
+    assert sent == body + b".\r\nRSET\r\n"
     assert _to_client(r.backend_data(b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n")) == (
         b"250 2.0.0 Ok: queued\r\n250 2.0.0 Ok\r\n")
 
@@ -135,14 +145,128 @@ def test_bdat_refused_and_hold_is_bounded() -> None:
     assert isinstance(out[-1], Stop) and out[-1].reason is Reason.CLIENT_PROTOCOL
 
 
-def test_content_with_only_a_marker_prefix_waits_without_looping() -> None:
-    """``_content`` keeps back a possible start of the end marker: the loop must wait, not spin."""
+def test_content_waits_for_whole_lines_without_looping() -> None:
+    """``_content`` passes complete lines only: a lone "." must wait for its line end, not spin."""
     r = _ready(login=False)
     r.client_data(b"DATA\r\n")
     r.backend_data(b"354 go\r\n")
-    assert _to_backend(r.client_data(b"line\r\n")) == b"line\r"   # "\n" kept: it may start "\n.\r\n"
-    assert r.client_data(b".") == []                                 # "\n." alone: wait for more
-    assert _to_backend(r.client_data(b"\r\n")) == b"\n.\r\n"
+    assert _to_backend(r.client_data(b"line\r\n")) == b"line\r\n"
+    assert r.client_data(b".") == []
+    assert r.client_data(b"\r") == []
+    assert _to_backend(r.client_data(b"\r\n")) == b".\r\n"          # ".\r\r\n" ends the data, sent as ".\r\n"
+
+
+# -- what the review of the identity merge found: the proxy and Postfix must parse alike --------------
+@pytest.mark.parametrize("line", [b"XCLIENT\tLOGIN=victim@x\r\n", b" XCLIENT LOGIN=victim@x\r\n",
+                                  b"XFORWARD\tADDR=10.0.0.1\r\n", b"DATA\t\r\n", b"BDAT\t5 LAST\r\n",
+                                  b"MAIL FROM:<a@x>\x00\r\n", b"RCPT TO:<a@x>\rXCLIENT LOGIN=v\r\n"])
+def test_control_characters_and_leading_space_never_reach_the_backend(line: bytes) -> None:
+    r = _ready()
+    out = r.client_data(line)
+    assert _to_backend(out) == b"" and _to_client(out).startswith((b"500", b"550"))
+
+
+def test_unknown_verbs_are_not_forwarded() -> None:
+    r = _ready()
+    for line in (b"XUSR\r\n", b"XVERP\r\n", b"TURN\r\n"):
+        out = r.client_data(line)
+        assert _to_backend(out) == b"" and _to_client(out).startswith(b"502")
+    assert _to_backend(r.client_data(b"noop  extra   spaces\r\n")) == b"noop  extra   spaces\r\n"
+
+
+@pytest.mark.parametrize("end", [b".\r\r\n", b".\n", b".\r\r\r\n"])
+def test_every_data_end_postfix_accepts_ends_it_here_too(end: bytes) -> None:
+    r = _ready()
+    r.client_data(b"DATA\r\n")
+    r.backend_data(b"354 go\r\n")
+    out = r.client_data(b"hello\r\n" + end + b"XCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b"hello\r\n.\r\n"
+    assert _to_client(out) == b""                      # the refusal waits for the reply to the data
+    assert _to_client(r.backend_data(b"250 2.0.0 Ok: queued\r\n")) == (
+        b"250 2.0.0 Ok: queued\r\n550 5.7.0 XCLIENT is not accepted from clients\r\n")
+
+
+def test_bare_cr_inside_a_message_line_is_data() -> None:
+    r = _ready(login=False)
+    r.client_data(b"DATA\r\n")
+    r.backend_data(b"354 go\r\n")
+    assert _to_backend(r.client_data(b"a\rb\r\n.\rx\r\n.\r\n")) == b"a\rb\r\n.\rx\r\n.\r\n"
+
+
+def test_a_long_message_line_is_passed_in_parts_and_its_crs_kept_for_the_line_end() -> None:
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    r.client_data(b"DATA\r\n")
+    r.backend_data(b"354 go\r\n")
+    sent = _to_backend(r.client_data(b"x" * (LONG_DATA_LINE + 10) + b"\r\r"))
+    assert sent == b"x" * (LONG_DATA_LINE + 10)
+    assert _to_backend(r.client_data(b"\n.\r\n")) == b"\r\n.\r\n"
+
+
+def test_a_client_auth_holds_what_follows_until_the_backend_answers() -> None:
+    """Pipelined "AUTH PLAIN" then "*": Postfix reads "*" as the SASL answer; so must the proxy."""
+    r = _ready(login=False)
+    r.client_data(b"EHLO c\r\n")
+    r.backend_data(POSTFIX_EHLO)
+    out = r.client_data(b"AUTH PLAIN\r\n*\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b"AUTH PLAIN\r\n"
+    out = r.backend_data(b"334 \r\n")
+    assert _to_backend(out) == b"*\r\n"                      # the SASL answer, as Postfix reads it
+    out = r.backend_data(b"501 5.7.0 Authentication aborted\r\n")
+    assert _to_client(out) == b"501 5.7.0 Authentication aborted\r\n550 5.7.0 XCLIENT is not accepted from clients\r\n"
+    assert b"XCLIENT" not in _to_backend(out)
+
+
+def test_a_sasl_response_that_is_not_base64_is_sent_as_a_cancel() -> None:
+    r = _ready(login=False)
+    r.client_data(b"AUTH LOGIN\r\n")
+    r.backend_data(b"334 VXNlcm5hbWU6\r\n")
+    assert _to_backend(r.client_data(b"XCLIENT LOGIN=victim\r\n")) == b"*\r\n"
+
+
+def test_auth_external_before_ehlo_is_refused() -> None:
+    r = _ready()
+    out = r.client_data(b"AUTH EXTERNAL =\r\n")
+    assert _to_client(out).startswith(b"503") and _to_backend(out) == b""
+
+
+def test_ehlo_refused_after_xclient_login_ends_the_session() -> None:
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL =\r\n")
+    r.backend_data(b"220 mx ESMTP\r\n")
+    out = r.backend_data(b"421 4.3.0 going away\r\n")
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.BACKEND_PROTOCOL
+    assert b"235" not in _to_client(out)
+
+
+def test_long_authzid_is_decoded_whole() -> None:
+    seen: list[str] = []
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True,
+                  decide=lambda z: (seen.append(z), decide(RULE, {"idnat_ps": "810001234567"}, z))[1])
+    r.backend_data(b"220 mx\r\n")
+    r.backend_data(POSTFIX_EHLO)
+    r.backend_data(b"220 mx\r\n")
+    _ehlo(r)
+    authzid = "a" * 300 + "@example.test"
+    r.client_data(b"AUTH EXTERNAL " + base64.b64encode(authzid.encode()) + b"\r\n")
+    assert seen == [authzid]
+
+
+def test_filter_only_mode_refuses_client_xclient_without_an_opening() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None,
+                  xclient=False)
+    assert r.backend_data(b"220 mx ESMTP\r\n") == [] and r.ready
+    out = r.client_data(b"XCLIENT LOGIN=victim\r\nEHLO c\r\n")
+    assert _to_client(out).startswith(b"550") and _to_backend(out) == b"EHLO c\r\n"
+    assert b"AUTH EXTERNAL" not in _to_client(r.backend_data(POSTFIX_EHLO))
+
+
+def test_a_non_ip_client_address_is_unavailable() -> None:
+    r = SmtpRelay(client_addr=("/run/sock", 0), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx\r\n")
+    assert b"ADDR=[UNAVAILABLE] " in _to_backend(r.backend_data(POSTFIX_EHLO))
 
 
 @settings(max_examples=200, deadline=None)
