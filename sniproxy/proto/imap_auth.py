@@ -12,7 +12,12 @@ Owns, for an IMAP backend that cannot see the certificate (a Dovecot with master
   logged in the stream is passed through without being parsed and ``AUTH=EXTERNAL`` is no longer
   added to capability lists;
 - literals before login (``{n}`` / ``{n+}`` at the end of a line, RFC 9051 §4.3, RFC 7888): their
-  bytes are passed through without being read as commands.
+  bytes, and the rest of the command line after them, are passed through without being read as commands;
+- the client's own ``AUTHENTICATE``: until its tagged answer, client lines are SASL responses for the
+  backend, passed through and never read as commands (so a pipelined ``AUTHENTICATE EXTERNAL`` cannot
+  make the proxy send the master login where the backend reads a SASL response);
+- tags before login: a tag already in flight gets ``BAD`` (a reused tag would pair a login with the
+  answer to another command).
 No I/O, no clock, no logging: bytes in, ``ToClient``/``ToBackend``/``Notice``/``Stop`` out. The
 master password only ever leaves inside the base64 PLAIN response to the backend, never in a
 ``Notice``.
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from sniproxy.auth.login import LoginDecision
 from sniproxy.auth.sasl import SaslError, decode_external, plain_response
 from sniproxy.errors import Reason
-from sniproxy.proto.linebuf import strip_eol
+from sniproxy.proto.linebuf import safe_text, strip_eol
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 Decide = Callable[[str], LoginDecision]
@@ -36,6 +41,7 @@ _TAG = re.compile(rb"[\x21-\x7e]+")
 _TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
 _TAGGED = re.compile(rb"(\S+) (OK|NO|BAD)(?: |\r?\n|\Z)", re.IGNORECASE)
 MAX_LINE = 65536          # longest command line before login (Dovecot's own limit is 64 KiB)
+MAX_INFLIGHT = 256        # tagged commands pipelined before login and not yet answered
 EXTRA_CAPS = b"AUTH=EXTERNAL"
 
 
@@ -46,8 +52,8 @@ def _valid_tag(tag: bytes) -> bool:
 class ImapExternal:
     """The client->backend direction of one IMAP session, until the backend says the login worked."""
 
-    __slots__ = ("_buf", "_decide", "_ext_tag", "_literal", "_master_password", "_master_user", "_max_line",
-                 "_notices", "_watched", "logged_in")
+    __slots__ = ("_buf", "_decide", "_ext_tag", "_inflight", "_literal", "_master_password", "_master_user",
+                 "_max_line", "_notices", "_sasl_tag", "_tail", "_watched", "logged_in")
 
     def __init__(self, *, decide: Decide, master_user: str, master_password: str,
                  max_line: int = MAX_LINE) -> None:
@@ -57,7 +63,10 @@ class ImapExternal:
         self._max_line = max_line
         self._buf = bytearray()
         self._literal = 0                       # literal bytes still to pass through
+        self._tail = False                      # after a literal: the rest of its command line comes
         self._ext_tag: bytes | None = None      # AUTHENTICATE EXTERNAL waiting for its response line
+        self._sasl_tag: bytes | None = None     # the client's own AUTHENTICATE, until its tagged answer
+        self._inflight: set[bytes] = set()      # tags sent to the backend and not yet answered
         # Tags of login commands sent to the backend -> the mailbox for ours, None for the client's own.
         self._watched: dict[bytes, str | None] = {}
         self._notices: list[RelayAction] = []
@@ -71,10 +80,15 @@ class ImapExternal:
 
     def backend_line(self, line: bytes) -> None:
         """Watch tagged answers to login commands; ``take_notices`` returns the outcomes."""
-        if self.logged_in or not self._watched:
+        if self.logged_in:
             return
         m = _TAGGED.match(line)
-        if m is None or m.group(1) not in self._watched:
+        if m is None:
+            return
+        self._inflight.discard(m.group(1))
+        if m.group(1) == self._sasl_tag:
+            self._sasl_tag = None
+        if m.group(1) not in self._watched:
             return
         mailbox = self._watched.pop(m.group(1))
         ok = m.group(2).upper() == b"OK"
@@ -112,6 +126,7 @@ class ImapExternal:
                 to_backend += self._buf[:take]
                 del self._buf[:take]
                 self._literal -= take
+                self._tail = self._literal == 0
                 continue
             if self.logged_in:
                 to_backend += self._buf
@@ -128,7 +143,15 @@ class ImapExternal:
             if len(line) > self._max_line:
                 flush()
                 return [*out, Stop(Reason.LINE_TOO_LONG, f"command line over {self._max_line} bytes")]
-            replies = self._line(line)
+            if self._tail or self._sasl_tag is not None:
+                # The rest of a command after its literal, or a SASL response for the backend.
+                self._tail = False
+                replies = None
+            else:
+                replies = self._line(line)
+            if isinstance(replies, Stop):
+                flush()
+                return [*out, replies]
             if replies is None:
                 to_backend += line
                 m = _LITERAL_END.search(line[-32:])
@@ -140,7 +163,7 @@ class ImapExternal:
         flush()
         return out
 
-    def _line(self, line: bytes) -> list[RelayAction] | None:
+    def _line(self, line: bytes) -> list[RelayAction] | Stop | None:
         """Handle one command line; None means pass it to the backend unchanged."""
         if self._ext_tag is not None:
             tag, self._ext_tag = self._ext_tag, None
@@ -149,10 +172,19 @@ class ImapExternal:
         if len(words) < 2 or not _valid_tag(words[0]):
             return None
         tag, verb = words[0], words[1].upper()
-        if verb == b"LOGIN" or (verb == b"AUTHENTICATE" and (len(words) < 3 or words[2].upper() != b"EXTERNAL")):
-            self._watched[tag] = None   # the client's own login: the backend decides
-            return None
-        if verb != b"AUTHENTICATE":
+        if tag in self._inflight or tag in self._watched:
+            return [ToClient(tag + b" BAD Tag already in use\r\n")]
+        if verb == b"AUTHENTICATE" and len(words) > 2 and words[2].upper() == b"EXTERNAL":
+            if self._watched or self._sasl_tag is not None:
+                return [ToClient(tag + b" BAD Another login is in progress\r\n")]
+        else:
+            if len(self._inflight) >= MAX_INFLIGHT:
+                return Stop(Reason.CLIENT_PROTOCOL, f"over {MAX_INFLIGHT} commands pipelined before login")
+            self._inflight.add(tag)
+            if verb == b"LOGIN" or verb == b"AUTHENTICATE":
+                self._watched[tag] = None   # the client's own login: the backend decides
+                if verb == b"AUTHENTICATE":
+                    self._sasl_tag = tag
             return None
         if len(words) > 4:
             return [ToClient(tag + b" BAD Syntax: AUTHENTICATE EXTERNAL [initial-response]\r\n")]
@@ -173,13 +205,16 @@ class ImapExternal:
         if decision.mailbox is None:
             # RFC 5530: AUTHENTICATIONFAILED; the reason stays in the proxy's log, not on the wire.
             return [ToClient(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
-                    Notice("auth", {"mechanism": "EXTERNAL", "result": decision.reason, "authzid": authzid,
+                    Notice("auth", {"mechanism": "EXTERNAL", "result": decision.reason,
+                                    "authzid": safe_text(authzid.encode("utf-8", "replace")),
                                     "detail": decision.detail})]
         try:
             plain = plain_response(decision.mailbox, self._master_user, self._master_password)
         except ValueError:
             return [ToClient(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
-                    Notice("auth", {"mechanism": "EXTERNAL", "result": "bad_mailbox", "authzid": authzid})]
+                    Notice("auth", {"mechanism": "EXTERNAL", "result": "bad_mailbox",
+                                    "authzid": safe_text(authzid.encode("utf-8", "replace"))})]
         self._watched[tag] = decision.mailbox
+        self._inflight.add(tag)
         # SASL-IR (RFC 4959): one round trip; Dovecot advertises and accepts it.
         return [ToBackend(tag + b" AUTHENTICATE PLAIN " + plain.encode("ascii") + b"\r\n")]

@@ -158,3 +158,54 @@ def test_chunking_does_not_change_what_the_backend_gets(data: bytes, step: int) 
         many += split.client_data(full[i:i + step])
     assert b"".join(x.data for x in one if isinstance(x, ToBackend)) == b"".join(
         x.data for x in many if isinstance(x, ToBackend))
+
+
+# -- what the review of the identity merge found ---------------------------------------------------------
+def _backend_got(out: list[RelayAction]) -> bytes:
+    return b"".join(x.data for x in out if isinstance(x, ToBackend))
+
+
+def test_a_pipelined_external_inside_the_clients_own_sasl_exchange_is_a_sasl_response() -> None:
+    """Dovecot reads the line after "a AUTHENTICATE PLAIN" as its SASL response: so must the proxy."""
+    a = _auth()
+    out = a.client_data(b"a AUTHENTICATE PLAIN\r\nxyz AUTHENTICATE EXTERNAL =\r\n")
+    assert _backend_got(out) == b"a AUTHENTICATE PLAIN\r\nxyz AUTHENTICATE EXTERNAL =\r\n"
+    assert _plain("alice@example.test") not in _backend_got(out)   # the master login was never sent
+    a.backend_line(b"a BAD Invalid base64\r\n")
+    (ext,) = a.client_data(b"t2 AUTHENTICATE EXTERNAL =\r\n")   # after the answer, EXTERNAL works again
+    assert ext == ToBackend(b"t2 AUTHENTICATE PLAIN " + _plain("alice@example.test") + b"\r\n")
+
+
+def test_the_rest_of_a_command_after_its_literal_is_not_a_new_command() -> None:
+    a = _auth()
+    out = a.client_data(b"a LOGIN {1+}\r\nux AUTHENTICATE EXTERNAL =\r\n")
+    assert _backend_got(out) == b"a LOGIN {1+}\r\nux AUTHENTICATE EXTERNAL =\r\n"
+    assert not any(isinstance(x, ToClient) for x in out)
+
+
+def test_external_while_a_client_login_is_unanswered_is_refused() -> None:
+    a = _auth()
+    a.client_data(b"a LOGIN alice pw\r\n")
+    out = a.client_data(b"b AUTHENTICATE EXTERNAL =\r\n")
+    assert out == [ToClient(b"b BAD Another login is in progress\r\n")]
+
+
+def test_a_reused_tag_cannot_pair_a_login_with_another_answer() -> None:
+    a = _auth()
+    a.client_data(b"a NOOP\r\n")
+    assert a.client_data(b"a LOGIN x y\r\n") == [ToClient(b"a BAD Tag already in use\r\n")]
+    a.backend_line(b"a OK NOOP completed\r\n")
+    assert not a.logged_in and a.extra_caps == b"AUTH=EXTERNAL"
+
+
+def test_commands_pipelined_before_login_are_bounded() -> None:
+    from sniproxy.proto.imap_auth import MAX_INFLIGHT
+
+    a = _auth()
+    out = a.client_data(b"".join(b"t%d NOOP\r\n" % i for i in range(MAX_INFLIGHT + 1)))
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.CLIENT_PROTOCOL
+
+
+def test_a_refused_authzid_is_logged_without_control_characters() -> None:
+    (_, notice) = _auth().client_data(b"t1 AUTHENTICATE EXTERNAL " + _b64("bob\x1b[31m@example.test") + b"\r\n")
+    assert isinstance(notice, Notice) and "\x1b" not in notice.fields["authzid"]
