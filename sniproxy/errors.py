@@ -43,6 +43,11 @@ class Reason(StrEnum):
     BAD_PROXY_HEADER = "bad_proxy_header"               # a trusted peer sent no or a malformed header
     # after TLS, the client broke the protocol the proxy speaks with it
     CLIENT_PROTOCOL = "client_protocol"
+    # HTTPS listeners in mode http (docs/https.md): the request that ended the connection
+    BAD_REQUEST = "bad_request"                         # 400: ambiguous framing, oversize or invalid head
+    MISDIRECTED_REQUEST = "misdirected_request"         # 421: Host names another flow than the SNI chose
+    CARD_REQUIRED = "card_required"                     # 403: no card (client_auth optional) on a card path
+    BACKEND_TIMEOUT = "backend_timeout"                 # 504: no response head within response_timeout
     # backend
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_REFUSED = "backend_refused"

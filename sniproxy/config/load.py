@@ -19,6 +19,7 @@ import yaml
 
 from sniproxy.config.backendconf import read_backend
 from sniproxy.config.fields import MISSING, Report, Section
+from sniproxy.config.httpconf import read_http
 from sniproxy.config.model import (
     Address,
     AuthoritySet,
@@ -27,6 +28,7 @@ from sniproxy.config.model import (
     Config,
     CrlSettings,
     Flow,
+    HttpMode,
     Identity,
     Listener,
     Profile,
@@ -61,7 +63,7 @@ FLOW_KEYS = ("certificate", "key", "client_auth", "authorities", "card_types", "
 TLS_KEYS = ("min_version", "ciphers", "groups", "session_tickets")
 TLS_VERSIONS = ("1.2", "1.3")
 LISTENER_KEYS = ("name", "bind", "protocol", "hostname", "backend", "flow", "sni", "default_flow",
-                 "unknown_sni", "timeouts", "max_line", "max_pretls_commands", "proxy_protocol_from")
+                 "unknown_sni", "timeouts", "max_line", "max_pretls_commands", "proxy_protocol_from", "http")
 #: How the verified identity travels to the backend (``backend.identity``).
 BACKEND_IDENTITIES = tuple(i.value for i in Identity)
 TIMEOUT_KEYS = ("pretls", "handshake", "connect", "idle")
@@ -448,12 +450,17 @@ class _Builder:
         max_line = sec.integer("max_line", 8192, minimum=512, maximum=1 << 20)
         max_cmds = sec.integer("max_pretls_commands", 32, minimum=1, maximum=1000)
         proxy_from = self._proxy_from(sec)
+        http = read_http(self.r, sec, protocol)
+        if http is not None and http.mode is HttpMode.HTTP and backend is not None \
+                and backend.identity is not Identity.NONE:
+            sec.error("backend", f"identity {backend.identity.value} is for mode tcp: in mode http the "
+                                 "identity travels in request headers (http.headers)")
         if len(self.r.errors) > before or backend is None:
             return None
         return Listener(
             name=name, binds=tuple(addresses), protocol=protocol, backend=backend, routes=routes,
             default_flow=default_flow, unknown_sni=unknown_sni, hostname=hostname, timeouts=timeouts,
-            max_line=max_line, max_pretls_commands=max_cmds, proxy_protocol_from=proxy_from,
+            max_line=max_line, max_pretls_commands=max_cmds, proxy_protocol_from=proxy_from, http=http,
         )
 
     def _proxy_from(self, sec: Section) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -34,6 +34,7 @@ class Protocol(StrEnum):
     IMAPS = "imaps"    # implicit TLS (RFC 8314)
     SMTPS = "smtps"    # implicit TLS (RFC 8314)
     TLS = "tls"        # TLS then raw TCP
+    HTTPS = "https"    # TLS then HTTP/1.1 (mode http: parsed and rewritten; mode tcp: raw bytes)
 
 
 class ClientAuth(StrEnum):
@@ -181,6 +182,51 @@ class Backend:
     login: ProxyLogin | None = None
 
 
+class HttpMode(StrEnum):
+    """What an ``https`` listener does with the bytes after TLS."""
+
+    HTTP = "http"     # parse with h11, strip client identity headers, add the card's, re-frame
+    TCP = "tcp"       # raw bytes (identity only by PROXY v2, if the backend asks for it)
+
+
+class HeaderProfile(StrEnum):
+    """A family of identity headers added to each request (docs/https.md)."""
+
+    FORWARDED = "forwarded"   # Forwarded (RFC 7239) + X-Forwarded-For/-Proto/-Host
+    NGINX = "nginx"           # X-SSL-Client-Verify/-S-DN/-I-DN/-Serial/-Cert (URL-encoded PEM)
+    TOMCAT = "tomcat"         # SSLValve: ssl_client_cert, ssl_cipher, ssl_session_id, ssl_cipher_usekeysize
+    ENVOY = "envoy"           # X-Forwarded-Client-Cert
+    RFC9440 = "rfc9440"       # Client-Cert, Client-Cert-Chain (structured-field byte sequences)
+    CARD = "card"             # the normalized card identity under ``HttpOptions.card_headers`` names
+
+
+#: Default names of the normalized card identity headers (identity field -> header name).
+DEFAULT_CARD_HEADERS: dict[str, str] = {
+    "idnat_ps": "X-MSS-IdNat-PS",
+    "idnat_struct": "X-MSS-IdNat-Struct",
+    "profession": "X-MSS-Profession",
+    "authority": "X-MSS-Authority",
+    "card_type_name": "X-MSS-Card-Type",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpOptions:
+    """The ``http`` section of an ``https`` listener."""
+
+    mode: HttpMode = HttpMode.HTTP
+    headers: tuple[HeaderProfile, ...] = (HeaderProfile.FORWARDED, HeaderProfile.NGINX, HeaderProfile.CARD)
+    card_headers: tuple[tuple[str, str], ...] = tuple(DEFAULT_CARD_HEADERS.items())
+    strip: tuple[str, ...] = ()                   # more header names (or ``prefix*``) removed from requests
+    # With client_auth optional: path prefixes that need a card (403 without one). Fail closed: all.
+    card_required_paths: tuple[str, ...] = ("/",)
+    max_request_line: int = 8192                  # bytes, request line alone
+    max_header_bytes: int = 32768                 # bytes, request line + header block
+    response_timeout: float = 60.0                # request sent -> response head received (else 504)
+    pool_max_idle: int = 8                        # idle backend connections kept per backend
+    pool_idle_timeout: float = 30.0               # an idle backend connection older than this is closed
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     """An address set and a protocol, with either one flow or SNI routes and a default."""
@@ -198,6 +244,7 @@ class Listener:
     max_pretls_commands: int = 32
     # Peers (L4 load balancers) that must open with a PROXY v1/v2 header; everyone else must not.
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
+    http: HttpOptions | None = None               # ``https`` listeners only
 
 
 @dataclass(frozen=True, slots=True)
