@@ -1,0 +1,360 @@
+"""HTTP header policy of the HTTPS reverse proxy: sans-IO, pure functions over header lists.
+
+Owns: the raw strictness checks h11 does not make (bare LF, obs-fold, control characters, framing
+ambiguities), hop-by-hop removal (RFC 9110 §7.6.1), the removal of every client-supplied identity
+header, the identity headers added per profile, the Host / SNI flow check (421), the card-path rule
+(403) and the error bodies (SOAP 1.1 / 1.2 faults or plain text).
+Must not: parse HTTP itself (h11 does), do I/O, log or read a clock.
+
+Header lists are ``[(name, value)]`` of bytes, as h11 gives and takes them; names compare
+case-insensitively, and ``_`` equals ``-`` when matching identity names, because CGI, WSGI and
+several Java containers map both to the same variable (``ssl_client_cert`` vs ``SSL-Client-Cert``).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+from xml.sax.saxutils import escape
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from sniproxy.config.model import HeaderProfile
+from sniproxy.routing import RouteTable
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 §7.6.1: Connection and the fields it names, plus the classic hop-by-hop set (Keep-Alive,
+# Proxy-Connection, TE, Transfer-Encoding, Upgrade, Proxy-Authenticate/-Authorization, Trailer).
+# Transfer-Encoding and Content-Length framing is redone by h11 on the other side.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
+                        b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"trailer"})
+
+# Identity names removed from every request whatever the profiles in use: a backend configured for
+# another profile later must never find a client's copy. Compared after lower-casing and ``_`` -> ``-``.
+STRIP_EXACT = frozenset({"forwarded", "x-forwarded-client-cert", "client-cert", "client-cert-chain",
+                         "x-real-ip", "x-client-verify", "x-client-dn"})
+STRIP_PREFIXES = ("x-forwarded-", "x-ssl-", "x-client-cert", "ssl-", "x-mss-")
+
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # control characters other than HT (CR/LF checked apart)
+
+
+class BadRequest(Exception):
+    """The request must be refused with ``400`` and the connection closed."""
+
+
+def _norm(name: bytes | str) -> str:
+    text = name.decode("latin-1") if isinstance(name, bytes) else name
+    return text.strip().lower().replace("_", "-")
+
+
+# --------------------------------------------------------------------------- strictness
+def check_head(raw: bytes, max_request_line: int) -> None:
+    """Refuse a request head (request line + fields + the blank line) h11 would accept too kindly.
+
+    h11 takes bare LF line ends, unfolds obs-fold and lets control characters through in values;
+    each is a request-smuggling vector when two parsers disagree (RFC 9112 §2.2, §5.2, §11.2).
+    Raises ``BadRequest``.
+    """
+    body = raw[:-4] if raw.endswith(b"\r\n\r\n") else raw
+    if b"\n" in body.replace(b"\r\n", b""):
+        raise BadRequest("bare LF in the request head")
+    if b"\r" in body.replace(b"\r\n", b""):
+        raise BadRequest("bare CR in the request head")
+    lines = body.split(b"\r\n")
+    if len(lines[0]) > max_request_line:
+        raise BadRequest(f"request line over {max_request_line} bytes")
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise BadRequest("obs-fold (a header line starting with whitespace)")
+    for line in lines:
+        if _CTL.search(line):
+            raise BadRequest("control character in the request head")
+
+
+def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
+    """Refuse ambiguous body framing (RFC 9112 §6.1, §6.3). Raises ``BadRequest``.
+
+    Content-Length and Transfer-Encoding together, a Transfer-Encoding other than exactly one
+    ``chunked``, and Content-Length values that differ are all refused outright rather than
+    resolved: the backend behind may resolve them another way.
+    """
+    lengths: set[bytes] = set()
+    codings: list[bytes] = []
+    hosts = 0
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"host":
+            hosts += 1
+        elif lname == b"content-length":
+            lengths.update(v.strip() for v in value.split(b","))
+        elif lname == b"transfer-encoding":
+            codings += [v.strip().lower() for v in value.split(b",")]
+    if hosts > 1:
+        raise BadRequest("more than one Host (RFC 9112 §3.2)")
+    if lengths and codings:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if len(lengths) > 1:
+        raise BadRequest("differing Content-Length values")
+    if lengths and not all(c in b"0123456789" for c in next(iter(lengths))):
+        raise BadRequest("Content-Length is not a number")
+    if codings and codings != [b"chunked"]:
+        raise BadRequest(f"Transfer-Encoding {b', '.join(codings).decode('latin-1')!r} (only chunked)")
+
+
+# --------------------------------------------------------------------------- header filters
+def without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
+    """Headers minus hop-by-hop fields and every field named in ``Connection`` (RFC 9110 §7.6.1)."""
+    headers = list(headers)
+    named = {v.strip().lower() for n, value in headers if n.lower() == b"connection" for v in value.split(b",")}
+    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+
+
+@dataclass(frozen=True, slots=True)
+class StripRules:
+    """Which request header names are identity headers (removed before the proxy adds its own)."""
+
+    exact: frozenset[str]
+    prefixes: tuple[str, ...]
+
+    @classmethod
+    def build(cls, card_names: Iterable[str], extra: Iterable[str]) -> StripRules:
+        """The built-in names, the configured card header names and ``extra`` (``prefix*`` allowed)."""
+        exact = set(STRIP_EXACT) | {_norm(n) for n in card_names}
+        prefixes = list(STRIP_PREFIXES)
+        for item in extra:
+            if item.endswith("*"):
+                prefixes.append(_norm(item[:-1]))
+            else:
+                exact.add(_norm(item))
+        return cls(frozenset(exact), tuple(prefixes))
+
+    def is_identity(self, name: bytes) -> bool:
+        """True when ``name`` is (a spelling of) an identity header."""
+        n = _norm(name)
+        return n in self.exact or n.startswith(self.prefixes)
+
+
+def strip_identity(headers: Iterable[tuple[bytes, bytes]], rules: StripRules) -> tuple[Headers, int]:
+    """Remove every identity header in any case, ``_``/``-`` spelling or number of copies; return the
+    remaining headers and how many were removed."""
+    kept: Headers = []
+    removed = 0
+    for name, value in headers:
+        if rules.is_identity(name):
+            removed += 1
+        else:
+            kept.append((name, value))
+    return kept, removed
+
+
+# --------------------------------------------------------------------------- identity out
+@dataclass(frozen=True, slots=True)
+class TlsFacts:
+    """What the proxy knows about one client connection, for the identity headers."""
+
+    client_ip: str
+    client_port: int
+    host: str | None                   # the request's Host (X-Forwarded-Host)
+    tls_version: str
+    cipher: str
+    cipher_bits: int | None
+    session_id: str
+    chain_der: tuple[bytes, ...]       # verified chain, leaf first; empty without a card
+    identity: dict[str, str]           # sniproxy.tls.identity.identity_fields of the card
+
+
+def _pem(der: bytes) -> str:
+    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode("ascii")
+
+
+def _dn(name: x509.Name) -> str:
+    """RFC 4514 (2253) string with non-ASCII escaped as ``\\XX`` UTF-8 bytes, as OpenSSL's
+    ``XN_FLAG_RFC2253`` (nginx ``$ssl_client_s_dn``) writes it: header values stay ASCII."""
+    text = name.rfc4514_string({x509.NameOID.GIVEN_NAME: "GN", x509.NameOID.SURNAME: "SN",
+                                x509.NameOID.TITLE: "title"})
+    return "".join(c if 0x20 <= ord(c) < 0x7F else "".join(f"\\{b:02X}" for b in c.encode()) for c in text)
+
+
+def _safe(value: str) -> bytes:
+    """A card value as an ASCII header value: non-ASCII and controls percent-encoded (UTF-8)."""
+    return quote(value, safe=" !#$&'()*+,-./:;=?@[]^_`{|}~").encode("ascii")
+
+
+def _forwarded_node(ip: str, port: int) -> str:
+    # RFC 7239 §6: an IPv6 node is bracketed and the whole value quoted.
+    return f'"[{ip}]:{port}"' if ":" in ip else f'"{ip}:{port}"'
+
+
+def identity_headers(profiles: Iterable[HeaderProfile], facts: TlsFacts,
+                     card_names: Sequence[tuple[str, str]]) -> Headers:
+    """The identity headers of each profile, in profile order (docs/https.md lists every value)."""
+    out: list[tuple[str, str | bytes]] = []
+    leaf = x509.load_der_x509_certificate(facts.chain_der[0]) if facts.chain_der else None
+    for profile in profiles:
+        if profile is HeaderProfile.FORWARDED:
+            host = f";host={_quote_token(facts.host)}" if facts.host else ""
+            out.append(("Forwarded", f"for={_forwarded_node(facts.client_ip, facts.client_port)};proto=https{host}"))
+            out.append(("X-Forwarded-For", facts.client_ip))
+            out.append(("X-Forwarded-Proto", "https"))
+            if facts.host:
+                out.append(("X-Forwarded-Host", facts.host))
+        elif profile is HeaderProfile.NGINX:
+            out.append(("X-SSL-Client-Verify", "SUCCESS" if leaf is not None else "NONE"))
+            if leaf is not None:
+                out.append(("X-SSL-Client-S-DN", _dn(leaf.subject)))
+                out.append(("X-SSL-Client-I-DN", _dn(leaf.issuer)))
+                out.append(("X-SSL-Client-Serial", format(leaf.serial_number, "X")))
+                out.append(("X-SSL-Client-Cert", quote(_pem(facts.chain_der[0]), safe="")))
+        elif profile is HeaderProfile.TOMCAT:
+            if leaf is not None:
+                # SSLValve turns spaces back into newlines (the mod_headers convention it was built for).
+                out.append(("ssl_client_cert", _pem(facts.chain_der[0]).strip().replace("\n", " ")))
+            out.append(("ssl_cipher", facts.cipher))
+            if facts.session_id:
+                out.append(("ssl_session_id", facts.session_id))
+            if facts.cipher_bits is not None:
+                out.append(("ssl_cipher_usekeysize", str(facts.cipher_bits)))
+        elif profile is HeaderProfile.ENVOY and leaf is not None:
+            sha = facts.identity.get("sha256", "")
+            chain = "".join(_pem(d) for d in facts.chain_der)
+            subject = _dn(leaf.subject).replace("\\", "\\\\").replace('"', '\\"')
+            out.append(("X-Forwarded-Client-Cert",
+                        f'Hash={sha};Cert="{quote(_pem(facts.chain_der[0]), safe="")}";'
+                        f'Chain="{quote(chain, safe="")}";Subject="{subject}"'))
+        elif profile is HeaderProfile.RFC9440 and leaf is not None:
+            out.append(("Client-Cert", f":{base64.b64encode(facts.chain_der[0]).decode()}:"))
+            if len(facts.chain_der) > 1:
+                out.append(("Client-Cert-Chain",
+                            ", ".join(f":{base64.b64encode(d).decode()}:" for d in facts.chain_der[1:])))
+        elif profile is HeaderProfile.CARD and leaf is not None:
+            for field, name in card_names:
+                value = facts.identity.get(field)
+                if value:
+                    out.append((name, _safe(value)))
+    return [(n.encode("ascii"), v if isinstance(v, bytes) else v.encode("ascii")) for n, v in out]
+
+
+def _quote_token(value: str) -> str:
+    # RFC 7239 §4: a value that is not a token is a quoted-string.
+    if re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --------------------------------------------------------------------------- routing checks
+def request_host(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The host the request names, lower-case, without port or trailing dot.
+
+    An absolute-form target's authority wins over Host (RFC 9112 §3.2.2).
+    """
+    host: bytes | None = None
+    if target[:8].lower().startswith((b"https://", b"http://")):
+        authority = target.split(b"://", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
+        host = authority.rsplit(b"@", 1)[-1]
+    else:
+        for name, value in headers:
+            if name.lower() == b"host":
+                host = value
+                break
+    if not host:
+        return None
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].split("]", 1)[0] or None
+    return text.rsplit(":", 1)[0].rstrip(".") if ":" in text else text.rstrip(".")
+
+
+def misdirected(host: str | None, routes: RouteTable, flow: str) -> str | None:
+    """The other flow ``host`` is routed to on this listener, when it is not ``flow`` (then 421).
+
+    Only names the listener routes count (exact, then wildcard): an IP literal or an unrouted name
+    is the flow the handshake chose, as it would be for a client without SNI.
+    """
+    if host is None:
+        return None
+    other = routes.exact.get(host)
+    if other is None:
+        _, dot, parent = host.partition(".")
+        other = routes.wildcards.get(parent) if dot else None
+    return other if other is not None and other != flow else None
+
+
+_DOT_SEGMENT = re.compile(rb"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
+
+
+def needs_card(target: bytes, prefixes: Sequence[str]) -> bool:
+    """True when the request path falls under one of ``prefixes`` (segment-wise), or is not plain.
+
+    A path with dot segments or encoded dots, slashes or backslashes counts as needing a card: a
+    backend may normalize ``/otp/../msg`` into a card path after the proxy allowed it.
+    """
+    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
+    if b"://" in path[:10]:
+        path = b"/" + path.split(b"://", 1)[1].partition(b"/")[2]
+    if _DOT_SEGMENT.search(path) or not path.startswith(b"/"):
+        return True
+    text = path.decode("latin-1")
+    for prefix in prefixes:
+        p = prefix.rstrip("/")
+        if not p or text == p or text.startswith(p + "/"):
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------- error bodies
+_REASONS = {400: "Bad Request", 403: "Forbidden", 421: "Misdirected Request", 502: "Bad Gateway",
+            504: "Gateway Timeout"}
+
+
+def soap_version(headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """``"1.2"`` for ``application/soap+xml``, ``"1.1"`` for a request with ``SOAPAction`` or a
+    ``text/xml`` body, else None (not SOAP: plain-text errors)."""
+    ctype = b""
+    action = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"content-type":
+            ctype = value.split(b";", 1)[0].strip().lower()
+        elif lname == b"soapaction":
+            action = True
+    if ctype == b"application/soap+xml":
+        return "1.2"
+    if action or ctype == b"text/xml":
+        return "1.1"
+    return None
+
+
+def error_response(status: int, message: str, soap: str | None) -> tuple[Headers, bytes]:
+    """Headers and body of an error the proxy answers itself; ``Connection: close`` always."""
+    text = escape(message)
+    if soap == "1.2":
+        code = "env:Sender" if status < 500 else "env:Receiver"
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<env:Envelope xmlns:env="http://www.w3.org/2003/05/soap-envelope"><env:Body><env:Fault>'
+                f'<env:Code><env:Value>{code}</env:Value></env:Code>'
+                f'<env:Reason><env:Text xml:lang="en">{text}</env:Text></env:Reason>'
+                '</env:Fault></env:Body></env:Envelope>\n')
+        ctype = b"application/soap+xml; charset=utf-8"
+    elif soap == "1.1":
+        code = "soap:Client" if status < 500 else "soap:Server"
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault>'
+                f'<faultcode>{code}</faultcode><faultstring>{text}</faultstring>'
+                '</soap:Fault></soap:Body></soap:Envelope>\n')
+        ctype = b"text/xml; charset=utf-8"
+    else:
+        body = f"{status} {_REASONS.get(status, 'Error')}: {message}\n"
+        ctype = b"text/plain; charset=utf-8"
+    data = body.encode("utf-8")
+    return [(b"content-type", ctype), (b"content-length", str(len(data)).encode()),
+            (b"connection", b"close")], data
+
+
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase the proxy writes for its own statuses."""
+    return _REASONS.get(status, "Error").encode()
