@@ -17,8 +17,10 @@ import sys
 import time
 from typing import Any
 
+from sniproxy.config.model import HttpMode, Protocol
 from sniproxy.connection import STATS, ClientConnection
 from sniproxy.crl.manager import CrlManager
+from sniproxy.http_connection import HttpsConnection
 from sniproxy.observability.log import get_logger
 from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
@@ -41,9 +43,13 @@ async def start_listeners(holder: SnapshotHolder, *, reuse_port: bool = False) -
     try:
         for lr in holder.current.listeners.values():
             name = lr.listener.name
+            http = lr.listener.http
+            # https in mode http parses and rewrites requests; in mode tcp it is a plain TLS relay.
+            cls = (HttpsConnection if lr.listener.protocol is Protocol.HTTPS and http is not None
+                   and http.mode is HttpMode.HTTP else ClientConnection)
             for addr in lr.listener.binds:
                 srv = await loop.create_server(
-                    lambda n=name: ClientConnection(holder, n),  # type: ignore[misc]
+                    lambda n=name, c=cls: c(holder, n),  # type: ignore[misc]
                     addr.host, addr.port, reuse_port=reuse_port, backlog=1024,
                 )
                 servers.append(srv)

@@ -414,6 +414,10 @@ class ClientConnection(asyncio.Protocol):
                          stale_issuers=tls.state.crl_grace)
         # The parsed chain is no longer needed; IMAP connections idle for hours, so free it now.
         tls.state.chain.clear()
+        self._after_handshake()
+
+    def _after_handshake(self) -> None:
+        """The card is verified: connect the backend (the HTTP driver overrides this)."""
         self._phase = _CONNECTING
         self._arm(self._lr.listener.timeouts.connect)
         self._connect_task = asyncio.get_running_loop().create_task(self._connect_backend())
@@ -686,6 +690,10 @@ class ClientConnection(asyncio.Protocol):
         STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
         self._log_event(phase)
 
+    def _event_fields(self) -> dict[str, Any]:
+        """More fields for the ``connection`` event (the HTTP driver adds its request counts)."""
+        return {}
+
     def _log_event(self, phase: int) -> None:
         reason = self._reason or Reason.INTERNAL_ERROR
         event: dict[str, Any] = {
@@ -721,6 +729,7 @@ class ClientConnection(asyncio.Protocol):
             event["via"] = self._via
         if self._auth:
             event["auth"] = self._auth
+        event.update(self._event_fields())
         event["outcome"] = _outcome(reason)
         for observer in OBSERVERS:
             observer(event)

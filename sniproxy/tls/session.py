@@ -127,3 +127,29 @@ class TlsSession:
     def cipher(self) -> str:
         """Negotiated cipher suite name."""
         return self._conn.get_cipher_name() or ""
+
+    @property
+    def cipher_bits(self) -> int | None:
+        """Secret key bits of the negotiated cipher (Tomcat's ``ssl_cipher_usekeysize``)."""
+        return self._conn.get_cipher_bits()
+
+    @property
+    def session_id(self) -> str:
+        """A per-connection identifier for Tomcat's ``ssl_session_id``: the server random, hex.
+
+        Sessions are never resumed here (cache off, no tickets), so there is no session id worth
+        the name; the cryptography binding pyOpenSSL ships has no ``SSL_SESSION_get_id`` either.
+        """
+        rnd = self._conn.server_random()
+        return rnd.hex() if rnd else ""
+
+    def verified_chain_der(self) -> list[bytes]:
+        """The verified chain, leaf first and trust anchor last, as DER; empty without a card.
+
+        The verified chain rather than what the client sent: a server-side ``get_peer_cert_chain``
+        leaves the leaf out, and what the client sent may hold certificates that played no part.
+        """
+        from OpenSSL import crypto
+
+        chain = self._conn.get_verified_chain() or []
+        return [crypto.dump_certificate(crypto.FILETYPE_ASN1, c) for c in chain]
