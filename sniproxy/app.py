@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import sys
@@ -67,6 +68,7 @@ async def serve(holder: SnapshotHolder, *, reuse_port: bool = False,
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, log_stats)
     snapshot = holder.current
     crl: CrlManager | None = None
     crl_task: asyncio.Task[None] | None = None
@@ -91,6 +93,30 @@ async def serve(holder: SnapshotHolder, *, reuse_port: bool = False,
     while STATS.active > 0 and loop.time() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
     _log.info("stopped", pid=os.getpid(), left=STATS.active)
+
+
+def log_stats() -> None:
+    """Log a ``stats`` event (SIGUSR1): connection counters, tasks and open file descriptors.
+
+    What an operator (or a test) reads to see that a flood or a wave of resets left nothing behind.
+    """
+    try:
+        fds: int | None = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = None
+    _log.info("stats", pid=os.getpid(), tasks=len(asyncio.all_tasks()), open_fds=fds, **STATS.report())
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft open-files limit to the hard one (each connection holds two descriptors)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def run_worker(holder: SnapshotHolder, reuse_port: bool) -> int:
@@ -118,6 +144,12 @@ def _check_binds(snapshot: Snapshot) -> None:
 def run(snapshot: Snapshot, workers: int) -> int:
     """Serve with ``workers`` processes (1: in this process)."""
     holder = SnapshotHolder(snapshot)
+    nofile = raise_fd_limit()
+    limits = snapshot.config.limits
+    if 2 * limits.max_connections + 64 > nofile:
+        _log.warning("fd_limit_low", open_files_limit=nofile, max_connections=limits.max_connections,
+                     hint="each connection holds two descriptors: raise the limit (ulimit -n) or lower "
+                          "limits.max_connections")
     if workers <= 1:
         return run_worker(holder, reuse_port=False)
     try:

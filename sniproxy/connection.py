@@ -50,14 +50,36 @@ _PHASE_NAMES = ("proxy_header", "pretls", "client_hello", "handshake", "backend_
 
 
 class Stats:
-    """Process-wide counters read by tests and, later, by the metrics endpoint."""
+    """Process-wide counters: admission limits read them, tests and the ``stats`` event report them.
 
-    __slots__ = ("accepted", "active", "by_reason")
+    ``pending`` counts connections not yet relaying (pre-TLS, handshake, backend connect): where a
+    slowloris or a handshake flood sits. ``per_ip`` and ``pending_per_ip`` hold only addresses with
+    at least one connection (entries are removed at zero, so the tables stay bounded by the limits).
+    """
+
+    __slots__ = ("accepted", "active", "by_reason", "pending", "pending_per_ip", "per_ip")
 
     def __init__(self) -> None:
         self.accepted = 0
         self.active = 0
+        self.pending = 0
+        self.per_ip: dict[str, int] = {}
+        self.pending_per_ip: dict[str, int] = {}
         self.by_reason: dict[str, int] = {}
+
+    def report(self) -> dict[str, Any]:
+        """The counters as one event's fields."""
+        return {"accepted": self.accepted, "active": self.active, "pending": self.pending,
+                "client_addresses": len(self.per_ip), "pending_addresses": len(self.pending_per_ip),
+                "by_reason": dict(self.by_reason)}
+
+
+def _dec(table: dict[str, int], key: str) -> None:
+    n = table.get(key, 0) - 1
+    if n > 0:
+        table[key] = n
+    else:
+        table.pop(key, None)
 
 
 STATS = Stats()
@@ -118,10 +140,13 @@ class ClientConnection(asyncio.Protocol):
         "_hello",
         "_hello_buf",
         "_identity",
+        "_in_pending",
+        "_ip",
         "_last_io",
         "_local_addr",
         "_lr",
         "_pending",
+        "_pending_ip",
         "_pending_size",
         "_phase",
         "_proxy_parser",
@@ -167,6 +192,9 @@ class ClientConnection(asyncio.Protocol):
         # b"" (a shared singleton) rather than a bytearray: idle connections must stay small.
         self._sniff: bytes | None = None
         self._card: CardFacts | None = None
+        self._in_pending = False               # counted in STATS.pending
+        self._ip: str | None = None            # the address counted in STATS.per_ip
+        self._pending_ip: str | None = None    # the address counted in STATS.pending_per_ip, until relaying
         self._connect_task: asyncio.Task[None] | None = None
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -195,15 +223,60 @@ class ClientConnection(asyncio.Protocol):
         self._started = time.monotonic()
         STATS.accepted += 1
         STATS.active += 1
+        STATS.pending += 1
+        self._in_pending = True
         ls = self._lr.listener
         if ls.proxy_protocol_from and self._trusted_balancer():
-            # A trusted load balancer speaks first: nothing is sent until its header is read.
-            self._phase = _PROXY
-            self._proxy_parser = ProxyHeaderParser()
-            self._arm(ls.timeouts.handshake)
+            # A trusted load balancer speaks first: nothing is sent until its header is read. Its
+            # address is shared by every client behind it: per-address limits wait for the header.
+            if self._admit(None):
+                self._phase = _PROXY
+                self._proxy_parser = ProxyHeaderParser()
+                self._arm(ls.timeouts.handshake)
             return
-        self._sniff = b""
-        self._begin()
+        if self._admit(self._client_addr[0]):
+            self._sniff = b""
+            self._begin()
+
+    def _admit(self, ip: str | None) -> bool:
+        """Count this connection against the limits (``ip``: its client address); refuse it if over one."""
+        limits = self._snapshot.config.limits
+        if STATS.active > limits.max_connections:
+            return self._shed(Reason.TOO_MANY_CONNECTIONS, f"{STATS.active - 1} connections in this worker")
+        if STATS.pending > limits.max_pending:
+            return self._shed(Reason.TOO_MANY_HANDSHAKES, f"{STATS.pending - 1} connections not yet relaying")
+        return ip is None or self._admit_address(ip)
+
+    def _admit_address(self, ip: str) -> bool:
+        """The per-address limits (at accept, or once a trusted balancer's header names the client)."""
+        limits = self._snapshot.config.limits
+        self._ip = self._pending_ip = ip
+        STATS.per_ip[ip] = per_ip = STATS.per_ip.get(ip, 0) + 1
+        STATS.pending_per_ip[ip] = pending_ip = STATS.pending_per_ip.get(ip, 0) + 1
+        if per_ip > limits.max_per_ip:
+            return self._shed(Reason.TOO_MANY_FROM_IP, f"{per_ip - 1} connections from {ip}")
+        if pending_ip > limits.max_pending_per_ip:
+            return self._shed(Reason.TOO_MANY_FROM_IP, f"{pending_ip - 1} connections from {ip} not yet relaying")
+        return True
+
+    def _shed(self, reason: Reason, detail: str) -> bool:
+        """Refuse at once, in the listener's protocol when it speaks first: shed load, never queue it."""
+        ls = self._lr.listener
+        if ls.protocol is Protocol.IMAP:
+            self._write_raw(b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+        elif ls.protocol is Protocol.SMTP:
+            self._write_raw(f"421 4.7.0 {ls.hostname} Too many connections, try again later\r\n".encode())
+        self._finish(reason, detail)
+        return False
+
+    def _leave_pending(self) -> None:
+        """This connection is relaying, or over: it no longer counts as one in its handshake."""
+        if self._in_pending:
+            self._in_pending = False
+            STATS.pending -= 1
+        if self._pending_ip is not None:
+            _dec(STATS.pending_per_ip, self._pending_ip)
+            self._pending_ip = None
 
     def _trusted_balancer(self) -> bool:
         host = self._client_addr[0]
@@ -338,6 +411,8 @@ class ClientConnection(asyncio.Protocol):
             self._client_addr, self._local_addr = result.src, result.dst
             self.peer = f"{result.src[0]}:{result.src[1]}"   # same form as the socket's peer
         self._sniff = b""   # a second header, from the client behind the balancer, is a spoof
+        if not self._admit_address(self._client_addr[0]):
+            return b""
         self._begin()
         return result.rest if self._phase != _CLOSED else b""
 
@@ -580,6 +655,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _start_relay(self) -> None:
         self._phase = _RELAY
+        self._leave_pending()
         self._arm(self._lr.listener.timeouts.idle)
         bt = self._backend_transport()
         if bt is None:
@@ -687,6 +763,10 @@ class ClientConnection(asyncio.Protocol):
         if self._backend is not None and self._backend.transport is not None:
             self._backend.transport.close()
         STATS.active -= 1
+        self._leave_pending()
+        if self._ip is not None:
+            _dec(STATS.per_ip, self._ip)
+            self._ip = None
         STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
         self._log_event(phase)
 

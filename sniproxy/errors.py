@@ -26,6 +26,8 @@ class Reason(StrEnum):
     BAD_CERTIFICATE = "bad_certificate"
     CHAIN_TOO_DEEP = "chain_too_deep"
     SELF_SIGNED = "self_signed"
+    WEAK_SIGNATURE = "weak_signature"   # a certificate of the card chain signed with SHA-1 (or weaker)
+    WEAK_KEY = "weak_key"               # a card chain key under RSA 2048 / EC 256 bits
     REVOKED = "revoked"
     CRL_STALE = "crl_stale"
     CRL_MISSING = "crl_missing"
@@ -52,6 +54,10 @@ class Reason(StrEnum):
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_REFUSED = "backend_refused"
     BACKEND_PROTOCOL = "backend_protocol"
+    # admission limits (config `limits`), checked at accept: shed load rather than queue it
+    TOO_MANY_CONNECTIONS = "too_many_connections"   # max_connections of this worker reached
+    TOO_MANY_FROM_IP = "too_many_from_ip"           # max_per_ip or max_pending_per_ip for the client address
+    TOO_MANY_HANDSHAKES = "too_many_handshakes"     # max_pending connections not yet relaying
     # transport
     TIMEOUT = "timeout"
     CLIENT_CLOSED = "client_closed"

@@ -9,7 +9,6 @@ Must not: build TLS contexts, open sockets, or exit.
 
 from __future__ import annotations
 
-import ssl
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
@@ -30,6 +29,7 @@ from sniproxy.config.model import (
     Flow,
     HttpMode,
     Identity,
+    Limits,
     Listener,
     Profile,
     Protocol,
@@ -46,10 +46,12 @@ from sniproxy.config.names import (
     parse_address,
 )
 from sniproxy.config.pemfiles import Files, distribution_points, looks_test
+from sniproxy.config.tlspolicy import policy_problems, policy_weaknesses
 from sniproxy.config.yamlloc import LocDict, parse
 from sniproxy.errors import ConfigError, ConfigErrors
 
-TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "authorities", "flows", "listeners")
+TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "authorities", "flows", "listeners")
+LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
 CRL_SET_KEYS = ("sources", "from_certificates", "check", "stale")
 CRL_CHECKS = ("chain", "leaf")
@@ -60,7 +62,7 @@ AUTHORITY_KEYS = ("roots", "intermediates", "test", "enabled", "crl")
 CRL_SCHEMES = ("http", "https", "ldap", "ldaps")
 FLOW_KEYS = ("certificate", "key", "client_auth", "authorities", "card_types", "refuse_test_cards",
              "verify_depth", "tls")
-TLS_KEYS = ("min_version", "ciphers", "groups", "session_tickets")
+TLS_KEYS = ("min_version", "ciphers", "ciphersuites", "groups", "sigalgs", "session_tickets")
 TLS_VERSIONS = ("1.2", "1.3")
 LISTENER_KEYS = ("name", "bind", "protocol", "hostname", "backend", "flow", "sni", "default_flow",
                  "unknown_sni", "timeouts", "max_line", "max_pretls_commands", "proxy_protocol_from", "http")
@@ -136,6 +138,7 @@ class _Builder:
         state_dir = top.string("state_dir", None)
         state_path = top.resolve(state_dir) if isinstance(state_dir, str) else None
         crl = self._crl_settings(state_path)
+        limits = self._limits()
         self._authorities()
         with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.revocation_required)
         if with_crl and crl.cache_dir is None:
@@ -150,7 +153,7 @@ class _Builder:
         return Config(
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
-            state_dir=state_path, crl=crl,
+            state_dir=state_path, crl=crl, limits=limits,
         )
 
     def _flows_section_line(self, name: str) -> int:
@@ -175,6 +178,21 @@ class _Builder:
             return "info", "auto"
         sec.check_keys(LOG_KEYS)
         return sec.choice("level", LOG_LEVELS, "info"), sec.choice("format", LOG_FORMATS, "auto")
+
+    def _limits(self) -> Limits:
+        sec = self.top.section("limits")
+        d = Limits()
+        if sec is None:
+            return d
+        sec.check_keys(LIMIT_KEYS)
+        values = {k: sec.integer(k, getattr(d, k), minimum=1) for k in LIMIT_KEYS}
+        values = {k: v if isinstance(v, int) else getattr(d, k) for k, v in values.items()}
+        limits = Limits(**values)
+        if limits.max_per_ip > limits.max_connections:
+            sec.warn("max_per_ip", "larger than max_connections: one address can take every slot")
+        if limits.max_pending_per_ip > limits.max_pending:
+            sec.warn("max_pending_per_ip", "larger than max_pending: one address can take every handshake slot")
+        return limits
 
     def _crl_settings(self, state_dir: Path | None) -> CrlSettings:
         sec = self.top.section("crl")
@@ -380,18 +398,20 @@ class _Builder:
             sec.error("min_version", f"invalid value {version!r} (allowed: {', '.join(TLS_VERSIONS)})")
             version = default.min_version
         ciphers = sec.string("ciphers", default.ciphers)
-        if isinstance(ciphers, str) and "ciphers" in sec.data:
-            try:
-                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
-            except ssl.SSLError:
-                sec.error("ciphers", f"OpenSSL selects no cipher from {ciphers!r}")
         groups = sec.string("groups", default.groups)
-        if isinstance(groups, str) and any(not g.strip() or " " in g.strip() for g in groups.split(":")):
-            sec.error("groups", f"invalid group list {groups!r} (colon-separated names, e.g. X25519:P-256)")
+        suites = sec.string("ciphersuites", default.ciphersuites)
+        sigalgs = sec.string("sigalgs", default.sigalgs)
         tickets = sec.boolean("session_tickets", default.session_tickets)
-        if MISSING in (ciphers, groups, tickets):
+        if MISSING in (ciphers, groups, tickets, suites, sigalgs):
             return default
-        return TlsPolicy(min_version=str(version), ciphers=ciphers, groups=groups, session_tickets=tickets)
+        policy = TlsPolicy(min_version=str(version), ciphers=ciphers, groups=groups, session_tickets=tickets,
+                           ciphersuites=suites, sigalgs=sigalgs)
+        for key, problem in policy_problems(policy):
+            if key in sec.data:
+                sec.error(key, problem)
+        for key, weakness in policy_weaknesses(policy):
+            sec.warn(key, weakness)
+        return policy
 
     def _server_files(self, sec: Section, cert_path: Path, key_path: Path) -> None:
         assert self.files is not None
@@ -557,7 +577,8 @@ class _Builder:
         if sec is None:
             return default
         sec.check_keys(TIMEOUT_KEYS)
-        return Timeouts(**{k: sec.seconds(k, getattr(default, k)) for k in TIMEOUT_KEYS})
+        # Same spellings as the CRL durations: 1800, "30m" and "1800s" are one idle timeout.
+        return Timeouts(**{k: sec.duration(k, getattr(default, k)) for k in TIMEOUT_KEYS})
 
 
 __all__ = ["BACKEND_IDENTITIES", "Loaded", "load"]

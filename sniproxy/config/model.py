@@ -108,6 +108,16 @@ class TlsPolicy:
     )
     groups: str = "X25519:P-256:P-384"
     session_tickets: bool = False
+    # TLS 1.3 suites (all AEAD), strongest first as the ANSSI guide orders them.
+    ciphersuites: str = "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256"
+    # Signature algorithms for both directions (server key exchange and the card's CertificateVerify):
+    # no SHA-1, no MD5. RSA PKCS#1 v1.5 stays for TLS 1.2 cards, which sign with it.
+    sigalgs: str = (
+        "ECDSA+SHA256:ECDSA+SHA384:ECDSA+SHA512:ed25519:"
+        "rsa_pss_rsae_sha256:rsa_pss_rsae_sha384:rsa_pss_rsae_sha512:"
+        "rsa_pss_pss_sha256:rsa_pss_pss_sha384:rsa_pss_pss_sha512:"
+        "RSA+SHA256:RSA+SHA384:RSA+SHA512"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +258,22 @@ class Listener:
 
 
 @dataclass(frozen=True, slots=True)
+class Limits:
+    """Admission limits of one worker process (the ``limits`` top-level section).
+
+    Per process: with ``workers: N`` the whole service admits N times these. A client behind a
+    hospital NAT shares its address with hundreds of users, so the per-address limit on established
+    connections is high; the per-address limit on connections still in their handshake is low, as
+    that is where a slowloris or a handshake flood sits.
+    """
+
+    max_connections: int = 10000        # every connection, any phase
+    max_per_ip: int = 1000              # connections from one client address, any phase
+    max_pending: int = 1000             # connections not yet relaying (pre-TLS, handshake, backend connect)
+    max_pending_per_ip: int = 64        # the same, from one client address
+
+
+@dataclass(frozen=True, slots=True)
 class CrlSettings:
     """How CRLs are fetched and kept (the ``crl`` top-level section)."""
 
@@ -272,3 +298,4 @@ class Config:
     log_format: str = "auto"                      # auto (json unless a TTY), json, console
     state_dir: Path | None = None
     crl: CrlSettings = field(default_factory=CrlSettings)
+    limits: Limits = field(default_factory=Limits)

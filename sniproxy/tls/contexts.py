@@ -16,6 +16,7 @@ from cryptography import x509
 from OpenSSL import SSL, crypto
 
 from sniproxy.config.model import AuthoritySet, ClientAuth, Config, Flow, Listener, Profile
+from sniproxy.config.tlspolicy import apply_policy
 from sniproxy.crl.state import RevocationHolder, RevocationPolicy
 from sniproxy.errors import ConfigError
 from sniproxy.routing import RouteTable
@@ -79,19 +80,6 @@ def _verify_mode(mode: ClientAuth) -> int:
     return SSL.VERIFY_NONE
 
 
-def _set_groups(ctx: SSL.Context, flow: Flow) -> None:
-    """Key-exchange groups (SSL_CTX_set1_curves_list, the older name of set1_groups_list).
-
-    pyOpenSSL has no wrapper, so this goes through the binding it ships; a failure is a config error,
-    never a silent fallback to OpenSSL's defaults.
-    """
-    from OpenSSL._util import lib
-
-    if lib.SSL_CTX_set1_curves_list(ctx._context, flow.tls.groups.encode()) != 1:
-        raise ConfigError(f"flow {flow.name}: unsupported key-exchange groups {flow.tls.groups!r}",
-                          key=f"flows.{flow.name}.tls.groups")
-
-
 def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> SSL.Context:
     """The OpenSSL server context of one flow."""
     ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
@@ -102,8 +90,9 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
     if not flow.tls.session_tickets or flow.client_auth is not ClientAuth.NONE:
         options |= SSL.OP_NO_TICKET
     ctx.set_options(options)
-    ctx.set_cipher_list(flow.tls.ciphers.encode())
-    _set_groups(ctx, flow)
+    for key, problem in apply_policy(ctx, flow.tls):
+        # The loader tried the same strings; this only fires if the OpenSSL here differs from check's.
+        raise ConfigError(f"flow {flow.name}: {problem}", key=f"flows.{flow.name}.tls.{key}")
     # No session cache: every connection runs a full handshake, so resumption can never skip the
     # card checks that run in the verify callback.
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)

@@ -19,13 +19,16 @@ from sniproxy.config.model import (
     Backend,
     CardType,
     ClientAuth,
+    Limits,
     Profile,
     Protocol,
     Route,
     Timeouts,
+    TlsPolicy,
     UnknownSni,
 )
 from sniproxy.config.names import parse_address
+from sniproxy.config.tlspolicy import policy_problems, policy_weaknesses
 from sniproxy.errors import ConfigError, ConfigErrors
 
 REPO = Path(__file__).resolve().parents[2]
@@ -661,3 +664,64 @@ def test_public_pems_match_readme_fingerprints() -> None:
         fp = ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
         assert f"| {pem.name} |" in readme and fp in readme, pem.name
 
+
+# -- limits, TLS policy, timeout spellings --------------------------------------------------------------
+
+def test_limits_defaults_and_values(work: Work) -> None:
+    assert load(work.write(BASE)).config.limits == Limits()
+    text = BASE.replace("state_dir: state\n", "state_dir: state\nlimits:\n  max_connections: 500\n"
+                        "  max_per_ip: 50\n  max_pending: 100\n  max_pending_per_ip: 10\n")
+    assert load(work.write(text)).config.limits == Limits(500, 50, 100, 10)
+
+
+def test_limits_errors_name_line_and_key(work: Work) -> None:
+    text = BASE.replace("state_dir: state\n", "state_dir: state\nlimits:\n  max_connections: 0\n  max_pendng: 3\n")
+    path = work.write(text)
+    assert_error(path, "limits.max_connections", line_of(text, "max_connections"), "")
+    assert_error(path, "limits.max_pendng", line_of(text, "max_pendng"), "max_pending_per_ip")
+
+
+def test_limits_warn_when_one_address_can_take_every_slot(work: Work) -> None:
+    text = BASE.replace("state_dir: state\n", "state_dir: state\nlimits:\n  max_connections: 10\n"
+                        "  max_per_ip: 20\n")
+    path = work.write(text)
+    assert_warning(load(path), path, "limits.max_per_ip", line_of(text, "max_per_ip"), "every slot")
+
+
+def test_timeouts_accept_durations(work: Work) -> None:
+    path = work.write(BASE, {"timeouts: {pretls: 30, idle: 600.5}": 'timeouts: {pretls: "30s", idle: 45m}'})
+    t = load(path).config.listeners[0].timeouts
+    assert (t.pretls, t.idle) == (30.0, 2700.0)
+    bad = work.write(BASE, {"timeouts: {pretls: 30, idle: 600.5}": "timeouts: {pretls: soon}"})
+    assert_error(bad, "listeners[0].timeouts.pretls", line_of(work.text, "pretls"), "duration")
+
+
+def test_bad_sigalgs_and_suites_are_errors(work: Work) -> None:
+    path = work.write(BASE, {'min_version: "1.3",': 'min_version: "1.3", sigalgs: "RSA+NOPE", '
+                                                   'ciphersuites: "TLS_NOPE",'})
+    assert_error(path, "flows.2bis.tls.sigalgs", line_of(work.text, "RSA+NOPE"), "signature algorithms")
+    assert_error(path, "flows.2bis.tls.ciphersuites", line_of(work.text, "TLS_NOPE"), "TLS 1.3 suite")
+
+
+def test_weaker_policy_is_a_warning(work: Work) -> None:
+    path = work.write(BASE, {'min_version: "1.3",': 'min_version: "1.2", ciphers: "ECDHE-RSA-AES128-SHA:'
+                                                   'ECDHE-RSA-AES128-GCM-SHA256", sigalgs: "RSA+SHA256:RSA+SHA1",'})
+    loaded = load(path)
+    line = line_of(work.text, "ECDHE-RSA-AES128-SHA")
+    assert_warning(loaded, path, "flows.2bis.tls.ciphers", line, "ECDHE-RSA-AES128-SHA")
+    assert_warning(loaded, path, "flows.2bis.tls.sigalgs", line, "RSA+SHA1")
+    assert not any("ECDHE-RSA-AES128-GCM-SHA256" in w for w in loaded.warnings)
+
+
+def test_default_policy_is_clean_and_accepted() -> None:
+    assert policy_problems(TlsPolicy()) == []
+    assert policy_weaknesses(TlsPolicy()) == []
+
+
+def test_policy_weaknesses_each_kind() -> None:
+    weak = TlsPolicy(ciphers="AES128-GCM-SHA256:ECDHE-RSA-AES256-SHA384", ciphersuites="TLS_AES_128_CCM_8_SHA256",
+                     groups="X25519:ffdhe2048", sigalgs="RSA+SHA1:ECDSA+SHA256", session_tickets=True)
+    keys = dict(policy_weaknesses(weak))
+    assert "AES128-GCM-SHA256" in keys["ciphers"] and "ECDHE-RSA-AES256-SHA384" in keys["ciphers"]
+    assert "CCM_8" in keys["ciphersuites"] and "ffdhe2048" in keys["groups"]
+    assert "RSA+SHA1" in keys["sigalgs"] and "session_tickets" in keys
