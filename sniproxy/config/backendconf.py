@@ -142,8 +142,8 @@ def _secret(report: Report, sec: Section) -> str | None:
             sec.error("master_password_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
             return None
         if mode & (stat.S_IRGRP | stat.S_IROTH):
-            sec.warn("master_password_file", f"{path} is readable by group or others "
-                                             f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+            sec.report.exposed_secret(sec.line("master_password_file"), sec.key("master_password_file"), path,
+                                      stat.S_IMODE(mode))
         if not value:
             sec.error("master_password_file", f"{path} is empty")
             return None

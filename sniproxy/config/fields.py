@@ -52,6 +52,9 @@ class Report:
         self.file = str(file)
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
+        # `secret_files: strict` (default): a key or password file readable by group or others is an
+        # error; `warn` makes it a warning (Kubernetes secrets mounted with a group-readable mode).
+        self.strict_secrets = True
 
     def error(self, line: int | None, key: str | None, message: str) -> None:
         """Record an error at ``line`` under ``key``."""
@@ -60,6 +63,12 @@ class Report:
     def warn(self, line: int | None, key: str | None, message: str) -> None:
         """Record a warning, formatted like an error (``FILE:LINE: KEY: message``)."""
         self.warnings.append(str(ConfigError(message, file=self.file, line=line, key=key or None)))
+
+    def exposed_secret(self, line: int | None, key: str | None, path: Path, mode: int) -> None:
+        """A secret file readable by group or others: an error, or a warning under ``secret_files: warn``."""
+        message = (f"{path} is readable by group or others (mode {mode:04o}): chmod 600 it, or set "
+                   "`secret_files: warn` when a secret mount needs it")
+        (self.error if self.strict_secrets else self.warn)(line, key, message)
 
 
 class Section:

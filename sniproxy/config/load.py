@@ -50,7 +50,8 @@ from sniproxy.config.tlspolicy import policy_problems, policy_weaknesses
 from sniproxy.config.yamlloc import LocDict, parse
 from sniproxy.errors import ConfigError, ConfigErrors
 
-TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "authorities", "flows", "listeners")
+TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
+            "listeners")
 LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
 CRL_SET_KEYS = ("sources", "from_certificates", "check", "stale")
@@ -134,6 +135,8 @@ class _Builder:
         profile = top.enum("profile", Profile, required=True)
         self.profile = profile if isinstance(profile, Profile) else None
         workers = self._workers()
+        # before any key file is read
+        self.r.strict_secrets = top.choice("secret_files", ("strict", "warn"), "strict") == "strict"
         level, fmt = self._log()
         state_dir = top.string("state_dir", None)
         state_path = top.resolve(state_dir) if isinstance(state_dir, str) else None

@@ -97,8 +97,8 @@ class Files:
         return certs
 
     def private_key(self, path: Path, line: int, key: str) -> PrivateKeyTypes | None:
-        """The unencrypted PEM private key of a file, or ``None`` (reported). Warns when the file
-        is readable by group or others."""
+        """The unencrypted PEM private key of a file, or ``None`` (reported). Refuses (or, under
+        ``secret_files: warn``, warns about) a file readable by group or others."""
         data = self._read(path, line, key)
         if data is None:
             return None
@@ -107,8 +107,7 @@ class Files:
         except OSError:
             mode = 0
         if mode & (stat.S_IRGRP | stat.S_IROTH):
-            self.report.warn(line, key, f"private key {path} is readable by group or others "
-                                        f"(mode {stat.S_IMODE(mode):04o}); chmod 600 it")
+            self.report.exposed_secret(line, key, path, stat.S_IMODE(mode))
         try:
             return serialization.load_pem_private_key(data, password=None)
         except TypeError:

@@ -445,11 +445,19 @@ def test_server_certificate_expiry(work: Work, days: float, expired: bool) -> No
         assert_warning(load(path), path, "flows.2bis.certificate", line, "expires on")
 
 
-def test_private_key_readable_by_others_is_a_warning(work: Work) -> None:
+def test_private_key_readable_by_others_is_refused(work: Work) -> None:
     os.chmod(work.root / "pki/server-2bis/key.pem", 0o644)
     path = work.write(BASE)
-    assert_warning(load(path), path, "flows.2bis.key", line_of(BASE, "server-2bis/key.pem"),
-                   "readable by group or others")
+    assert_error(path, "flows.2bis.key", line_of(BASE, "server-2bis/key.pem"), "readable by group or others")
+
+
+def test_secret_files_warn_opt_out_for_secret_mounts(work: Work) -> None:
+    os.chmod(work.root / "pki/server-2bis/key.pem", 0o640)
+    path = work.write(BASE, {"workers: 2\n": "workers: 2\nsecret_files: warn\n"})
+    assert_warning(load(path), path, "flows.2bis.key", line_of(work.text, "server-2bis/key.pem"),
+                   "secret_files: warn")
+    bad = work.write(BASE, {"workers: 2\n": "workers: 2\nsecret_files: lax\n"})
+    assert_error(bad, "secret_files", 3, "strict")
 
 
 def test_authority_roots_must_be_ca(work: Work) -> None:
