@@ -20,6 +20,7 @@ from sniproxy.config.tlspolicy import apply_policy
 from sniproxy.crl.state import RevocationHolder, RevocationPolicy
 from sniproxy.errors import ConfigError
 from sniproxy.routing import RouteTable
+from sniproxy.tls.alerts import install_verify
 from sniproxy.tls.verify import AuthorityTrust, FlowRules, compile_authority, verify_callback
 
 # pyOpenSSL exports it at run time but its stubs lack it (SSL_OP_NO_RENEGOTIATION, OpenSSL 1.1.0h+).
@@ -115,7 +116,7 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
             if flow.client_auth is not ClientAuth.NONE:
                 # OpenSSL sends no CA names unless told; card middleware picks the card from this list.
                 ctx.add_client_ca(x)
-    ctx.set_verify(_verify_mode(flow.client_auth), verify_callback)
+    install_verify(ctx, _verify_mode(flow.client_auth), verify_callback)
     ctx.set_verify_depth(flow.verify_depth)
     return ctx
 

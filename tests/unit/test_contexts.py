@@ -9,8 +9,9 @@ import pytest
 from OpenSSL import SSL
 
 from sniproxy.config.model import ClientAuth, Flow, TlsPolicy
-from sniproxy.errors import ConfigError
+from sniproxy.errors import ConfigError, Reason
 from sniproxy.testpki import TestPki, build
+from sniproxy.tls.alerts import install_verify, x509_error_for
 from sniproxy.tls.contexts import build_flow_context
 
 
@@ -81,3 +82,57 @@ def test_tickets_are_off_wherever_cards_are_checked(pki: TestPki) -> None:
     assert build_flow_context(carded, ()).set_options(0) & SSL.OP_NO_TICKET
     cardless = _flow(pki, session_tickets=True)
     assert not build_flow_context(cardless, ()).set_options(0) & SSL.OP_NO_TICKET
+
+
+# -- the alert a refused card gets ---------------------------------------------------------------------
+@pytest.mark.parametrize(("reason", "alert"), [(Reason.REVOKED, "certificate revoked"),
+                                               (Reason.WRONG_USAGE, "unsupported certificate"),
+                                               (Reason.TEST_CHAIN, "bad certificate"),
+                                               (Reason.CARD_TYPE, "bad certificate"),
+                                               (Reason.CRL_STALE, "unknown ca")])
+def test_a_refusal_sends_the_alert_of_its_reason(pki: TestPki, reason: Reason, alert: str) -> None:
+    """Without install_verify, OpenSSL sent internal_error for every refusal it had not found itself."""
+    server_ctx = build_flow_context(_flow(pki, min_version="1.2"), ())
+
+    class State:
+        reason: Reason | None = None
+
+    def refuse(conn: SSL.Connection, cert: Any, errno: int, depth: int, ok: int) -> bool:
+        if depth == 0:
+            conn.get_app_data().reason = reason
+            return False
+        return True
+
+    install_verify(server_ctx, SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, refuse)
+    card = pki.cards["cps-2ter"]
+    cctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    cctx.set_max_proto_version(SSL.TLS1_2_VERSION)     # the alert then comes before the client's Finished
+    cctx.use_certificate_chain_file(str(card.chain))
+    cctx.use_privatekey_file(str(card.key))
+    server = SSL.Connection(server_ctx, None)
+    server.set_app_data(State())
+    server.set_accept_state()
+    client = SSL.Connection(cctx, None)
+    client.set_connect_state()
+    errors: list[str] = []
+    for _ in range(10):
+        for a, b in ((client, server), (server, client)):
+            try:
+                a.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error as exc:
+                if a is client:
+                    errors.append(str(exc))
+            try:
+                b.bio_write(a.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+        if errors:
+            break
+    assert errors and alert in errors[0].replace("_", " ").lower(), errors
+
+
+def test_x509_error_for_unknown_reasons_is_bad_certificate() -> None:
+    assert x509_error_for(None) == x509_error_for(Reason.TEST_CARD) == 28
+    assert x509_error_for(Reason.REVOKED) == 23
