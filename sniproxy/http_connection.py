@@ -230,6 +230,7 @@ class HttpsConnection(ClientConnection):
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
         self._phase = _RELAY
+        self._leave_pending()   # serving requests: no longer a handshake in progress (limits.max_pending)
         self._arm(self._lr.listener.timeouts.idle)
         self._read_plaintext()
 

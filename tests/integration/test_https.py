@@ -608,3 +608,25 @@ def test_backend_responses_reframed_or_refused(pki: TestPki, tmp_path: Path, res
         assert p.wait_event(lambda e: e["listener"] == "https")["reason"] == reason
     finally:
         p.stop()
+
+
+def test_keepalive_connections_do_not_count_as_handshakes(pki: TestPki, backend: HttpBackend, tmp_path: Path) -> None:
+    """limits.max_pending_per_ip counts connections still in their handshake, not ones serving requests."""
+    port = free_port()
+    cfg = https_config(pki, port, backend.port)
+    cfg["limits"] = {"max_pending_per_ip": 2}
+    p = start(cfg, tmp_path)
+    conns = []
+    try:
+        for _ in range(5):                       # more keep-alive connections than the handshake limit
+            c = https_client(port, pki)
+            c.request("GET", "/ping")
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200
+            conns.append(c)
+    finally:
+        for c in conns:
+            c.close()
+        p.stop()
+    assert not [e for e in p.connection_events() if e["reason"] == "too_many_from_ip"]
