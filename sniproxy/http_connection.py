@@ -26,6 +26,7 @@ from sniproxy.connection import _CLOSED, _RELAY, ClientConnection
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.proto.http_rewrite import (
+    BadRequest,
     Headers,
     StripRules,
     TlsFacts,
@@ -197,9 +198,27 @@ def pool_for(listener: str, address: Address, opts: HttpOptions) -> BackendPool:
 class HttpsConnection(ClientConnection):
     """One client connection of an ``https`` listener in mode ``http``."""
 
-    __slots__ = ("_bk", "_bk_full", "_bk_opened", "_bk_out", "_bk_pending", "_bk_task", "_chain_der", "_http",
-                 "_id_cache", "_opts", "_pending_h11", "_pool", "_resp_started", "_resp_timer", "_soap", "_statuses",
-                 "_stripped")
+    __slots__ = (
+        "_bk",
+        "_bk_full",
+        "_bk_opened",
+        "_bk_out",
+        "_bk_pending",
+        "_bk_task",
+        "_chain_der",
+        "_http",
+        "_id_cache",
+        "_opts",
+        "_pending_h11",
+        "_pool",
+        "_req_method",
+        "_resp_started",
+        "_resp_status",
+        "_resp_timer",
+        "_soap",
+        "_statuses",
+        "_stripped",
+    )
 
     def __init__(self, holder: SnapshotHolder, listener: str) -> None:
         super().__init__(holder, listener)
@@ -211,6 +230,8 @@ class HttpsConnection(ClientConnection):
         self._bk_task: asyncio.Task[None] | None = None
         self._bk_pending: list[bytes] | None = None      # request bytes while the backend connects
         self._bk_full = False
+        self._req_method = b""             # of the request in progress: HEAD responses are never pooled
+        self._resp_status = 0
         self._bk_opened = 0                # backend connections this client caused to be opened
         self._bk_out: list[bytes] = []     # bytes for the backend, written once per batch of client events
         self._pending_h11: h11.Connection | None = None
@@ -257,11 +278,16 @@ class HttpsConnection(ClientConnection):
                 return
             if isinstance(event, RequestStarted):
                 self._start_request(event)
-            elif isinstance(event, BodyReceived):
-                self._to_backend(self._bk_h11().send(h11.Data(data=event.data)))
-            elif isinstance(event, RequestEnded):
-                self._to_backend(self._bk_h11().send(h11.EndOfMessage()))
-                self._arm_response_timer()
+            elif isinstance(event, (BodyReceived, RequestEnded)):
+                try:
+                    out = self._bk_h11().send(h11.Data(data=event.data) if isinstance(event, BodyReceived)
+                                              else h11.EndOfMessage())
+                except h11.LocalProtocolError as exc:   # a body the head it came with cannot carry
+                    self._finish(Reason.BAD_REQUEST, f"request body cannot be forwarded: {exc}")
+                    return
+                self._to_backend(out)
+                if isinstance(event, RequestEnded):
+                    self._arm_response_timer()
             elif isinstance(event, RequestRefused):
                 self._refuse(event.status, event.detail, event.soap, Reason.BAD_REQUEST)
             elif isinstance(event, ClientClosed):
@@ -281,7 +307,14 @@ class HttpsConnection(ClientConnection):
     def _start_request(self, req: RequestStarted) -> None:
         self._soap = soap_version(req.headers)
         self._resp_started = False
-        host = request_host(req.target, req.headers)
+        self._req_method = req.method.upper()
+        self._resp_status = 0
+        try:
+            host = request_host(req.target, req.headers)
+            plain_headers = without_hop_by_hop(req.headers)
+        except BadRequest as exc:
+            self._refuse(400, "bad request", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            return
         other = misdirected(host, self._lr.routes, self._flow or "")
         if other is not None:
             self._refuse(421, f"{host} is served by another flow than this connection's", self._soap,
@@ -291,7 +324,7 @@ class HttpsConnection(ClientConnection):
             self._refuse(403, "a professional card is required for this service", self._soap, Reason.CARD_REQUIRED,
                          detail=f"no card for {req.target[:200].decode('latin-1')}")
             return
-        headers, removed = strip_identity(without_hop_by_hop(req.headers), _strip_rules(self._opts))
+        headers, removed = strip_identity(plain_headers, _strip_rules(self._opts))
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
@@ -418,6 +451,13 @@ class HttpsConnection(ClientConnection):
                 if event.status_code in (100, 103) and not self._resp_started:
                     out.append(self._http.informational(event.status_code, []))
             elif isinstance(event, h11.Response):
+                names = {n.lower() for n, _ in event.headers.raw_items()}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    self._flush_client(out)
+                    self._backend_error(502, Reason.BACKEND_PROTOCOL, "backend response with both "
+                                        "Content-Length and Transfer-Encoding")
+                    return
+                self._resp_status = event.status_code
                 out.append(self._response_head(event))
             elif isinstance(event, h11.Data):
                 out.append(self._http.body(bytes(event.data)))
@@ -442,7 +482,7 @@ class HttpsConnection(ClientConnection):
         self._resp_started = True
         key = str(event.status_code)
         self._statuses[key] = self._statuses.get(key, 0) + 1
-        headers = without_hop_by_hop(event.headers.raw_items())
+        headers = without_hop_by_hop(event.headers.raw_items(), strict=False)
         return self._http.response(event.status_code, headers, bytes(event.reason))
 
     def _response_end(self, bk: _BackendConn, out: list[bytes]) -> None:
@@ -451,7 +491,13 @@ class HttpsConnection(ClientConnection):
         out.append(end)
         self._flush_client(out)
         self._bk = None
-        if bk.h11.our_state is h11.DONE and bk.h11.their_state is h11.DONE:
+        self._bk_full = False   # a pause of this backend's writes no longer concerns this client
+        # Pool only a connection with nothing left over: bytes after the end of a response (a body
+        # sent on HEAD/204/304, or anything extra) would be read as the next client's response.
+        if (bk.h11.our_state is h11.DONE and bk.h11.their_state is h11.DONE
+                and bk.h11.trailing_data == (b"", False) and self._req_method != b"HEAD"
+                and self._resp_status not in (204, 304)
+                and bk.transport is not None and bk.transport.get_write_buffer_size() == 0):
             bk.h11.start_next_cycle()
             self._pool.give(bk)
         else:

@@ -37,10 +37,14 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 # Identity names removed from every request whatever the profiles in use: a backend configured for
 # another profile later must never find a client's copy. Compared after lower-casing and ``_`` -> ``-``.
 STRIP_EXACT = frozenset({"forwarded", "x-forwarded-client-cert", "client-cert", "client-cert-chain",
-                         "x-real-ip", "x-client-verify", "x-client-dn"})
-STRIP_PREFIXES = ("x-forwarded-", "x-ssl-", "x-client-cert", "ssl-", "x-mss-")
+                         "x-real-ip", "x-client-verify", "x-client-dn", "x-arr-clientcert"})
+# WebLogic (WL-Proxy-*), WebSphere ($WS*), AWS ALB mTLS (X-Amzn-Mtls-*) trust these from their front end.
+STRIP_PREFIXES = ("x-forwarded-", "x-ssl-", "x-client-cert", "ssl-", "x-mss-", "wl-proxy-", "$ws", "x-amzn-mtls-")
 
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # control characters other than HT (CR/LF checked apart)
+
+
+_FRAMING = frozenset({b"content-length", b"host", b"transfer-encoding"})
 
 
 class BadRequest(Exception):
@@ -107,10 +111,19 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
 
 
 # --------------------------------------------------------------------------- header filters
-def without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]]) -> Headers:
-    """Headers minus hop-by-hop fields and every field named in ``Connection`` (RFC 9110 §7.6.1)."""
+def without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], *, strict: bool = True) -> Headers:
+    """Headers minus hop-by-hop fields and every field named in ``Connection`` (RFC 9110 §7.6.1).
+
+    ``strict`` (requests): ``Connection`` naming a framing or routing field is a ``BadRequest``;
+    otherwise (responses) such names are ignored, the proxy frames the response itself.
+    """
     headers = list(headers)
     named = {v.strip().lower() for n, value in headers if n.lower() == b"connection" for v in value.split(b",")}
+    if not strict:
+        named -= _FRAMING
+    elif named & _FRAMING:
+        # "Connection: content-length" would drop the length the proxy framed the body with.
+        raise BadRequest("Connection names a framing or routing field")
     return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
 
 
@@ -247,26 +260,44 @@ def _quote_token(value: str) -> str:
 
 
 # --------------------------------------------------------------------------- routing checks
-def request_host(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
-    """The host the request names, lower-case, without port or trailing dot.
+# A Host value: a reg-name, an IPv4 address or a bracketed IPv6 literal, and an optional port (RFC 9110
+# §7.2). Anything else (a second colon, a comma list, userinfo, a fragment) is read differently by
+# different backends, so it is refused rather than guessed at.
+_HOST_VALUE = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+;=-]*)(:[0-9]{1,5})?")
 
-    An absolute-form target's authority wins over Host (RFC 9112 §3.2.2).
-    """
-    host: bytes | None = None
-    if target[:8].lower().startswith((b"https://", b"http://")):
-        authority = target.split(b"://", 1)[1].split(b"/", 1)[0].split(b"?", 1)[0]
-        host = authority.rsplit(b"@", 1)[-1]
-    else:
-        for name, value in headers:
-            if name.lower() == b"host":
-                host = value
-                break
-    if not host:
+
+def host_of(value: bytes) -> str | None:
+    """The host of a Host value or authority, lower-case, without port or trailing dot; None if malformed."""
+    value = value.strip()
+    m = _HOST_VALUE.fullmatch(value)
+    if m is None or not m.group(1):
         return None
-    text = host.decode("latin-1").strip().lower()
-    if text.startswith("["):
-        return text[1:].split("]", 1)[0] or None
-    return text.rsplit(":", 1)[0].rstrip(".") if ":" in text else text.rstrip(".")
+    host = m.group(1).decode("ascii").lower()
+    return host[1:-1] if host.startswith("[") else host.rstrip(".")
+
+
+def request_host(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+    """The host the request names (see ``host_of``); raises ``BadRequest`` when it is ambiguous.
+
+    Host must be well-formed, and an absolute-form target must name the same host as Host:
+    backends differ on which of the two they route by (RFC 9112 §3.2.2 says the target).
+    """
+    values = [value.strip() for name, value in headers if name.lower() == b"host"]
+    host = host_of(values[0]) if values and values[0] else None     # empty: allowed, names no host
+    if values and values[0] and host is None:
+        raise BadRequest("malformed Host header")
+    low = target[:8].lower()
+    if low.startswith((b"https://", b"http://")):
+        authority = target.split(b"://", 1)[1]
+        for stop in (b"/", b"?"):
+            authority = authority.split(stop, 1)[0]
+        if b"@" in authority or b"#" in target:
+            raise BadRequest("userinfo or fragment in the request target")
+        named = host_of(authority)
+        if named is None or (host is not None and named != host):
+            raise BadRequest("the request target names another host than Host")
+        return named
+    return host
 
 
 def misdirected(host: str | None, routes: RouteTable, flow: str) -> str | None:
@@ -284,23 +315,23 @@ def misdirected(host: str | None, routes: RouteTable, flow: str) -> str | None:
     return other if other is not None and other != flow else None
 
 
-_DOT_SEGMENT = re.compile(rb"(^|/)\.\.?(/|$)|%2e|%2f|%5c|\\", re.IGNORECASE)
+# Anything a backend may decode or normalize into another path: percent-encoding, path parameters
+# (Tomcat, Jetty), repeated slashes, dot segments, backslashes, colons. Such a path needs a card
+# whatever it looks like: it fails closed rather than guess what the backend will make of it.
+_NOT_PLAIN = re.compile(rb"[%;\\:#]|//|(^|/)\.\.?(/|$)")
 
 
 def needs_card(target: bytes, prefixes: Sequence[str]) -> bool:
-    """True when the request path falls under one of ``prefixes`` (segment-wise), or is not plain.
-
-    A path with dot segments or encoded dots, slashes or backslashes counts as needing a card: a
-    backend may normalize ``/otp/../msg`` into a card path after the proxy allowed it.
-    """
-    path = target.split(b"?", 1)[0].split(b"#", 1)[0]
-    if b"://" in path[:10]:
+    """True when the request path falls under one of ``prefixes`` (segment-wise, case-insensitive), or is not plain."""
+    path = target.split(b"?", 1)[0]
+    low = path[:8].lower()
+    if low.startswith((b"https://", b"http://")):
         path = b"/" + path.split(b"://", 1)[1].partition(b"/")[2]
-    if _DOT_SEGMENT.search(path) or not path.startswith(b"/"):
+    if _NOT_PLAIN.search(path) or not path.startswith(b"/"):
         return True
-    text = path.decode("latin-1")
+    text = path.decode("latin-1").lower()
     for prefix in prefixes:
-        p = prefix.rstrip("/")
+        p = prefix.rstrip("/").lower()
         if not p or text == p or text.startswith(p + "/"):
             return True
     return False

@@ -84,7 +84,7 @@ def _guess_soap(head: bytes) -> str | None:
 class ClientSide:
     """Requests in, responses out, for one client connection."""
 
-    __slots__ = ("_buf", "_conn", "_eof", "_max_head", "_max_line", "_state", "requests")
+    __slots__ = ("_buf", "_conn", "_eof", "_eol_seen", "_max_head", "_max_line", "_scanned", "_state", "requests")
 
     def __init__(self, max_request_line: int = 8192, max_header_bytes: int = 32768) -> None:
         self._max_line = max_request_line
@@ -93,6 +93,10 @@ class ClientSide:
         self._conn: h11.Connection | None = None
         self._state = _State.HEAD
         self._eof = False
+        # How much of the partial head was already scanned: a head trickled a byte at a time must not
+        # be rescanned whole on every byte (quadratic CPU on the one event loop).
+        self._scanned = 0
+        self._eol_seen = False
         self.requests = 0
 
     @property
@@ -121,19 +125,27 @@ class ClientSide:
     def _refuse(self, detail: str, soap: str | None) -> list[Event]:
         self._state = _State.DONE
         self._buf.clear()
+        self._scanned = 0
         return [RequestRefused(400, detail, soap)]
 
     def _advance(self) -> list[Event]:
         """In state HEAD: start the next request if its head is complete."""
         buf = self._buf
         # RFC 9112 §2.2: empty lines before a request line are ignored (some clients send one after a body).
-        while buf[:2] == b"\r\n":
-            del buf[:2]
-        end = buf.find(b"\r\n\r\n")
+        if self._scanned == 0:
+            while buf[:2] == b"\r\n":
+                del buf[:2]
+        end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
         if end < 0:
-            if b"\n" in buf.replace(b"\r\n", b""):
-                return self._refuse("bare LF in the request head", _guess_soap(bytes(buf)))
-            if len(buf) > self._max_head or (b"\r\n" not in buf and len(buf) > self._max_line):
+            lf = buf.find(b"\n", self._scanned)
+            while lf >= 0:
+                if lf == 0 or buf[lf - 1] != 0x0D:
+                    return self._refuse("bare LF in the request head", _guess_soap(bytes(buf)))
+                self._eol_seen = True
+                lf = buf.find(b"\n", lf + 1)
+            # a CR at the very end may be completed by the next read: rescan it then
+            self._scanned = len(buf) - 1 if buf[-1:] == b"\r" else len(buf)
+            if len(buf) > self._max_head or (not self._eol_seen and len(buf) > self._max_line):
                 return self._refuse("request head too large", None)
             if self._eof:
                 self._state = _State.DONE
@@ -142,6 +154,7 @@ class ClientSide:
         head = bytes(buf[:end + 4])
         rest = bytes(buf[end + 4:])
         buf.clear()
+        self._scanned, self._eol_seen = 0, False
         if len(head) > self._max_head:
             return self._refuse("request head too large", None)
         try:

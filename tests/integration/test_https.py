@@ -630,3 +630,57 @@ def test_keepalive_connections_do_not_count_as_handshakes(pki: TestPki, backend:
             c.close()
         p.stop()
     assert not [e for e in p.connection_events() if e["reason"] == "too_many_from_ip"]
+
+
+def test_a_backend_body_on_head_never_becomes_the_next_response(pki: TestPki, tmp_path: Path) -> None:
+    """Bytes a backend sends after a response (here a body on HEAD that looks like a response) are never
+    read as the answer to the next request: the connection is not pooled."""
+    import threading
+
+    evil = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nEVIL"
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(15)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            buf = b""
+            while not stop.is_set():
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                if head.startswith(b"HEAD "):
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(evil) + evil)
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nGOOD")
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    port = free_port()
+    p = start(https_config(pki, port, srv.getsockname()[1]), tmp_path)
+    try:
+        conn = https_client(port, pki)
+        conn.request("HEAD", "/doc")
+        head = conn.getresponse()
+        head.read()
+        assert head.status == 200
+        for _ in range(2):
+            conn.request("GET", "/doc")
+            resp = conn.getresponse()
+            assert resp.read() == b"GOOD"
+        conn.close()
+    finally:
+        stop.set()
+        srv.close()
+        p.stop()

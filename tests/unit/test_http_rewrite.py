@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from sniproxy.config.model import DEFAULT_CARD_HEADERS, Address, Backend, HeaderProfile, Listener, Protocol, Route
 from sniproxy.proto.http_rewrite import (
+    BadRequest,
     StripRules,
     TlsFacts,
     error_response,
@@ -123,11 +124,52 @@ def _routes() -> RouteTable:
     (b"/", b"mss-msg.mssante.fr", "mss-msg.mssante.fr"),
     (b"/", b"MSS-MSG.mssante.fr.:443", "mss-msg.mssante.fr"),
     (b"/", b"[::1]:443", "::1"),
-    (b"https://Other.example:8443/x", b"mss-msg.mssante.fr", "other.example"),
+    (b"https://MSS-msg.mssante.fr:8443/x", b"mss-msg.mssante.fr", "mss-msg.mssante.fr"),
+    (b"https://Other.example:8443/x", b"", "other.example"),
     (b"/", b"", None),
 ])
 def test_request_host(target: bytes, host: bytes, expected: str | None) -> None:
     assert request_host(target, [(b"host", host)]) == expected
+
+
+# Each is read differently by some backend than by a naive proxy: refused (400), never guessed at.
+@pytest.mark.parametrize(("target", "host"), [
+    (b"/", b"mss-msg.mssante.fr:443:1"),                       # nginx takes the first colon
+    (b"/", b"mss-idp.mssante.fr, mss-msg.mssante.fr"),          # a list: X-Forwarded-Host split on commas
+    (b"/", b"user@mss-msg.mssante.fr"),
+    (b"http://10.0.0.1/", b"mss-msg.mssante.fr"),              # Django/Flask route on Host, the proxy on the target
+    (b"https://mss-msg.mssante.fr#@x/", b"x"),                  # fragment and userinfo in the target
+    (b"https://u@mss-msg.mssante.fr/", b"mss-msg.mssante.fr"),
+])
+def test_ambiguous_hosts_are_refused(target: bytes, host: bytes) -> None:
+    with pytest.raises(BadRequest):
+        request_host(target, [(b"host", host)])
+
+
+@pytest.mark.parametrize("target", [b"/msg;/send", b"/msg;jsessionid=x/send", b"/otp/..;/msg/send", b"/%6dsg/send",
+                                    b"//msg/send", b"/msg/://x", b"/MSG/send", b"/otp/%2e%2e/msg", b"/otp\\..\\msg",
+                                    b"https://mss-msg.mssante.fr//msg"])
+def test_card_paths_fail_closed_on_anything_a_backend_may_normalize(target: bytes) -> None:
+    assert needs_card(target, ["/msg"])
+
+
+def test_plain_open_paths_need_no_card() -> None:
+    assert not needs_card(b"/otp/send?x=%2e%2e", ["/msg"])            # the query is not the path
+    assert not needs_card(b"/messages", ["/msg"]) and not needs_card(b"/otp/msg", ["/msg"])
+
+
+def test_connection_may_not_name_framing_fields() -> None:
+    with pytest.raises(BadRequest):
+        without_hop_by_hop([(b"content-length", b"5"), (b"connection", b"keep-alive, Content-Length")])
+    kept = without_hop_by_hop([(b"content-length", b"5"), (b"connection", b"content-length")], strict=False)
+    assert kept == [(b"content-length", b"5")]
+
+
+@pytest.mark.parametrize("name", [b"WL-Proxy-Client-Cert", b"wl_proxy_ssl", b"$WSCC", b"$WSRA", b"X-ARR-ClientCert",
+                                  b"X-Amzn-Mtls-Clientcert-Leaf"])
+def test_app_server_certificate_headers_are_stripped(name: bytes) -> None:
+    kept, removed = strip_identity([(name, b"spoofed"), (b"accept", b"*/*")], StripRules.build([], []))
+    assert kept == [(b"accept", b"*/*")] and removed == 1
 
 
 def test_misdirected_only_for_names_of_another_flow() -> None:
