@@ -28,11 +28,11 @@ from typing import ClassVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 #: Bump when file names, names or extensions change: an older PKI on disk is then regenerated.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 OID_CARD_TYPE = x509.ObjectIdentifier("1.2.250.1.71.1.2.2")
 OID_CARD_SERIAL = x509.ObjectIdentifier("1.2.250.1.71.1.2.3")
@@ -177,6 +177,10 @@ class _CardSpec:
     usage: str = "auth"             # auth | sign | server-eku
     validity: str = "good"          # good | expired | future
     self_signed: bool = False
+    digest: str = "sha256"          # sha256 | sha1: the hash the issuer signs the card with
+    key_bits: int = 2048            # RSA modulus of the card's own key
+    sub_cas: int = 0                # extra CAs between the set's ROOT and the card (a chain that is too deep)
+    forged: bool = False            # signed by a stranger's key under the issuer's name (signature fails)
 
 
 _PARIS = "Paris (75)"
@@ -208,15 +212,26 @@ CARDS: tuple[_CardSpec, ...] = (
     # A good card that CRLs made by ``sniproxy.testcrl.write_crls`` list as revoked (keyCompromise).
     _CardSpec("revoked", "igc-sante-fort-pp", _fort("810002000007", "LUC", "MOREAU")),
     _CardSpec("self-signed", None, _fort("810002000006"), self_signed=True),
+    # Cryptographically weak cards (ANSSI: no SHA-1 signature, no RSA key under 2048 bits).
+    _CardSpec("sha1", "igc-sante-fort-pp", _fort("810002000008"), digest="sha1"),
+    _CardSpec("rsa1024", "igc-sante-fort-pp", _fort("810002000009"), key_bits=1024),
+    # Root -> 5 sub-CAs -> card: one CA more than the default ``verify_depth: 4`` lets OpenSSL build.
+    _CardSpec("deep", "igc-sante-fort-pp", _fort("810002000010"), sub_cas=5),
+    # The Fort intermediate's name and key identifier, but another key's signature.
+    _CardSpec("bad-signature", "igc-sante-fort-pp", _fort("810002000011"), forged=True),
 )
 SERVERS = ("2bis", "igcsante")
 
 
 # --------------------------------------------------------------------------- builders
+_CaKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+_PubKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
 @dataclass(slots=True)
 class _Ca:
     name: x509.Name
-    key: rsa.RSAPrivateKey
+    key: _CaKey
     cert: x509.Certificate
 
 
@@ -239,7 +254,7 @@ def _der_printable(text: str) -> bytes:
     return b"\x13" + bytes([len(body)]) + body
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, pub: rsa.RSAPublicKey, issuer_pub: rsa.RSAPublicKey,
+def _builder(subject: x509.Name, issuer: x509.Name, pub: _PubKey, issuer_pub: _PubKey,
              not_before: datetime, not_after: datetime) -> x509.CertificateBuilder:
     return (x509.CertificateBuilder()
             .subject_name(subject).issuer_name(issuer).public_key(pub)
@@ -249,14 +264,15 @@ def _builder(subject: x509.Name, issuer: x509.Name, pub: rsa.RSAPublicKey, issue
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_pub), critical=False))
 
 
-def _ca_cert(subject: x509.Name, key: rsa.RSAPrivateKey, issuer: _Ca | None,
-             now: datetime) -> x509.Certificate:
-    """A root (``issuer`` None) or an intermediate (path length 0), valid long before and after ``now``."""
+def _ca_cert(subject: x509.Name, key: _CaKey, issuer: _Ca | None,
+             now: datetime, *, path_length: int | None = 0) -> x509.Certificate:
+    """A root (``issuer`` None) or an intermediate (``path_length``, 0 by default: it issues cards only),
+    valid long before and after ``now``."""
     signer_name = issuer.name if issuer else subject
     signer_key = issuer.key if issuer else key
     b = _builder(subject, signer_name, key.public_key(), signer_key.public_key(),
                  now - timedelta(days=3650), now + timedelta(days=7300 if issuer is None else 5475))
-    constraints = x509.BasicConstraints(ca=True, path_length=None if issuer is None else 0)
+    constraints = x509.BasicConstraints(ca=True, path_length=None if issuer is None else path_length)
     usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
                           encipher_only=False, decipher_only=False)
@@ -287,7 +303,9 @@ def _gip(oid: x509.ObjectIdentifier, der: bytes) -> x509.UnrecognizedExtension:
 
 
 def _card_cert(spec: _CardSpec, serial_no: int, key: rsa.RSAPrivateKey, issuer: _Ca | None,
-               set_name: str, test_chain: bool, now: datetime) -> x509.Certificate:
+               set_name: str, test_chain: bool, now: datetime,
+               forger: _CaKey | None = None) -> x509.Certificate:
+    """A card certificate issued by ``issuer`` (self-signed when None); ``forger`` signs in the issuer's place."""
     if spec.validity == "expired":
         nb, na = now - timedelta(days=3 * 365), now - timedelta(days=1)
     elif spec.validity == "future":
@@ -321,7 +339,36 @@ def _card_cert(spec: _CardSpec, serial_no: int, key: rsa.RSAPrivateKey, issuer: 
                         critical=False)
     if spec.profession is not None:
         b = b.add_extension(_gip(OID_PROFESSION, _der_int(spec.profession)), critical=False)
-    return b.sign(signer_key, hashes.SHA256())
+    signer = forger or signer_key
+    cert = b.sign(signer, hashes.SHA256())
+    if spec.digest == "sha1":
+        if not isinstance(signer, rsa.RSAPrivateKey):
+            raise ValueError("a SHA-1 card needs an RSA issuer")
+        return resign_sha1(cert, signer)
+    return cert
+
+
+# DER of the sha256WithRSAEncryption and sha1WithRSAEncryption OIDs: same length, last byte differs.
+_OID_SHA256_RSA = bytes.fromhex("2a864886f70d01010b")
+_OID_SHA1_RSA = bytes.fromhex("2a864886f70d010105")
+
+
+def resign_sha1(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """The same certificate signed with SHA-1 (sha1WithRSAEncryption).
+
+    Why by hand: cryptography refuses SHA-1 in ``CertificateBuilder.sign``, but a weak card is
+    exactly what the tests need. Both OIDs and the signature keep their lengths, so swapping the
+    algorithm in the TBS and outer fields, then the signature bytes at the end, keeps the DER valid.
+    """
+    der = cert.public_bytes(serialization.Encoding.DER)
+    if der.count(_OID_SHA256_RSA) != 2:   # the TBS signature field and the outer one, nothing else
+        raise ValueError("unexpected certificate layout for a SHA-1 re-signature")
+    swapped = der.replace(_OID_SHA256_RSA, _OID_SHA1_RSA)
+    tbs = x509.load_der_x509_certificate(swapped).tbs_certificate_bytes
+    signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA1())  # noqa: S303 (deliberately weak)
+    if not swapped.endswith(cert.signature) or len(signature) != len(cert.signature):
+        raise ValueError("signature is not the last field of the certificate")
+    return x509.load_der_x509_certificate(swapped[: -len(signature)] + signature)
 
 
 def _server_cert(flow: str, key: rsa.RSAPrivateKey, issuer: _Ca, set_name: str,
@@ -436,16 +483,19 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
         return existing
     pki = _layout(dest)
     specs = _ca_specs()
-    n_keys = 2 * len(specs) + 2 + len(SERVERS) + len(CARDS)
-    # RSA-2048 generation releases the GIL: a thread pool keeps the whole build near one second.
+    # CA and server keys, then one key per card (of the card's size), then sub-CA and forger keys.
+    sizes = [2048] * (2 * len(specs) + 2 + len(SERVERS)) + [c.key_bits for c in CARDS]
+    # RSA generation releases the GIL: a thread pool keeps the whole build near one second.
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
-        key_list = list(pool.map(lambda _: rsa.generate_private_key(65537, 2048), range(n_keys)))
+        key_list = list(pool.map(lambda bits: rsa.generate_private_key(65537, bits), sizes))
     keys: Iterator[rsa.RSAPrivateKey] = iter(key_list)
 
     issuing: dict[str, tuple[_Ca, bool]] = {}
+    roots: dict[str, _Ca] = {}
     for spec in specs:
         rk = next(keys)
         root = _Ca(spec.root, rk, _ca_cert(spec.root, rk, None, now))
+        roots[spec.name] = root
         ik = next(keys)
         inter = _Ca(spec.intermediate, ik, _ca_cert(spec.intermediate, ik, root, now))
         files = pki.authorities[spec.name]
@@ -473,19 +523,33 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
         _write(kp.chain, _pem(cert) + _pem(inter.cert))
         _write_key(kp.key, key)
 
-    for i, card in enumerate(CARDS):
-        key = next(keys)
+    card_keys = [next(keys) for _ in CARDS]
+    for i, (card, key) in enumerate(zip(CARDS, card_keys, strict=True)):
+        cas: list[_Ca] = []            # what the card's chain file carries after the card, nearest first
         if card.self_signed:
             issuer, set_name, test_chain = None, "self-signed", False
         elif card.authority is None:
             issuer, set_name, test_chain = uk_inter, "rogue", False
+        elif card.sub_cas:
+            # Sub-CAs under the set's root (its intermediate has path length 0): only the depth is wrong.
+            test_chain, set_name, parent = issuing[card.authority][1], card.authority, roots[card.authority]
+            for n in range(1, card.sub_cas + 1):
+                name = _sante_ca(f"AC IGC-SANTE FORT SOUS-AC {n}", test_chain)
+                # P-256: as strong as RSA-2048 for the weak-key rule, and free to generate.
+                sk = ec.generate_private_key(ec.SECP256R1())
+                parent = _Ca(name, sk, _ca_cert(name, sk, parent, now, path_length=None))
+                cas.insert(0, parent)
+            issuer = parent
         else:
             issuer, test_chain = issuing[card.authority]
             set_name = card.authority
-        cert = _card_cert(card, i, key, issuer, set_name, test_chain, now)
+        if issuer is not None and not cas:
+            cas = [issuer]
+        forger = uk_root.key if card.forged else None   # any stranger's key will do: the rogue root's
+        cert = _card_cert(card, i, key, issuer, set_name, test_chain, now, forger)
         kp = pki.cards[card.name]
         _write(kp.cert, _pem(cert))
-        _write(kp.chain, _pem(cert) + (_pem(issuer.cert) if issuer else b""))
+        _write(kp.chain, _pem(cert) + b"".join(_pem(ca.cert) for ca in cas))
         _write_key(kp.key, key)
 
     manifest = {"version": LAYOUT_VERSION, "generated_at": now.isoformat(),

@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
@@ -36,10 +38,14 @@ _ERRNO_REASON: dict[int, Reason] = {
     22: Reason.CHAIN_TOO_DEEP,       # CERT_CHAIN_TOO_LONG
     26: Reason.WRONG_USAGE,          # INVALID_PURPOSE (EKU/KU not fit for a TLS client)
     28: Reason.WRONG_USAGE,          # CERT_REJECTED
-    68: Reason.BAD_CERTIFICATE,      # CA_KEY_TOO_SMALL
-    66: Reason.BAD_CERTIFICATE,      # EE_KEY_TOO_SMALL
-    67: Reason.BAD_CERTIFICATE,      # CA_MD_TOO_WEAK
+    66: Reason.WEAK_KEY,             # EE_KEY_TOO_SMALL
+    67: Reason.WEAK_KEY,             # CA_KEY_TOO_SMALL
+    68: Reason.WEAK_SIGNATURE,       # CA_MD_TOO_WEAK (any certificate's signature digest, not only a CA's)
 }
+# ANSSI TLS guide: RSA keys of 2048 bits at least, elliptic curves of 256 bits at least, no SHA-1.
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 256
+_WEAK_DIGESTS = frozenset({"md2", "md4", "md5", "sha1"})
 _CARD_TYPE_CODES: dict[int, CardType] = {0: CardType.CPS, 1: CardType.CPF, 2: CardType.CPE, 3: CardType.CPA}
 _OID_CARD_TYPE = x509.ObjectIdentifier("1.2.250.1.71.1.2.2")
 _OID_CATEGORY = x509.ObjectIdentifier("1.2.250.1.71.1.2.5")
@@ -134,6 +140,37 @@ def error_reason(state: VerifyState, errno: int, cert: x509.Certificate) -> Reas
     return _ERRNO_REASON.get(errno, Reason.BAD_CERTIFICATE)
 
 
+def weak_crypto(chain: dict[int, x509.Certificate]) -> tuple[Reason, str] | None:
+    """The first weakness of a verified chain (depth -> certificate), or None when it is strong enough.
+
+    OpenSSL's security level already refuses most of these (X509_V_ERR 66-68), but only at level 1 and
+    above, and ``sniproxy verify`` builds chains with no level at all: this check holds whatever the
+    level. The top certificate's own signature is not judged: a trust anchor is trusted by
+    configuration, not by its self-signature (as OpenSSL does).
+    """
+    top = max(chain, default=0)
+    for depth in sorted(chain):
+        cert = chain[depth]
+        key = cert.public_key()
+        if isinstance(key, rsa.RSAPublicKey | dsa.DSAPublicKey) and key.key_size < MIN_RSA_BITS:
+            return Reason.WEAK_KEY, f"{key.key_size}-bit {_key_kind(key)} key at depth {depth}"
+        if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < MIN_EC_BITS:
+            return Reason.WEAK_KEY, f"{key.curve.key_size}-bit EC key ({key.curve.name}) at depth {depth}"
+        if depth == top and cert.issuer == cert.subject:
+            continue
+        try:
+            digest = cert.signature_hash_algorithm
+        except UnsupportedAlgorithm:  # a digest cryptography does not know is none of the weak ones it knows
+            digest = None
+        if digest is not None and digest.name in _WEAK_DIGESTS:
+            return Reason.WEAK_SIGNATURE, f"{digest.name.upper()} signature at depth {depth}"
+    return None
+
+
+def _key_kind(key: rsa.RSAPublicKey | dsa.DSAPublicKey) -> str:
+    return "RSA" if isinstance(key, rsa.RSAPublicKey) else "DSA"
+
+
 def _int_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
     """A DER INTEGER private extension (decoded as the identity parser does); None when absent or odd."""
     try:
@@ -149,6 +186,10 @@ def authorize(state: VerifyState, leaf: x509.Certificate, now: float | None = No
     ``now`` (POSIX seconds, default the current time) is the clock for CRL freshness.
     """
     rules = state.rules
+    # Before any rule about the card's content: a forgeable chain says nothing reliable about its holder.
+    weak = weak_crypto(state.chain or {0: leaf})
+    if weak is not None:
+        return state.refuse(*weak)
     authority = None
     # Nearest CA first: a root shared by two sets must not hide which intermediate issued the card.
     for depth in sorted(d for d in state.chain if d > 0):

@@ -82,7 +82,8 @@ GOOD_CARDS: dict[str, tuple[str, dict[str, object]]] = {
 
 def test_every_card_is_described() -> None:
     # "revoked" is well formed: only the CRLs of sniproxy.testcrl.write_crls make it bad.
-    bad = {"expired", "not-yet-valid", "wrong-eku", "wrong-ku", "unknown-ca", "self-signed", "revoked"}
+    bad = {"expired", "not-yet-valid", "wrong-eku", "wrong-ku", "unknown-ca", "self-signed", "revoked",
+           "sha1", "rsa1024", "deep", "bad-signature"}
     assert {c.name for c in CARDS} == set(GOOD_CARDS) | bad
 
 
@@ -113,14 +114,16 @@ def test_card_keys_and_usages(pki: TestPki, card: str) -> None:
     kp = pki.cards[card]
     cert = cert_of(kp.cert)
     key = serialization.load_pem_private_key(kp.key.read_bytes(), None)
-    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 2048
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == (1024 if card == "rsa1024" else 2048)
     pub = cert.public_key()
     assert isinstance(pub, rsa.RSAPublicKey)
     assert key.public_key().public_numbers() == pub.public_numbers()
     assert stat.S_IMODE(kp.key.stat().st_mode) == 0o600
     chain = chain_of(kp.chain)
     assert chain[0] == cert
-    assert len(chain) == (1 if card == "self-signed" else 2)
+    assert len(chain) == {"self-signed": 1, "deep": 6}.get(card, 2)
+    assert cert.signature_hash_algorithm is not None
+    assert cert.signature_hash_algorithm.name == ("sha1" if card == "sha1" else "sha256")
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
     eku = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     assert ku.critical
@@ -164,6 +167,33 @@ def test_bad_card_fails_the_intended_way(pki: TestPki, card: str, error: str) ->
     if card.startswith("wrong"):
         # the chain itself is fine: only the purpose is wrong
         ok, out = verify(auth.roots[0], auth.intermediates[0], pki.cards[card].cert, purpose="any")
+        assert ok, out
+
+
+@needs_openssl
+@pytest.mark.parametrize(("card", "args", "error"), [
+    ("sha1", ["-auth_level", "2"], "error 68 at 0 "),          # CA_MD_TOO_WEAK, on the card's own signature
+    ("rsa1024", ["-auth_level", "2"], "error 66 at 0 "),       # EE_KEY_TOO_SMALL
+    ("deep", ["-verify_depth", "4"], "error 22 at 5 "),        # CERT_CHAIN_TOO_LONG past the default depth
+    ("bad-signature", [], "error 7 at 0 "),                    # CERT_SIGNATURE_FAILURE
+])
+def test_weak_deep_and_forged_cards_fail_only_the_intended_way(pki: TestPki, card: str, args: list[str],
+                                                                error: str) -> None:
+    """Each of these cards is refused for one reason: without the constraint that catches it, it verifies."""
+    assert OPENSSL is not None
+    auth, kp = pki.authorities["igc-sante-fort-pp"], pki.cards[card]
+
+    def run(extra: list[str]) -> tuple[bool, str]:
+        cmd = [OPENSSL, "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(auth.roots[0]),
+               "-untrusted", str(kp.chain), *extra, str(kp.cert)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        return res.returncode == 0, res.stdout + res.stderr
+
+    ok, out = run(args)
+    assert not ok and error in out, out
+    if card != "bad-signature":
+        relaxed = {"sha1": ["-auth_level", "0"], "rsa1024": ["-auth_level", "0"], "deep": ["-verify_depth", "5"]}
+        ok, out = run(relaxed[card])
         assert ok, out
 
 

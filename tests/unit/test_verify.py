@@ -7,15 +7,19 @@ Chains come from the generated test PKI (loaded with ``cryptography``); ``author
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
 from sniproxy.config.model import CardType, Profile
 from sniproxy.errors import Reason
-from sniproxy.testpki import TestPki, build
+from sniproxy.testpki import TestPki, build, resign_sha1
 from sniproxy.tls.verify import (
     AuthorityTrust,
     FlowRules,
@@ -23,6 +27,7 @@ from sniproxy.tls.verify import (
     authorize,
     compile_authority,
     verify_callback,
+    weak_crypto,
 )
 
 # X509_V_ERR codes used below (openssl/x509_vfy.h)
@@ -30,6 +35,11 @@ UNABLE_TO_GET_ISSUER_CERT_LOCALLY = 20
 CERT_HAS_EXPIRED = 10
 CERT_NOT_YET_VALID = 9
 INVALID_PURPOSE = 26
+CERT_SIGNATURE_FAILURE = 7
+CERT_CHAIN_TOO_LONG = 22
+EE_KEY_TOO_SMALL = 66
+CA_KEY_TOO_SMALL = 67
+CA_MD_TOO_WEAK = 68
 UNHANDLED = 9999
 
 
@@ -307,6 +317,11 @@ def test_callback_rogue_chain_on_production_is_unknown_ca(trust: dict[str, Autho
     (CERT_HAS_EXPIRED, Reason.EXPIRED),
     (CERT_NOT_YET_VALID, Reason.NOT_YET_VALID),
     (INVALID_PURPOSE, Reason.WRONG_USAGE),
+    (EE_KEY_TOO_SMALL, Reason.WEAK_KEY),
+    (CA_KEY_TOO_SMALL, Reason.WEAK_KEY),
+    (CA_MD_TOO_WEAK, Reason.WEAK_SIGNATURE),
+    (CERT_SIGNATURE_FAILURE, Reason.BAD_CERTIFICATE),
+    (CERT_CHAIN_TOO_LONG, Reason.CHAIN_TOO_DEEP),
     (UNHANDLED, Reason.BAD_CERTIFICATE),
 ])
 def test_callback_maps_openssl_errors(trust: dict[str, AuthorityTrust], cards: dict[str, Card],
@@ -329,3 +344,58 @@ def test_callback_keeps_first_error_of_the_chain(trust: dict[str, AuthorityTrust
 
 def test_callback_without_state_refuses(cards: dict[str, Card]) -> None:
     assert _callback(None, cards["fort"].leaf, 0, 0, 1) is False
+
+
+# --------------------------------------------------------------------------- weak cryptography in the chain
+@pytest.mark.parametrize(("card", "reason", "detail"), [
+    ("sha1", Reason.WEAK_SIGNATURE, "SHA1 signature at depth 0"),
+    ("rsa1024", Reason.WEAK_KEY, "1024-bit RSA key at depth 0"),
+])
+def test_weak_card_refused_by_authorize_whatever_the_openssl_level(trust: dict[str, AuthorityTrust],
+                                                                  cards: dict[str, Card], card: str,
+                                                                  reason: Reason, detail: str) -> None:
+    # authorize() runs only once OpenSSL accepted the chain: at security level 0 it would have.
+    state = _state(trust, PRODUCTION_SETS)
+    assert _run(state, cards[card]) is False
+    assert state.reason is reason and state.detail == detail
+
+
+def _self_signed(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, digest: hashes.HashAlgorithm,
+                 issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey] | None = None,
+                 cn: str = "weak") -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    issuer_name, signer = issuer if issuer is not None else (name, key)
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .sign(signer, digest))
+
+
+def test_weak_crypto_rules() -> None:
+    strong_rsa = rsa.generate_private_key(65537, 2048)
+    p256, p192 = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP192R1())
+    root = _self_signed(strong_rsa, hashes.SHA256(), cn="root")
+    # strong: RSA 2048 / P-256 / SHA-256 everywhere
+    leaf = _self_signed(p256, hashes.SHA256(), (root.subject, strong_rsa), cn="leaf")
+    assert weak_crypto({0: leaf, 1: root}) is None
+    # a P-192 card key is weak even though its chain is fine
+    weak_ec = _self_signed(p192, hashes.SHA256(), (root.subject, strong_rsa), cn="leaf")
+    assert weak_crypto({0: weak_ec, 1: root}) == (Reason.WEAK_KEY, "192-bit EC key (secp192r1) at depth 0")
+    # a weak key at depth 1 (the intermediate) is found too
+    weak_inter = _self_signed(p192, hashes.SHA256(), (root.subject, strong_rsa), cn="inter")
+    assert weak_crypto({0: leaf, 1: weak_inter, 2: root}) == \
+        (Reason.WEAK_KEY, "192-bit EC key (secp192r1) at depth 1")
+
+
+def test_weak_crypto_ignores_the_anchors_self_signature(pki: TestPki) -> None:
+    # A SHA-1 self-signature on the top certificate proves nothing either way (it is trusted by
+    # configuration): not a refusal. The same digest anywhere below is.
+    files = pki.authorities["igc-sante-fort-pp"]
+    key = serialization.load_pem_private_key(files.root_keys[0].read_bytes(), None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    root = _certs(files.roots[0])[0]
+    leaf = _certs(pki.cards["fort"].cert)[0]
+    sha1_root = resign_sha1(root, key)
+    assert weak_crypto({0: leaf, 1: sha1_root}) is None
+    sha1_card = _certs(pki.cards["sha1"].cert)[0]
+    assert weak_crypto({0: sha1_card, 1: sha1_root}) == (Reason.WEAK_SIGNATURE, "SHA1 signature at depth 0")
