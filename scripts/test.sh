@@ -3,6 +3,6 @@
 # Run scripts/install-test-deps.sh first on a fresh machine. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== ruff"; python -m ruff check sniproxy tests bench
+echo "== ruff"; python -m ruff check sniproxy tests bench fuzz
 echo "== mypy --strict"; python -m mypy
 echo "== pytest"; python -m pytest -q -ra "$@"
