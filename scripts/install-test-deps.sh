@@ -40,5 +40,7 @@ fi
 
 if [[ ${SKIP_PIP:-0} != 1 ]]; then
     timeout 1200 "${PYTHON:-python}" -m pip install -q -e '.[test]'
+    # sslyze in its own virtualenv: it pins an older cryptography (see the script)
+    ./scripts/install-sslyze.sh
 fi
 echo "install-test-deps: done"
