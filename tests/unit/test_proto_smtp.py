@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Close, Send, StartTls
-from sniproxy.proto.smtp import SmtpBackendFilter, SmtpPreTls, smtp_unavailable
+from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
 
 Outcome = tuple[bytes, list[Action]]
 NEED_TLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
 EHLO_REPLY = b"250-mx.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n"
 
 
-def run(target: SmtpPreTls | SmtpBackendFilter, chunks: Iterable[bytes]) -> Outcome:
+def run(target: SmtpPreTls, chunks: Iterable[bytes]) -> Outcome:
     """Concatenated Send data and the list of non-Send actions, in order."""
     sent, other = bytearray(), list[Action]()
     for chunk in chunks:
@@ -37,12 +37,6 @@ def bytewise(data: bytes) -> list[bytes]:
 def dialog(data: bytes, **kw: int) -> Outcome:
     whole = run(SmtpPreTls("mx.test", **kw), [data])
     assert run(SmtpPreTls("mx.test", **kw), bytewise(data)) == whole
-    return whole
-
-
-def backend(data: bytes, consume: bool = True, max_line: int = 8192) -> Outcome:
-    whole = run(SmtpBackendFilter(consume_greeting=consume, max_line=max_line), [data])
-    assert run(SmtpBackendFilter(consume_greeting=consume, max_line=max_line), bytewise(data)) == whole
     return whole
 
 
@@ -147,103 +141,5 @@ def test_property_dialog(cmds: list[tuple[bytes, bytes]], tail: bytes) -> None:
         assert split == whole
 
 
-# ---------------------------------------------------------------------- backend filter
-
-POSTFIX_EHLO = (b"250-backend.local\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-STARTTLS\r\n"
-                b"250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")
-
-
-def test_greeting_consumed_and_ehlo_rewritten() -> None:
-    sent, other = backend(b"220 backend.local ESMTP Postfix\r\n" + POSTFIX_EHLO + b"250 2.1.0 Ok\r\n")
-    assert sent == (b"250-backend.local\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n"
-                    b"250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n250 2.1.0 Ok\r\n")
-    assert other == []
-
-
-def test_multiline_greeting() -> None:
-    f = SmtpBackendFilter()
-    assert f.receive_data(b"220-backend.local hello\r\n") == []
-    assert not f.greeting_done
-    assert f.receive_data(b"220 backend.local ESMTP\r\n250 x\r\n") == [Send(b"250 x\r\n")]
-    assert f.greeting_done
-
-
-def test_greeting_passed_on_implicit_tls() -> None:
-    sent, other = backend(b"220-a\r\n220 b\r\n", consume=False)
-    assert (sent, other) == (b"220-a\r\n220 b\r\n", [])
-
-
-def test_starttls_last_line_fixes_separator() -> None:
-    data = b"220 x\r\n250-backend.local\r\n250-8BITMIME\r\n250 starttls\r\n"
-    sent, _ = backend(data)
-    assert sent == b"250-backend.local\r\n250 8BITMIME\r\n"
-
-
-def test_starttls_only_keyword_besides_domain() -> None:
-    sent, _ = backend(b"220 x\r\n250-backend.local\r\n250 STARTTLS\r\n")
-    assert sent == b"250 backend.local\r\n"
-
-
-def test_starttls_as_text_elsewhere_untouched() -> None:
-    data = (b"220 x\r\n250 STARTTLS\r\n250-STARTTLS\r\n250 ok\r\n502 5.5.1 STARTTLS not here\r\n"
-            b"250-STARTTLSX\r\n250 y\r\n")
-    sent, _ = backend(data)
-    assert sent == data[len(b"220 x\r\n"):]
-
-
-@pytest.mark.parametrize(("greeting", "reason"), [
-    (b"554 5.3.2 backend.local Service unavailable\r\n", Reason.BACKEND_REFUSED),
-    (b"421 4.3.2 shutting down\r\n", Reason.BACKEND_REFUSED),
-    (b"* OK IMAP here\r\n", Reason.BACKEND_PROTOCOL),
-    (b"220-ok\r\n554 no\r\n", Reason.BACKEND_PROTOCOL),
-])
-def test_greeting_refused(greeting: bytes, reason: Reason) -> None:
-    sent, other = backend(greeting + b"250 x\r\n")
-    assert sent == b""
-    assert len(other) == 1 and isinstance(other[0], Close) and other[0].reason is reason
-    assert other[0].detail
-
-
-def test_greeting_too_long() -> None:
-    assert backend(b"220 " + b"x" * 300, max_line=100) == (b"", [Close(Reason.BACKEND_PROTOCOL,
-                                                                             "greeting too long")])
-
-
-def test_long_lines_pass_through() -> None:
-    long = b"250-" + b"X" * 300 + b"\r\n"
-    data = b"220 x\r\n250-a\r\n" + long + b"250 STARTTLS\r\n" + b"250-a\r\n250 STARTTLS\r\n"
-    sent, _ = backend(data, max_line=100)
-    assert sent == b"250-a\r\n" + long + b"250 STARTTLS\r\n" + b"250 a\r\n"
-
-
-def test_garbage_lines_pass_through() -> None:
-    data = b"220 x\r\n250-a\r\nnot a reply\r\n\r\n250 STARTTLS\r\n"
-    sent, _ = backend(data)
-    assert sent == data[len(b"220 x\r\n"):]
-
-
-def test_closed_after_refusal() -> None:
-    f = SmtpBackendFilter()
-    assert f.receive_data(b"554 no\r\n") == [Close(Reason.BACKEND_REFUSED, "554 no")]
-    assert f.receive_data(b"220 ok\r\n") == []
-
-
 def test_unavailable() -> None:
     assert smtp_unavailable("try later\nnow") == b"421 4.3.0 try later now\r\n"
-
-
-_REPLY_LINES = st.sampled_from([b"250-a\r\n", b"250 b\r\n", b"250-STARTTLS\r\n", b"250 STARTTLS\r\n",
-                                b"354 go\n", b"junk\r\n", b"\r\n", b"250" * 40, b"220-x\r\n", b"250\r\n"])
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_REPLY_LINES, max_size=20), st.binary(max_size=50), st.booleans())
-def test_property_backend_filter(lines: list[bytes], noise: bytes, consume: bool) -> None:
-    """Never raises, chunking-invariant, output never larger than input, buffers bounded."""
-    data = b"220 x\r\n" + b"".join(lines) + noise
-    whole = run(SmtpBackendFilter(consume, 64), [data])
-    f = SmtpBackendFilter(consume, 64)
-    assert run(f, bytewise(data)) == whole
-    assert len(f._line) <= 64 and len(f._held or b"") <= 64
-    assert len(whole[0]) <= len(data)
-    assert whole[1] == []

@@ -282,3 +282,33 @@ def test_never_crashes_never_loops(client: list[bytes], replies: list[bytes]) ->
             out = r.backend_data(replies[i])
             if out and isinstance(out[-1], Stop):
                 return
+
+
+# -- filter-only mode (identity none / proxy-v2): what the backend filter used to do ------------------------
+def _filter(consume: bool = True) -> SmtpRelay:
+    return SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=consume, decide=None,
+                     xclient=False)
+
+
+def test_filter_mode_consumes_a_multiline_greeting_and_hides_starttls() -> None:
+    r = _filter()
+    assert r.backend_data(b"220-backend.local hello\r\n") == [] and not r.ready
+    assert r.backend_data(b"220 backend.local ESMTP\r\n") == [] and r.ready
+    r.client_data(b"EHLO c\r\n")
+    text = _to_client(r.backend_data(b"250-backend.local\r\n250-8BITMIME\r\n250 STARTTLS\r\n"))
+    assert text == b"250-backend.local\r\n250 8BITMIME\r\n"          # separator fixed on the new last line
+
+
+def test_filter_mode_passes_the_greeting_on_implicit_tls() -> None:
+    r = _filter(consume=False)
+    assert _to_client(r.backend_data(b"220-a\r\n220 b\r\n")) == b"220-a\r\n220 b\r\n" and r.ready
+
+
+@pytest.mark.parametrize(("greeting", "reason"), [
+    (b"554 5.3.2 backend.local Service unavailable\r\n", Reason.BACKEND_REFUSED),
+    (b"421 4.3.2 shutting down\r\n", Reason.BACKEND_REFUSED),
+    (b"* OK IMAP here\r\n", Reason.BACKEND_PROTOCOL),
+])
+def test_filter_mode_greeting_refused(greeting: bytes, reason: Reason) -> None:
+    out = _filter().backend_data(greeting)
+    assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is reason
