@@ -26,9 +26,15 @@ def _flow(pki: TestPki, **tls: Any) -> Flow:
                 tls=dataclasses.replace(TlsPolicy(), **tls))
 
 
-def _handshake(server_ctx: SSL.Context, cctx: SSL.Context) -> SSL.Connection:
-    """Run a handshake in memory between the two contexts; return the server side (raises SSL.Error)."""
+def _handshake(server_ctx: SSL.Context, cctx: SSL.Context, *, app_data: object = None,
+               client_errors: list[str] | None = None) -> SSL.Connection:
+    """Run a handshake in memory between the two contexts; return the server side.
+
+    Raises SSL.Error, unless ``client_errors`` is given: then the client's error is collected there
+    (the server's own, for a refusal, is expected).
+    """
     server = SSL.Connection(server_ctx, None)
+    server.set_app_data(app_data)
     server.set_accept_state()
     client = SSL.Connection(cctx, None)
     client.set_connect_state()
@@ -38,6 +44,12 @@ def _handshake(server_ctx: SSL.Context, cctx: SSL.Context) -> SSL.Connection:
                 a.do_handshake()
             except SSL.WantReadError:
                 pass
+            except SSL.Error as exc:
+                if client_errors is None:
+                    raise
+                if a is client:          # the alert the server sent, as the client reports it
+                    client_errors.append(str(exc))
+                    return server
             try:
                 b.bio_write(a.bio_read(65536))
             except SSL.WantReadError:
@@ -109,27 +121,8 @@ def test_a_refusal_sends_the_alert_of_its_reason(pki: TestPki, reason: Reason, a
     cctx.set_max_proto_version(SSL.TLS1_2_VERSION)     # the alert then comes before the client's Finished
     cctx.use_certificate_chain_file(str(card.chain))
     cctx.use_privatekey_file(str(card.key))
-    server = SSL.Connection(server_ctx, None)
-    server.set_app_data(State())
-    server.set_accept_state()
-    client = SSL.Connection(cctx, None)
-    client.set_connect_state()
     errors: list[str] = []
-    for _ in range(10):
-        for a, b in ((client, server), (server, client)):
-            try:
-                a.do_handshake()
-            except SSL.WantReadError:
-                pass
-            except SSL.Error as exc:
-                if a is client:
-                    errors.append(str(exc))
-            try:
-                b.bio_write(a.bio_read(65536))
-            except SSL.WantReadError:
-                pass
-        if errors:
-            break
+    _handshake(server_ctx, cctx, app_data=State(), client_errors=errors)
     assert errors and alert in errors[0].replace("_", " ").lower(), errors
 
 
