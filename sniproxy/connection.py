@@ -263,7 +263,7 @@ class ClientConnection(asyncio.Protocol):
         """Refuse at once, in the listener's protocol when it speaks first: shed load, never queue it."""
         ls = self._lr.listener
         if ls.protocol is Protocol.IMAP:
-            self._write_raw(b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n")
+            self._write_raw(imap_unavailable("Too many connections, try again later"))
         elif ls.protocol is Protocol.SMTP:
             self._write_raw(f"421 4.7.0 {ls.hostname} Too many connections, try again later\r\n".encode())
         self._finish(reason, detail)
@@ -352,9 +352,9 @@ class ClientConnection(asyncio.Protocol):
         if self._sniff is not None:
             # Never believe a client: a PROXY header from a peer outside proxy_protocol_from is refused.
             data = self._sniff + data if self._sniff else data
-            verdict = looks_like_header(data[:16])
+            verdict = looks_like_header(data[:12])
             if verdict is None:
-                self._sniff = data      # at most 15 bytes: a prefix of a signature
+                self._sniff = data      # fewer than 12 bytes: a prefix of a signature
                 return
             if verdict:
                 self._finish(Reason.UNTRUSTED_PROXY_HEADER, "PROXY header from a peer not in proxy_protocol_from")
@@ -479,10 +479,11 @@ class ClientConnection(asyncio.Protocol):
                 self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
             except Exception as exc:  # a verified but odd certificate must not kill the connection
                 self._identity = {"parse_error": type(exc).__name__}
-            try:
-                self._card = card_facts(leaf)
-            except Exception:  # same: the backend then gets the SSL flags without the CN
-                self._card = CardFacts(cn=None, sig_alg=None, key_alg=None)
+            if self._lr.listener.backend.identity is Identity.PROXY_V2:   # only its header uses them
+                try:
+                    self._card = card_facts(leaf)
+                except Exception:  # same: the backend then gets the SSL flags without the CN
+                    self._card = CardFacts(cn=None, sig_alg=None, key_alg=None)
         if tls.state.crl_grace:
             CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
             _log.warning("crl_grace_accept", conn_id=self.id, flow=self._flow, authority=tls.state.authority,
@@ -705,6 +706,10 @@ class ClientConnection(asyncio.Protocol):
                 return
         if isinstance(self._relay, ImapExternal):
             self._relay_actions(self._relay.take_notices())
+            if self._relay.done:
+                # Logged in: the rest of a session that may idle for hours needs no login dialog.
+                self._relay = None
+                filt.detach_auth()
         if self._phase == _CONNECTING and filt.greeting_done:
             self._start_relay()
 

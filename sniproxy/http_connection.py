@@ -63,7 +63,7 @@ def _strip_rules(opts: HttpOptions) -> StripRules:
 class _BackendConn(asyncio.Protocol):
     """One plaintext HTTP connection to the backend, owned by one client connection at a time."""
 
-    __slots__ = ("closed", "h11", "owner", "paused", "pool", "reused", "transport")
+    __slots__ = ("closed", "h11", "owner", "paused", "pool", "transport")
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
@@ -72,7 +72,6 @@ class _BackendConn(asyncio.Protocol):
         self.h11 = h11.Connection(h11.CLIENT)
         self.closed = False
         self.paused = False
-        self.reused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
@@ -148,7 +147,6 @@ class BackendPool:
             if timer is not None:
                 timer.cancel()
             if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                conn.reused = True
                 return conn
         return None
 
@@ -247,7 +245,7 @@ class HttpsConnection(ClientConnection):
     def _after_handshake(self) -> None:
         tls = self._tls
         assert tls is not None
-        if self._card is not None:   # a verified card (the parsed chain itself is already freed)
+        if self._identity is not None:   # a verified card (its parsed chain is already freed)
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
         self._phase = _RELAY

@@ -65,8 +65,6 @@ def read_backend(report: Report, sec: Section, protocol: Any) -> Backend | None:
     if isinstance(protocol, Protocol):
         if identity is Identity.XCLIENT and protocol not in MAIL_SMTP:
             bsec.error("identity", f"xclient is SMTP only; listener protocol is {protocol.value}")
-        if identity is Identity.PROXY_V2 and protocol is Protocol.TLS:
-            pass  # raw TCP backends may well take PROXY v2 (HAProxy-style): allowed
     login = None
     lsec = bsec.section("login")
     if lsec is not None:

@@ -67,8 +67,6 @@ TLS_KEYS = ("min_version", "ciphers", "ciphersuites", "groups", "sigalgs", "sess
 TLS_VERSIONS = ("1.2", "1.3")
 LISTENER_KEYS = ("name", "bind", "protocol", "hostname", "backend", "flow", "sni", "default_flow",
                  "unknown_sni", "timeouts", "max_line", "max_pretls_commands", "proxy_protocol_from", "http")
-#: How the verified identity travels to the backend (``backend.identity``).
-BACKEND_IDENTITIES = tuple(i.value for i in Identity)
 TIMEOUT_KEYS = ("pretls", "handshake", "connect", "idle")
 
 
@@ -584,4 +582,4 @@ class _Builder:
         return Timeouts(**{k: sec.duration(k, getattr(default, k)) for k in TIMEOUT_KEYS})
 
 
-__all__ = ["BACKEND_IDENTITIES", "Loaded", "load"]
+__all__ = ["Loaded", "load"]

@@ -38,7 +38,8 @@ from sniproxy.observability.metrics import CRL_FETCHES
 
 _log = get_logger("sniproxy.crl")
 #: CRLs up to this size are decoded in a thread (milliseconds of work); larger ones in a process.
-THREAD_LIMIT = 64 * 1024
+#: The same size as the fetch spool's: what is spooled to a file is what the helper reads from one.
+THREAD_LIMIT = sources.SPOOL_OVER
 #: A replaced CRL is released this long after the swap, in a worker thread (see ``_retire``).
 RETIRE_AFTER = 5.0
 #: Temporary files older than this in the cache directory are leftovers of a crash.

@@ -200,6 +200,10 @@ class ImapBackendFilter:
         self._head = b""
         self._tail = b""
 
+    def detach_auth(self) -> None:
+        """Stop reporting lines to the login dialog (it is done: the client is logged in)."""
+        self._auth = None
+
     @property
     def greeting_done(self) -> bool:
         """True once the backend greeting was accepted (the relay may start)."""

@@ -96,10 +96,15 @@ class ImapExternal:
             self.logged_in = True
             self._watched.clear()
         if mailbox is not None:
-            text = strip_eol(line)[len(m.group(0)):].decode("ascii", "replace")[:200]
+            text = safe_text(strip_eol(line)[len(m.group(0)):])
             self._notices.append(Notice("auth", {"mechanism": "EXTERNAL", "mailbox": mailbox,
                                                  "result": "ok" if ok else "backend_refused",
                                                  **({} if ok else {"detail": text})}))
+
+    @property
+    def done(self) -> bool:
+        """Logged in with nothing held: the session needs this dialog no more."""
+        return self.logged_in and not self._buf and not self._literal
 
     def take_notices(self) -> list[RelayAction]:
         """Login outcomes learnt from the backend since the last call."""

@@ -1,11 +1,8 @@
-"""SMTP, sans-IO: the pre-TLS dialog with the client and the post-TLS backend->client filter.
+"""SMTP, sans-IO: the pre-TLS dialog with the client.
 
-Owns: what sniproxy says to an SMTP client before STARTTLS (RFC 5321, RFC 3207) and the rewriting
-of the backend's greeting and EHLO keywords once the client is on TLS. Must not do I/O, keep a
-clock or log: it is fed bytes and returns ``Action`` values.
-
-The backend is an unchanged Postfix reached in plaintext, so it advertises ``STARTTLS``; the
-client is already on TLS and must not see it (RFC 3207 §4.2: not offered after TLS).
+Owns: what sniproxy says to an SMTP client before STARTTLS (RFC 5321, RFC 3207), and the reply it
+gives when the backend is unavailable. Must not do I/O, keep a clock or log: it is fed bytes and
+returns ``Action`` values. After TLS, both directions go through ``smtp_relay.SmtpRelay``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
-"""SMTP after TLS, both directions, when the proxy carries identity by XCLIENT (sans-IO).
+"""SMTP after TLS, both directions, on every SMTP listener (sans-IO).
 
-Owns, for a backend such as Postfix that trusts the proxy's address for XCLIENT:
-- the backend opening: greeting, ``EHLO``, check ``XCLIENT`` is offered, ``XCLIENT ADDR PORT PROTO
-  HELO``, the new ``220`` greeting (passed to the client on implicit TLS, swallowed after STARTTLS);
+Owns, for a backend such as Postfix (which may trust the proxy's address for XCLIENT):
+- with ``xclient`` (``identity: xclient``), the backend opening: greeting, ``EHLO``, check
+  ``XCLIENT`` is offered, ``XCLIENT ADDR PORT PROTO HELO``, the new ``220`` greeting (passed to the
+  client on implicit TLS, swallowed after STARTTLS); without it, the greeting only;
 - the client's commands, for the whole session, re-emitted in one canonical form so the backend
   parses exactly what the proxy parsed: a command line with a control character (tab, bare CR, NUL)
   or leading white space is answered ``500`` here, a verb outside the SMTP submission set ``502``;
@@ -62,7 +63,7 @@ def _xclient_addr(host: str) -> str:
 
 
 class SmtpRelay:
-    """Both directions of one SMTP session through the proxy, XCLIENT mode."""
+    """Both directions of one SMTP session through the proxy (with or without the XCLIENT opening)."""
 
     def __init__(self, *, client_addr: tuple[str, int], helo: str, hostname: str,
                  consume_greeting: bool, decide: Decide | None, max_line: int = 8192, xclient: bool = True) -> None:
