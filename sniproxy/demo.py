@@ -198,4 +198,6 @@ Serving until Ctrl-C. Try (user {USER}, password {PASSWORD} on the demo backend)
 def main(state: Path, *, serve: bool = True, base_port: int = 18000) -> int:
     """Run the demo; returns the exit code."""
     configure("error", "console")  # the scripted run speaks through its table
-    return asyncio.run(_demo(state, serve, base_port))
+    # Absolute: the config written there names its files, and a config's relative paths are read
+    # against the config's own folder, not the current directory.
+    return asyncio.run(_demo(state.resolve(), serve, base_port))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,13 @@ def _all_free(base: int, n: int) -> bool:
 
 
 def test_demo_runs_and_every_scenario_ends_as_expected(tmp_path: Path) -> None:
+    """As the README runs it: the default (relative) state directory, from some working directory."""
     base = _consecutive_free_ports(4)
-    r = subprocess.run([sys.executable, "-m", "sniproxy", "demo", "--no-serve", "--state-dir", str(tmp_path),
-                        "--base-port", str(base)], capture_output=True, text=True, timeout=120)
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "sniproxy", "demo", "--no-serve", "--base-port", str(base)],
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
+    assert (tmp_path / "state" / "demo" / "demo.yaml").is_file()
     assert r.returncode == 0, r.stdout + r.stderr
     rows = {line.split("  ")[1].strip(): line for line in r.stdout.splitlines() if line[:1].isdigit()}
     assert set(rows) == set(EXPECTED), r.stdout
