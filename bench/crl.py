@@ -43,7 +43,6 @@ import pickle
 import platform
 import random
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -281,15 +280,7 @@ class Server:
         self.pids = core._descendants(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        core.stop_process(self.proc, grace=10)
 
     def cpu(self) -> float:
         return float(core.cpu_seconds(self.pids))

@@ -183,6 +183,19 @@ def wait_listen(port: int, proc: subprocess.Popen[bytes], timeout: float = 15.0)
     raise RuntimeError(f"nothing listens on {port} after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM a server started in its own session, wait ``grace`` s, then SIGKILL its whole group."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
 # --------------------------------------------------------------------------- targets
 @dataclass
 class Target:
@@ -203,15 +216,7 @@ class Target:
         self.pids = _descendants(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
+        stop_process(self.proc, grace=5)
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids)

@@ -16,11 +16,11 @@ import itertools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from ipaddress import ip_address
 from typing import Any, cast
 
 from sniproxy.auth.login import LoginDecision, decide
 from sniproxy.config.model import Identity, Protocol
+from sniproxy.config.names import peer_ip
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import CRL_GRACE_ACCEPTS
@@ -279,14 +279,8 @@ class ClientConnection(asyncio.Protocol):
             self._pending_ip = None
 
     def _trusted_balancer(self) -> bool:
-        host = self._client_addr[0]
-        try:
-            addr = ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if addr.version == 6 and addr.ipv4_mapped is not None:
-            addr = addr.ipv4_mapped   # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
-        return any(addr in net for net in self._lr.listener.proxy_protocol_from)
+        addr = peer_ip(self._client_addr[0])
+        return addr is not None and any(addr in net for net in self._lr.listener.proxy_protocol_from)
 
     def _begin(self) -> None:
         """Start the client-facing protocol: the pre-TLS greeting, or wait for a ClientHello."""

@@ -22,7 +22,7 @@ from typing import Any, cast
 import h11
 
 from sniproxy.config.model import Address, HttpOptions
-from sniproxy.connection import _CLOSED, _RELAY, ClientConnection
+from sniproxy.connection import _CLOSED, _PENDING_MAX, _RELAY, _WRITE_HIGH, ClientConnection
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.proto.http_rewrite import (
@@ -50,8 +50,6 @@ from sniproxy.proto.http_server import (
 from sniproxy.tls.contexts import SnapshotHolder
 
 _log = get_logger("sniproxy.http")
-_WRITE_HIGH = 65536          # transport write buffer high-water mark, per direction
-_PENDING_MAX = 65536         # request bytes held while the backend connection opens
 
 
 @lru_cache(maxsize=64)

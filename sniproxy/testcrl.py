@@ -87,9 +87,14 @@ def write_crls(pki: TestPki, dest: Path, sets: Iterable[str], revoked_cards: Ite
             ca = load_cert(cert_path)
             der = make_crl(ca, load_key(key_path), revoked=by_issuer.get(ca.subject.rfc4514_string(), []),
                            number=number)
-            path = dest / f"{name}-{kind}.crl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(der)
-            paths.append(path)
+            paths.append(write_crl_file(dest, f"{name}-{kind}.crl", der))
         out[name] = paths
     return out
+
+
+def write_crl_file(dest: Path, file_name: str, der: bytes) -> Path:
+    """Write ``der`` as ``dest/file_name`` (folders created); returns the path."""
+    path = dest / file_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(der)
+    return path

@@ -31,7 +31,7 @@ def _bad(what: str, pos: int) -> CrlRejected:
     return CrlRejected("parse_error", f"CRL entry list: {what} at byte {pos}")
 
 
-def _header(buf: Buffer, pos: int, end: int) -> tuple[int, int, int]:
+def der_header(buf: Buffer, pos: int, end: int) -> tuple[int, int, int]:
     """Tag, content start and content end of the DER element at ``pos`` (which must end by ``end``)."""
     if pos + 2 > end:
         raise _bad("truncated element", pos)
@@ -71,21 +71,21 @@ def _time(raw: bytes, tag: int, pos: int) -> int:
 
 def _reason(buf: Buffer, pos: int, end: int) -> int:
     """The CRLReason code among entry extensions ``buf[pos:end]`` (a SEQUENCE OF Extension)."""
-    tag, pos, end = _header(buf, pos, end)
+    tag, pos, end = der_header(buf, pos, end)
     if tag != _SEQ:
         raise _bad("entry extensions are not a SEQUENCE", pos)
     while pos < end:
-        tag, start, stop = _header(buf, pos, end)
+        tag, start, stop = der_header(buf, pos, end)
         if tag != _SEQ:
             raise _bad("extension is not a SEQUENCE", pos)
         if buf[start:start + len(_REASON_OID)] == _REASON_OID:
             inner = start + len(_REASON_OID)
-            tag, vpos, vend = _header(buf, inner, stop)
+            tag, vpos, vend = der_header(buf, inner, stop)
             if tag == _BOOL:
-                tag, vpos, vend = _header(buf, vend, stop)
+                tag, vpos, vend = der_header(buf, vend, stop)
             if tag != _OCTETS:
                 raise _bad("reasonCode value is not an OCTET STRING", inner)
-            tag, rpos, rend = _header(buf, vpos, vend)
+            tag, rpos, rend = der_header(buf, vpos, vend)
             if tag != _ENUM or rend - rpos != 1:
                 raise _bad("reasonCode is not a one-byte ENUMERATED", vpos)
             code = buf[rpos]
@@ -96,30 +96,30 @@ def _reason(buf: Buffer, pos: int, end: int) -> int:
 
 def entries_bounds(der: Buffer) -> tuple[int, int]:
     """Bounds of the revokedCertificates content in a CertificateList DER (empty when absent)."""
-    tag, pos, end = _header(der, 0, len(der))
+    tag, pos, end = der_header(der, 0, len(der))
     if tag != _SEQ or end != len(der):
         raise _bad("CertificateList is not one SEQUENCE", 0)
-    tag, pos, end = _header(der, pos, end)      # tbsCertList
+    tag, pos, end = der_header(der, pos, end)      # tbsCertList
     if tag != _SEQ:
         raise _bad("tbsCertList is not a SEQUENCE", pos)
-    tag, start, stop = _header(der, pos, end)
+    tag, start, stop = der_header(der, pos, end)
     if tag == _INT:                     # version
         pos = stop
-        tag, start, stop = _header(der, pos, end)
+        tag, start, stop = der_header(der, pos, end)
     for _ in range(2):                  # signature AlgorithmIdentifier, issuer Name
         if tag != _SEQ:
             raise _bad("unexpected field before the entries", pos)
         pos = stop
-        tag, start, stop = _header(der, pos, end)
+        tag, start, stop = der_header(der, pos, end)
     if tag not in (_UTC, _GEN):         # thisUpdate
         raise _bad("thisUpdate missing", pos)
     pos = stop
     if pos < end:
-        tag, start, stop = _header(der, pos, end)
+        tag, start, stop = der_header(der, pos, end)
         if tag in (_UTC, _GEN):         # nextUpdate
             pos = stop
             if pos < end:
-                tag, start, stop = _header(der, pos, end)
+                tag, start, stop = der_header(der, pos, end)
         if pos < end and tag == _SEQ:   # else [0] crlExtensions: no entries
             return start, stop
     return end, end
@@ -137,9 +137,9 @@ def scan(der: Buffer) -> list[int]:
     out: list[int] = []
     add = out.append
     from_bytes = int.from_bytes
-    hdr = _header
+    hdr = der_header
     # This loop runs a million times for an IGC CPS CRL: the common short-form headers are read
-    # inline; anything else goes through _header, which checks every bound.
+    # inline; anything else goes through der_header, which checks every bound.
     while pos < end:
         if der[pos] == _SEQ and pos + 1 < end and der[pos + 1] < 0x80:
             start = pos + 2
@@ -169,13 +169,13 @@ def read_entry(der: Buffer, offset: int) -> tuple[int, float | None, int]:
     The serial is read strictly (it decides revocation); the date and reason only inform the log,
     so a malformed one there is reported as unknown rather than hiding the revocation.
     """
-    _, start, stop = _header(der, offset, len(der))
-    tag, s0, s1 = _header(der, start, stop)
+    _, start, stop = der_header(der, offset, len(der))
+    tag, s0, s1 = der_header(der, start, stop)
     if tag != _INT:
         raise _bad("entry serial is not an INTEGER", start)
     serial = int.from_bytes(der[s0:s1], "big", signed=True)
     try:
-        tag, d0, d1 = _header(der, s1, stop)
+        tag, d0, d1 = der_header(der, s1, stop)
         when: float | None = float(_time(der[d0:d1], tag, d0))
     except CrlRejected:
         return serial, None, NO_REASON

@@ -97,26 +97,17 @@ def _ext_int(crl: x509.CertificateRevocationList, cls: type[x509.CRLNumber] | ty
     return value.crl_number
 
 
-def _der_length(data: bytes, pos: int) -> tuple[int, int]:
-    """Content start and end of the DER element whose header is at ``pos``."""
-    n = data[pos + 1]
-    pos += 2
-    if n & 0x80:
-        k = n & 0x7F
-        n = int.from_bytes(data[pos:pos + k], "big")
-        pos += k
-    return pos, pos + n
-
-
 def tbs_of(der: bytes) -> bytes:
     """The signed part (tbsCertList, header included) of a CRL's DER, as is.
 
     ``cryptography``'s ``is_signature_valid`` re-encodes it first: about 1.7 s for a million entries.
     The CRL has already been parsed strictly as DER, so the bytes as received are that encoding.
     """
-    start, _ = _der_length(der, 0)
-    _, end = _der_length(der, start)
-    return der[start:end]
+    from sniproxy.crl.entries import der_header  # imported here: entries imports this module (CrlRejected)
+
+    _, start, end = der_header(der, 0, len(der))       # CertificateList
+    _, _, tbs_end = der_header(der, start, end)      # tbsCertList, header included in what is signed
+    return der[start:tbs_end]
 
 
 def signed_by(crl: x509.CertificateRevocationList, der: bytes | None, key: object) -> bool:

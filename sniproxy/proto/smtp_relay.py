@@ -25,10 +25,10 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
-from ipaddress import ip_address
 
 from sniproxy.auth.login import LoginDecision
 from sniproxy.auth.sasl import SaslError, decode_external, xtext
+from sniproxy.config.names import peer_ip
 from sniproxy.errors import Reason
 from sniproxy.proto.linebuf import safe_text, strip_eol
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
@@ -52,14 +52,10 @@ Decide = Callable[[str], LoginDecision]
 
 
 def _xclient_addr(host: str) -> str:
-    try:
-        addr = ip_address(host.split("%", 1)[0])
-    except ValueError:              # not an IP address (a Unix socket): Postfix's word for unknown
+    addr = peer_ip(host)
+    if addr is None:                # not an IP address (a Unix socket): Postfix's word for unknown
         return "[UNAVAILABLE]"
-    if addr.version == 6:
-        mapped = addr.ipv4_mapped
-        return str(mapped) if mapped is not None else f"IPV6:{addr}"
-    return str(addr)
+    return f"IPV6:{addr}" if addr.version == 6 else str(addr)
 
 
 class SmtpRelay:

@@ -29,7 +29,7 @@ from cryptography import x509
 
 from sniproxy.democonf import DemoPorts, config_dict, write_config
 from sniproxy.errors import Reason
-from sniproxy.testcrl import load_cert, load_key, make_crl, revoke
+from sniproxy.testcrl import load_cert, load_key, make_crl, revoke, write_crl_file
 from sniproxy.testpki import TestPki
 from tests.conftest import free_ports
 from tests.integration.clients import server_roots
@@ -187,10 +187,7 @@ def _write_crls(pki: TestPki, dest: Path) -> dict[str, list[Path]]:
         paths = []
         for kind, der in (("intermediate", make_crl(inter, inter_key, **inter_kw)),
                           ("root", make_crl(root, root_key, revoked=root_revoked))):
-            path = dest / f"{name}-{kind}.crl"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(der)
-            paths.append(path)
+            paths.append(write_crl_file(dest, f"{name}-{kind}.crl", der))
         out[name] = paths
     return out
 

@@ -25,7 +25,8 @@ from tests.unit.test_config import (
     assert_warning,
     line_of,
     load_errors,
-    make_cert,
+    pki,  # noqa: F401 - a fixture, shared with test_config
+    work,  # noqa: F401 - a fixture, shared with test_config
     write,
 )
 
@@ -33,30 +34,6 @@ NOW = dt.datetime.now(dt.UTC)
 CRL_LINE = '    crl: ["http://crl.example/ac.crl", crl/local.crl]'
 STATE_LINE = "state_dir: state\n"
 SET = "authorities.prod-cards.crl"
-
-
-@pytest.fixture(scope="module")
-def pki() -> Pki:
-    card_root = make_cert("AC RACINE CARTES", ca=True)
-    srv_root = make_cert("AC RACINE SERVEURS", ca=True)
-    srv_inter = make_cert("AC SERVEURS", srv_root, ca=True)
-    return Pki(card_root=card_root, card_inter=make_cert("AC CARTES", card_root, ca=True),
-               test_root=make_cert("TEST AC RACINE CARTES", ca=True), srv_inter=srv_inter,
-               leaf_2bis=make_cert("frontimap.mssante.fr", srv_inter),
-               leaf_igcsante=make_cert("frontimap-igcsante.mssante.fr", srv_inter),
-               other_ca=make_cert("AC AUTRE", ca=True))
-
-
-@pytest.fixture
-def work(tmp_path: Path, pki: Pki) -> Work:
-    d = tmp_path / "pki"
-    write(d / "card-root.pem", pki.card_root.pem())
-    write(d / "card-inter.pem", pki.card_inter.pem())
-    write(d / "test-root.pem", pki.test_root.pem())
-    for name, leaf in (("server-2bis", pki.leaf_2bis), ("server-igcsante", pki.leaf_igcsante)):
-        write(d / name / "chain.pem", leaf.pem() + pki.srv_inter.pem())
-        write(d / name / "key.pem", leaf.key_pem())
-    return Work(tmp_path, pki)
 
 
 def with_set_crl(work: Work, block: str) -> Path:
