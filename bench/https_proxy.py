@@ -1,6 +1,6 @@
 """HTTPS web-service benchmark: requests/s through sniproxy (mode http) against direct to the backend.
 
-One command: ``python bench/http.py`` (about 1 minute on 2 cores). It generates the test PKI in a temp
+One command: ``python bench/https_proxy.py`` (about 1 minute on 2 cores). It generates the test PKI in a temp
 dir, starts the SOAP echo backend (``tests/integration/httpbackend.py``, stdlib threaded HTTP/1.1 with
 keep-alive) and ``sniproxy run`` (``workers: 1``, an ``https`` listener with every identity header
 profile) on loopback, then for each body size (a small SOAP envelope, 100 KB) runs the same client
@@ -122,8 +122,6 @@ def main() -> int:
                          "http": {"headers": ["forwarded", "nginx", "tomcat", "envoy", "rfc9440", "card"]}}]
     path = write_config(cfg, tmp / "sniproxy.yaml")
     cmd = [sys.executable, "-O", "-m", "sniproxy", "run", "-c", str(path)]
-    if os.environ.get("BENCH_PROXY_CMD"):   # e.g. a profiler wrapper: the config path is appended
-        cmd = [*os.environ["BENCH_PROXY_CMD"].split(), str(path)]
     proxy = subprocess.Popen(cmd, cwd=ROOT,
                              env=dict(os.environ, PYTHONPATH=str(ROOT)), stderr=subprocess.DEVNULL)
     results: list[dict[str, Any]] = []
@@ -156,15 +154,12 @@ def main() -> int:
                 results.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        if os.environ.get("BENCH_PROXY_CMD"):
-            proxy.send_signal(__import__("signal").SIGUSR1)
-            time.sleep(1)
         proxy.terminate()
         proxy.wait(timeout=10)
         backend.stop()
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
             "cpus": os.cpu_count(), "conns": args.conns, "seconds": args.seconds,
-            "command": "python bench/http.py", "backend": "tests/integration/httpbackend.py (stdlib, threaded)"}
+            "command": "python bench/https_proxy.py", "backend": "tests/integration/httpbackend.py (stdlib, threaded)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     lines = ["# HTTPS mode http: requests/s, direct vs through sniproxy", "",
