@@ -10,7 +10,7 @@ if "$VENV/bin/sslyze" --help >/dev/null 2>&1; then
     echo "install-sslyze: $VENV already has sslyze"
     exit 0
 fi
-"${PYTHON:-python}" -m venv "$VENV"
+"${PYTHON:-python3}" -m venv "$VENV"
 timeout 600 "$VENV/bin/python" -m pip install -q 'sslyze>=6,<7'
 "$VENV/bin/sslyze" --help >/dev/null
 echo "install-sslyze: done ($VENV/bin/sslyze)"

@@ -39,7 +39,8 @@ else
 fi
 
 if [[ ${SKIP_PIP:-0} != 1 ]]; then
-    timeout 1200 "${PYTHON:-python}" -m pip install -q -e '.[test]'
+    # the project's virtualenv (.venv): Debian 12 refuses a system-wide pip install (PEP 668)
+    ./scripts/venv.sh test
     # sslyze in its own virtualenv: it pins an older cryptography (see the script)
     ./scripts/install-sslyze.sh
 fi

@@ -3,6 +3,10 @@
 # Run scripts/install-test-deps.sh first on a fresh machine. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-echo "== ruff"; python -m ruff check sniproxy tests bench fuzz
-echo "== mypy --strict"; python -m mypy
-echo "== pytest"; python -m pytest -q -ra "$@"
+# the project's virtualenv, made by scripts/install-test-deps.sh (scripts/venv.sh test)
+PY=${SNIPROXY_VENV:-$PWD/.venv}/bin/python
+[[ -x $PY ]] || { echo "test.sh: no $PY: run ./scripts/install-test-deps.sh first" >&2; exit 1; }
+export PATH="$(dirname "$PY"):$PATH"
+echo "== ruff"; "$PY" -m ruff check sniproxy tests bench fuzz
+echo "== mypy --strict"; "$PY" -m mypy
+echo "== pytest"; "$PY" -m pytest -q -ra "$@"

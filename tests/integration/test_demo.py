@@ -51,8 +51,10 @@ def test_demo_runs_and_every_scenario_ends_as_expected(tmp_path: Path) -> None:
     """As the README runs it: the default (relative) state directory, from some working directory."""
     base = _consecutive_free_ports(4)
     repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    r = subprocess.run([sys.executable, "-m", "sniproxy", "demo", "--no-serve", "--base-port", str(base)],
+    # the README's first command is scripts/demo.sh; it uses the interpreter of this test run's virtualenv
+    env = {**os.environ, "SNIPROXY_VENV": sys.prefix,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([str(repo / "scripts" / "demo.sh"), "--no-serve", "--base-port", str(base)],
                        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env)
     assert (tmp_path / "state" / "demo" / "demo.yaml").is_file()
     assert r.returncode == 0, r.stdout + r.stderr
