@@ -56,6 +56,46 @@ class Fetched:
 SPOOL_OVER = 64 * 1024
 
 
+#: How many leading bytes ``check_head`` needs to decide (PEM's "-----BEGIN", or DER's tag and length).
+HEAD_BYTES = 16
+_PEM_START = b"-----BEGIN"
+
+
+def check_head(head: bytes, max_bytes: int) -> None:
+    """Refuse a body whose first bytes cannot start a CRL, before the rest is downloaded or read.
+
+    A CRL is DER (a SEQUENCE: tag 0x30, then a definite length, RFC 5280 4.1 / X.690 8.1.3) or PEM
+    ("-----BEGIN", after optional whitespace). A CRL server answering 200 MB of zeros or an HTML page
+    would otherwise be spooled whole and read whole by the CRL helper before ``decode`` refuses it.
+    A DER length that announces more than ``max_bytes`` is refused as ``too_large`` at once. ``head``
+    may be shorter than ``HEAD_BYTES`` (a short body): only what it holds is judged.
+    """
+    text = head.lstrip(b" \t\r\n")
+    if not text:
+        return
+    if text[:1] == b"-":
+        if not _PEM_START.startswith(text[:len(_PEM_START)]):
+            raise CrlRejected("not_a_crl", f"body starts with {head[:16]!r}, not a PEM CRL")
+        return
+    if head[:1] != b"\x30":
+        kind = "HTML" if text[:1] == b"<" else "not DER or PEM"
+        raise CrlRejected("not_a_crl", f"body is {kind}: starts with {head[:16].hex()}")
+    if len(head) < 2:
+        return
+    first = head[1]
+    if first < 0x80:
+        length, size = first, 2
+    elif 0x81 <= first <= 0x84:       # 0x80 is BER's indefinite length, never DER; 4 length bytes is 4 GiB
+        n = first & 0x7F
+        if len(head) < 2 + n:
+            return
+        length, size = int.from_bytes(head[2:2 + n], "big"), 2 + n
+    else:
+        raise CrlRejected("not_a_crl", f"body is not DER: length byte {first:#04x}")
+    if size + length > max_bytes:
+        raise CrlRejected("too_large", f"DER length announces {size + length} bytes, over {max_bytes}")
+
+
 def _spool_file(directory: Path) -> tuple[int, Path]:
     fd, name = tempfile.mkstemp(dir=directory, prefix=".incoming.", suffix=".tmp")
     return fd, Path(name)
@@ -152,11 +192,18 @@ async def _fetch_http(url: str, cond: Conditional, max_bytes: int, spool: Path |
                 if encoding not in ("identity", ""):
                     raise CrlRejected("http_status", f"unsupported Content-Encoding {encoding}")
                 body = _Body(spool)
+                head = b""
                 try:
                     async for chunk in resp.aiter_raw():
                         if body.size + len(chunk) > max_bytes:
                             raise CrlRejected("too_large", f"body exceeds {max_bytes} bytes")
+                        if len(head) < HEAD_BYTES:
+                            head += chunk[:HEAD_BYTES - len(head)]
+                            if len(head) == HEAD_BYTES:
+                                check_head(head, max_bytes)
                         await body.add(chunk)
+                    if len(head) < HEAD_BYTES:
+                        check_head(head, max_bytes)
                     data, path = await body.finish()
                 except BaseException:
                     await body.discard()
@@ -249,6 +296,8 @@ def _fetch_file(path: Path, cond: Conditional, max_bytes: int, spool: Path | Non
             return Fetched(None, tag)
         if st.st_size > max_bytes:
             raise CrlRejected("too_large", f"{path} is {st.st_size} bytes, over {max_bytes}")
+        with open(path, "rb") as f:
+            check_head(f.read(HEAD_BYTES), max_bytes)
         if spool is not None and st.st_size > SPOOL_OVER:
             return Fetched(None, tag, path=_copy_file(path, spool, max_bytes))
         with open(path, "rb") as f:

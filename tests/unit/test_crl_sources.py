@@ -123,15 +123,15 @@ async def test_file_fetch_and_not_modified(tmp_path: Path) -> None:
 
 async def test_file_replaced_by_rename_is_read_again(tmp_path: Path) -> None:
     path = tmp_path / "a.crl"
-    path.write_bytes(b"old")
+    path.write_bytes(b"\x30old")
     first = await sources.fetch(str(path), Conditional(), timeout=5, max_bytes=1000)
     new = tmp_path / "a.crl.new"
-    new.write_bytes(b"new")
+    new.write_bytes(b"\x30new")
     st = path.stat()
     os.utime(new, ns=(st.st_atime_ns, st.st_mtime_ns))   # same mtime and size: only the inode differs
     os.replace(new, path)
     got = await sources.fetch(str(path), Conditional(first.etag), timeout=5, max_bytes=1000)
-    assert got.data == b"new"
+    assert got.data == b"\x30new"
 
 
 async def test_file_too_large(tmp_path: Path) -> None:
@@ -275,15 +275,15 @@ async def test_whole_fetch_deadline(http: Callable[[Handler], list[httpx.Request
 async def test_large_file_is_copied_to_the_spool(tmp_path: Path) -> None:
     src, spool = tmp_path / "big.crl", tmp_path / "spool"
     spool.mkdir()
-    body = bytes(range(256)) * (sources.SPOOL_OVER // 256 + 10)
+    body = b"\x30\x7f" + bytes(range(256)) * (sources.SPOOL_OVER // 256 + 10)
     src.write_bytes(body)
     got = await sources.fetch(str(src), Conditional(), timeout=5, max_bytes=len(body), spool=spool)
     assert got.data is None and got.path is not None and got.path.parent == spool
     assert got.path.read_bytes() == body and not got.not_modified
     small = tmp_path / "small.crl"
-    small.write_bytes(b"\x30small")
+    small.write_bytes(b"\x30\x05small")
     kept = await sources.fetch(str(small), Conditional(), timeout=5, max_bytes=100, spool=spool)
-    assert kept.data == b"\x30small" and kept.path is None
+    assert kept.data == b"\x30\x05small" and kept.path is None
     assert sorted(p.name for p in spool.iterdir()) == [got.path.name]
 
 
@@ -301,6 +301,7 @@ async def test_http_body_spooled_past_the_threshold(http: Callable[[Handler], li
 async def test_http_spool_removed_when_the_body_is_too_large(http: Callable[[Handler], list[httpx.Request]],
                                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def body() -> AsyncIterator[bytes]:
+        yield b"\x30\x00"                       # a DER head: the body is judged by its size only
         for _ in range(48):
             yield bytes(sources.SPOOL_OVER // 16)
 
@@ -319,3 +320,62 @@ async def test_http_spool_removed_when_the_body_is_too_large(http: Callable[[Han
         await sources.fetch(URL, Conditional(), timeout=5, max_bytes=sources.SPOOL_OVER * 2, spool=tmp_path)
     assert exc.value.reason == "too_large"
     assert len(spooled) == 1 and os.listdir(tmp_path) == []
+
+
+# -- a body that cannot be a CRL is refused at its first bytes ------------------------------------------------
+@pytest.mark.parametrize(("head", "reason"), [
+    (bytes(16), "not_a_crl"),                          # 200 MB of zeros starts like this
+    (b"<html><body>503", "not_a_crl"),
+    (b"\x30\x80\x30\x82", "not_a_crl"),              # BER indefinite length: never DER
+    (b"\x30\x85\x00\x00\x00\x00\x01", "not_a_crl"),  # five length bytes
+    (b"-----END X509 CRL", "not_a_crl"),
+    (b"\x30\x84\x10\x00\x00\x00\x30", "too_large"),  # announces 256 MiB + 6 bytes
+    (b"\x30\x82\x03\xe9\x30", "too_large"),          # 4 + 1001 bytes with max 1000
+])
+def test_check_head_refuses(head: bytes, reason: str) -> None:
+    with pytest.raises(CrlRejected) as exc:
+        sources.check_head(head, 1000 if reason == "too_large" and head[1] == 0x82 else 1 << 28)
+    assert exc.value.reason == reason
+
+
+@pytest.mark.parametrize("head", [b"\x30\x82\x03\xe4\x30\x82", b"  \n-----BEGIN X509 CRL-----", b"-----BE",
+                                  b"\x30", b"\x30\x83\x00", b"", b"   ", b"\x30\x10\x30"])
+def test_check_head_accepts_what_can_start_a_crl(head: bytes) -> None:
+    sources.check_head(head, 1000)
+
+
+async def test_http_zeros_refused_at_the_first_chunk(http: Callable[[Handler], list[httpx.Request]],
+                                                    tmp_path: Path) -> None:
+    sent: list[int] = []
+
+    async def zeros() -> AsyncIterator[bytes]:
+        for i in range(200):                # 200 x 64 KiB, under max_bytes: only the head can refuse it
+            sent.append(i)
+            yield bytes(65536)
+
+    http(lambda r: httpx.Response(200, content=zeros()))
+    with pytest.raises(CrlRejected) as exc:
+        await sources.fetch(URL, Conditional(), timeout=5, max_bytes=1 << 28, spool=tmp_path)
+    assert exc.value.reason == "not_a_crl"
+    assert len(sent) == 1 and os.listdir(tmp_path) == []
+
+
+async def test_http_head_split_across_chunks(http: Callable[[Handler], list[httpx.Request]]) -> None:
+    async def split() -> AsyncIterator[bytes]:
+        yield b"\x30"
+        yield b"\x84\x7f"
+        yield b"\xff\xff\xff" + bytes(20)      # announces 2 GiB: refused once the length is complete
+
+    http(lambda r: httpx.Response(200, content=split()))
+    with pytest.raises(CrlRejected) as exc:
+        await sources.fetch(URL, Conditional(), timeout=5, max_bytes=1 << 20)
+    assert exc.value.reason == "too_large" and "announces" in exc.value.message
+
+
+async def test_file_of_zeros_refused_before_the_copy(tmp_path: Path) -> None:
+    src, spool = tmp_path / "zeros.crl", tmp_path / "spool"
+    spool.mkdir()
+    src.write_bytes(bytes(sources.SPOOL_OVER * 2))
+    with pytest.raises(CrlRejected) as exc:
+        await sources.fetch(str(src), Conditional(), timeout=5, max_bytes=1 << 28, spool=spool)
+    assert exc.value.reason == "not_a_crl" and os.listdir(spool) == []
