@@ -30,6 +30,7 @@ from sniproxy.proto.http_rewrite import (
     Headers,
     StripRules,
     TlsFacts,
+    check_fields,
     identity_headers,
     misdirected,
     needs_card,
@@ -324,7 +325,11 @@ class HttpsConnection(ClientConnection):
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
-        headers += self._identity_headers(req.headers)
+        try:
+            headers += self._identity_headers(req.headers)
+        except BadRequest as exc:   # a card value no HTTP field can carry
+            self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            return
         bk = self._pool.take()
         if bk is not None:
             bk.owner = self
@@ -335,7 +340,10 @@ class HttpsConnection(ClientConnection):
             self._bk_opened += 1
             self._bk_task = asyncio.get_running_loop().create_task(self._connect())
         try:
-            data = self._bk_h11().send(h11.Request(method=req.method, target=req.target, headers=headers))
+            # _parsed: the method, target and client fields come from h11's own parser, the identity
+            # fields passed check_fields: h11's regexes need not run over the head again.
+            data = self._bk_h11().send(h11.Request(method=req.method, target=req.target, headers=headers,
+                                                   http_version=b"1.1", _parsed=True))
         except h11.LocalProtocolError as exc:  # a head h11 accepted in but will not write out
             self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
@@ -354,6 +362,7 @@ class HttpsConnection(ClientConnection):
                          cipher=tls.cipher, cipher_bits=tls.cipher_bits, session_id=tls.session_id,
                          chain_der=self._chain_der, identity=self._identity or {})
         out = identity_headers(self._opts.headers, facts, self._opts.card_headers)
+        check_fields(out)
         self._id_cache = (host, out)
         return list(out)
 

@@ -252,6 +252,23 @@ def identity_headers(profiles: Iterable[HeaderProfile], facts: TlsFacts,
     return [(n.encode("ascii"), v if isinstance(v, bytes) else v.encode("ascii")) for n, v in out]
 
 
+# The grammar h11 writes a field with (h11/_abnf.py: a token, then a value of visible bytes or obs-text
+# with inner spaces/tabs only: no NUL, CR, LF, no leading or trailing whitespace). Identity headers are
+# checked with it once per connection, so each request head can go to h11 as already parsed instead of
+# being run through h11's regexes again (they were 15% of the proxy's CPU on small requests).
+_FIELD_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+
+
+def check_fields(headers: Iterable[tuple[bytes, bytes]]) -> None:
+    """Raise ``BadRequest`` unless every field is one h11 would write (same grammar as h11's own check)."""
+    for name, value in headers:
+        if _FIELD_NAME.fullmatch(name) is None:
+            raise BadRequest(f"illegal header name {name[:40]!r}")
+        if _FIELD_VALUE.fullmatch(value) is None:
+            raise BadRequest(f"illegal value in header {name[:40]!r}")
+
+
 def _quote_token(value: str) -> str:
     # RFC 7239 §4: a value that is not a token is a quoted-string.
     if re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", value):
