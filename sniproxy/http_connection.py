@@ -4,11 +4,11 @@ Everything up to and including the card check is ``ClientConnection``'s (PROXY h
 ClientHello, flow by SNI, handshake with the flow's context, revocation); this subclass takes over
 at ``_after_handshake``. Requests are served one at a time and in order: the sans-IO
 ``ClientSide`` delimits, checks and parses them, ``http_rewrite`` decides what the backend sees,
-and each request goes to a backend connection from a small per-backend pool, its own h11 client
-connection framing it again (so the backend never sees the client's framing). Bodies stream both
-ways with backpressure: a full backend write buffer stops reading from the client, a full client
-write buffer stops reading from the backend. A request the proxy refuses (400, 403, 421) or cannot
-serve (502, 504) gets its answer, with a SOAP fault body when the request was SOAP, and the
+and each request goes to a backend connection from a small per-backend pool, a ``BackendExchange``
+framing it again (so the backend never sees the client's framing) and parsing the response with
+llhttp. Bodies stream both ways with backpressure: a full backend write buffer stops reading from
+the client, a full client write buffer stops reading from the backend. A request the proxy refuses
+(400, 403, 421) or cannot serve (502, 504) gets its answer, with a SOAP fault body when the request was SOAP, and the
 connection closes; ``_finish`` then logs the one ``connection`` event with its reason.
 """
 
@@ -19,12 +19,18 @@ import time
 from functools import lru_cache
 from typing import Any, cast
 
-import h11
-
 from sniproxy.config.model import Address, HttpOptions
 from sniproxy.connection import _CLOSED, _PENDING_MAX, _RELAY, _WRITE_HIGH, ClientConnection
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
+from sniproxy.proto.http_backend import (
+    BackendExchange,
+    Informational,
+    RequestError,
+    ResponseBody,
+    ResponseEnd,
+    ResponseHead,
+)
 from sniproxy.proto.http_rewrite import (
     BadRequest,
     Headers,
@@ -62,13 +68,12 @@ def _strip_rules(opts: HttpOptions) -> StripRules:
 class _BackendConn(asyncio.Protocol):
     """One plaintext HTTP connection to the backend, owned by one client connection at a time."""
 
-    __slots__ = ("closed", "h11", "owner", "paused", "pool", "transport")
+    __slots__ = ("closed", "owner", "paused", "pool", "transport")
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
         self.owner: HttpsConnection | None = None
         self.transport: asyncio.Transport | None = None
-        self.h11 = h11.Connection(h11.CLIENT)
         self.closed = False
         self.paused = False
 
@@ -203,10 +208,10 @@ class HttpsConnection(ClientConnection):
         "_bk_pending",
         "_bk_task",
         "_chain_der",
+        "_ex",
         "_http",
         "_id_cache",
         "_opts",
-        "_pending_h11",
         "_pool",
         "_req_method",
         "_resp_started",
@@ -231,7 +236,7 @@ class HttpsConnection(ClientConnection):
         self._resp_status = 0
         self._bk_opened = 0                # backend connections this client caused to be opened
         self._bk_out: list[bytes] = []     # bytes for the backend, written once per batch of client events
-        self._pending_h11: h11.Connection | None = None
+        self._ex: BackendExchange | None = None   # the request/response exchange in progress
         self._chain_der: tuple[bytes, ...] = ()
         self._id_cache: tuple[bytes | None, Headers] | None = None
         self._resp_started = False
@@ -276,10 +281,12 @@ class HttpsConnection(ClientConnection):
             if isinstance(event, RequestStarted):
                 self._start_request(event)
             elif isinstance(event, (BodyReceived, RequestEnded)):
+                ex = self._ex
+                if ex is None:   # its head was refused: nothing of it goes to the backend
+                    continue
                 try:
-                    out = self._bk_h11().send(h11.Data(data=event.data) if isinstance(event, BodyReceived)
-                                              else h11.EndOfMessage())
-                except h11.LocalProtocolError as exc:   # a body the head it came with cannot carry
+                    out = ex.body(event.data) if isinstance(event, BodyReceived) else ex.end()
+                except RequestError as exc:   # a body the head it came with cannot carry
                     self._finish(Reason.BAD_REQUEST, f"request body cannot be forwarded: {exc}")
                     return
                 self._to_backend(out)
@@ -295,17 +302,12 @@ class HttpsConnection(ClientConnection):
         self._flush_backend()
         self._update_reading()
 
-    def _bk_h11(self) -> h11.Connection:
-        """The h11 client connection of the current exchange (its backend may still be connecting)."""
-        conn = self._bk.h11 if self._bk is not None else self._pending_h11
-        assert conn is not None
-        return conn
-
     def _start_request(self, req: RequestStarted) -> None:
         self._soap = soap_version(req.headers)
         self._resp_started = False
         self._req_method = req.method.upper()
         self._resp_status = 0
+        self._ex = None
         try:
             host = request_host(req.target, req.headers)
             plain_headers = without_hop_by_hop(req.headers)
@@ -335,18 +337,18 @@ class HttpsConnection(ClientConnection):
             bk.owner = self
             self._bk = bk
         else:
-            self._pending_h11 = h11.Connection(h11.CLIENT)
             self._bk_pending = []
             self._bk_opened += 1
             self._bk_task = asyncio.get_running_loop().create_task(self._connect())
+        ex = BackendExchange()
         try:
-            # _parsed: the method, target and client fields come from h11's own parser, the identity
-            # fields passed check_fields: h11's regexes need not run over the head again.
-            data = self._bk_h11().send(h11.Request(method=req.method, target=req.target, headers=headers,
-                                                   http_version=b"1.1", _parsed=True))
-        except h11.LocalProtocolError as exc:  # a head h11 accepted in but will not write out
+            # the method, target and client fields come from h11's parser, the identity fields passed
+            # check_fields: the head is written as it is, with our framing
+            data = ex.request(req.method, req.target, headers, chunked=req.chunked)
+        except RequestError as exc:  # a head we accepted in but will not write out (no Host in HTTP/1.0)
             self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
+        self._ex = ex
         self._to_backend(data)
         _log.debug("http_request", conn_id=self.id, method=req.method.decode("latin-1"),
                    target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
@@ -404,9 +406,6 @@ class HttpsConnection(ClientConnection):
         if self._phase == _CLOSED:
             bk.close()
             return
-        if self._pending_h11 is not None:
-            bk.h11 = self._pending_h11
-        self._pending_h11 = None
         self._bk = bk
         pending, self._bk_pending = self._bk_pending or [], None
         bk.write(b"".join(pending))
@@ -436,42 +435,30 @@ class HttpsConnection(ClientConnection):
 
     def _backend_bytes(self, data: bytes) -> None:
         bk = self._bk
-        if bk is None or self._http is None or self._phase == _CLOSED:
+        ex = self._ex
+        if bk is None or ex is None or self._http is None or self._phase == _CLOSED:
             return
         self._last_io = time.monotonic()
-        bk.h11.receive_data(data)
         # Plaintext for the client, encrypted and written once per read (head, body and end together).
         out: list[bytes] = []
-        while self._phase != _CLOSED and self._bk is bk:
-            try:
-                event = bk.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._flush_client(out)
-                self._backend_error(502, Reason.BACKEND_PROTOCOL, f"backend response: {exc}")
+        for event in ex.receive_data(data):
+            if self._phase == _CLOSED or self._bk is not bk:
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                break
-            if isinstance(event, h11.InformationalResponse):
-                # 100 Continue (and 103) relayed; a 101 cannot happen: Upgrade is never forwarded.
-                if event.status_code in (100, 103) and not self._resp_started:
-                    out.append(self._http.informational(event.status_code, []))
-            elif isinstance(event, h11.Response):
-                names = {n.lower() for n, _ in event.headers.raw_items()}
-                if b"content-length" in names and b"transfer-encoding" in names:
-                    self._flush_client(out)
-                    self._backend_error(502, Reason.BACKEND_PROTOCOL, "backend response with both "
-                                        "Content-Length and Transfer-Encoding")
-                    return
-                self._resp_status = event.status_code
+            if isinstance(event, ResponseBody):
+                out.append(self._http.body(event.data))
+            elif isinstance(event, ResponseHead):
+                self._resp_status = event.status
                 out.append(self._response_head(event))
-            elif isinstance(event, h11.Data):
-                out.append(self._http.body(bytes(event.data)))
-            elif isinstance(event, h11.EndOfMessage):
-                self._response_end(bk, out)
+            elif isinstance(event, ResponseEnd):
+                self._response_end(bk, out, event.reusable)
                 return
-            elif isinstance(event, h11.ConnectionClosed):
+            elif isinstance(event, Informational):
+                # 100 Continue (and 103) relayed; a 101 cannot happen: Upgrade is never forwarded.
+                if event.status in (100, 103) and not self._resp_started:
+                    out.append(self._http.informational(event.status, []))
+            else:   # ResponseBroken
                 self._flush_client(out)
-                self._backend_error(502, Reason.BACKEND_PROTOCOL, "backend closed before the response ended")
+                self._backend_error(502, Reason.BACKEND_PROTOCOL, event.detail)
                 return
         self._flush_client(out)
 
@@ -479,18 +466,18 @@ class HttpsConnection(ClientConnection):
         if out and self._phase != _CLOSED:
             self._send_plain(b"".join(out))
 
-    def _response_head(self, event: h11.Response) -> bytes:
+    def _response_head(self, event: ResponseHead) -> bytes:
         assert self._http is not None
         if self._resp_timer is not None:
             self._resp_timer.cancel()
             self._resp_timer = None
         self._resp_started = True
-        key = str(event.status_code)
+        key = str(event.status)
         self._statuses[key] = self._statuses.get(key, 0) + 1
-        headers = without_hop_by_hop(event.headers.raw_items(), strict=False)
-        return self._http.response(event.status_code, headers, bytes(event.reason))
+        headers = without_hop_by_hop(event.headers, strict=False)
+        return self._http.response(event.status, headers, event.reason)
 
-    def _response_end(self, bk: _BackendConn, out: list[bytes]) -> None:
+    def _response_end(self, bk: _BackendConn, out: list[bytes], reusable: bool) -> None:
         assert self._http is not None
         end, keep = self._http.end()
         out.append(end)
@@ -499,11 +486,9 @@ class HttpsConnection(ClientConnection):
         self._bk_full = False   # a pause of this backend's writes no longer concerns this client
         # Pool only a connection with nothing left over: bytes after the end of a response (a body
         # sent on HEAD/204/304, or anything extra) would be read as the next client's response.
-        if (bk.h11.our_state is h11.DONE and bk.h11.their_state is h11.DONE
-                and bk.h11.trailing_data == (b"", False) and self._req_method != b"HEAD"
-                and self._resp_status not in (204, 304)
+        self._ex = None
+        if (reusable and self._req_method != b"HEAD" and self._resp_status not in (204, 304)
                 and bk.transport is not None and bk.transport.get_write_buffer_size() == 0):
-            bk.h11.start_next_cycle()
             self._pool.give(bk)
         else:
             bk.close()
