@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sniproxy.report.classify import address_of, card_type_of, holder_of, no_sni, pki_of
+from sniproxy.report.classify import PKI_NONE, address_of, card_type_of, holder_of, no_sni, pki_of
 
 DAY = 86400
 NO_FLOW = "(none)"
@@ -162,7 +162,7 @@ class Aggregate:
             day.hellos += 1
         if missing_sni:
             day.no_sni += 1
-        if pki != "no card":
+        if pki != PKI_NONE:
             _bump(day.pki, pki, self.max_names)
         if missing_sni or flow in self.legacy_flows:
             key = holder if holder is not None else "@" + addr

@@ -13,7 +13,7 @@ PKI_FORT = "IGC Santé Fort"
 PKI_STANDARD = "IGC Santé Standard"
 PKI_SANTE_OTHER = "IGC Santé (other)"
 PKI_OTHER = "other"
-PKI_NONE = "no card"
+PKI_NONE = "no verified card"
 PKIS = (PKI_2TER, PKI_FORT, PKI_STANDARD, PKI_SANTE_OTHER, PKI_OTHER, PKI_NONE)
 
 
