@@ -67,8 +67,8 @@ class Day:
 
 
 # Blocker record, a list for compactness: [last_ts, first_ts, connections, why, last_sni, listener, flow,
-# address, name, pki, card_type, software]
-B_LAST, B_FIRST, B_COUNT, B_WHY, B_SNI, B_LISTENER, B_FLOW, B_ADDR, B_NAME, B_PKI, B_CARD, B_SW = range(12)
+# address, name, pki, card_type, software, last time seen on a new flow with SNI after a blocking connection]
+B_LAST, B_FIRST, B_COUNT, B_WHY, B_SNI, B_LISTENER, B_FLOW, B_ADDR, B_NAME, B_PKI, B_CARD, B_SW, B_MOVED = range(13)
 WHY_NO_SNI, WHY_LEGACY = "no SNI", "legacy flow"
 
 
@@ -170,6 +170,13 @@ class Aggregate:
                 day.blocking.add(key)
             self._block(key, ts, ev, WHY_NO_SNI if missing_sni else WHY_LEGACY, listener, flow, addr,
                         identity, pki, card)
+        elif flow_v and sni:
+            # A blocking client now seen on a new flow with SNI has probably moved: remember when, so the
+            # report can tell "still on 2bis" from "moved since". Events come in time order, so only
+            # clients already listed need it.
+            rec = self.blockers.get(holder if holder is not None else "@" + addr)
+            if rec is not None and (rec[B_MOVED] is None or ts > rec[B_MOVED]):
+                rec[B_MOVED] = ts
 
     def _block(self, key: str, ts: float, ev: dict[str, Any], why: str, listener: str, flow: str, addr: str,
                identity: dict[str, Any] | None, pki: str, card: str) -> None:
@@ -177,7 +184,7 @@ class Aggregate:
         if rec is None:
             if not self._keep(self.blockers, key, "blockers"):
                 return
-            rec = self.blockers[key] = [ts, ts, 0, why, None, listener, flow, addr, None, pki, card, None]
+            rec = self.blockers[key] = [ts, ts, 0, why, None, listener, flow, addr, None, pki, card, None, None]
         rec[B_COUNT] += 1
         if ts < rec[B_FIRST]:
             rec[B_FIRST] = ts
@@ -249,6 +256,7 @@ class Aggregate:
                 continue
             count = mine[B_COUNT] + rec[B_COUNT]
             first = min(mine[B_FIRST], rec[B_FIRST])
+            moved = max((m for m in (mine[B_MOVED], rec[B_MOVED]) if m is not None), default=None)
             if rec[B_LAST] > mine[B_LAST]:
                 mine[:] = list(rec)
-            mine[B_COUNT], mine[B_FIRST] = count, first
+            mine[B_COUNT], mine[B_FIRST], mine[B_MOVED] = count, first, moved

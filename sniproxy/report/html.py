@@ -90,12 +90,14 @@ def render_html(report: dict[str, Any], note: str = "") -> str:
                f"{escape('/'.join(report['legacy_flows']))} or without SNI, most recent first.</p>")
     out.append('<table id="blockers"><thead><tr><th>holder / address</th><th>name</th><th>why</th><th>last seen</th>'
                "<th>last SNI</th><th>listener / flow</th><th>address</th><th>card</th><th>connections</th>"
+               "<th>on a new flow since</th>"
                "</tr></thead><tbody>")
     for b in blockers[:HTML_BLOCKERS]:
         out.append(f"<tr><td>{escape(b['id'])}</td><td>{escape(b['name'] or '')}</td><td>{escape(b['why'])}</td>"
                    f"<td>{escape(b['last_seen'] or '')}</td><td>{escape(b['last_sni'] or '(none)')}</td>"
                    f"<td>{escape(b['listener'])} / {escape(b['flow'])}</td><td>{escape(b['address'] or '')}</td>"
-                   f"<td>{escape(b['pki'])} {escape(b['card_type'])}</td><td class=n>{b['connections']}</td></tr>")
+                   f"<td>{escape(b['pki'])} {escape(b['card_type'])}</td><td class=n>{b['connections']}</td>"
+                   f"<td>{escape(b['moved_since'] or '-')}</td></tr>")
     out.append("</tbody></table>")
     if len(blockers) > HTML_BLOCKERS:
         out.append(f"<p>... and {len(blockers) - HTML_BLOCKERS} more: run the report with "

@@ -9,7 +9,7 @@ from typing import Any
 
 TABLE_BLOCKERS = 50   # the terminal shows the most recent ones; csv and json carry them all
 CSV_FIELDS = ("section", "listener", "flow", "key", "value", "last_seen", "last_sni", "why", "pki",
-              "card_type", "name", "address")
+              "card_type", "name", "address", "moved_since")
 
 
 def _counts(table: dict[str, int], limit: int = 8) -> str:
@@ -61,11 +61,12 @@ def render_table(report: dict[str, Any]) -> str:
     out.append(f"BLOCKS THE CUTOVER: {len(blockers)} client(s) on {'/'.join(report['legacy_flows'])} or without SNI, "
                "most recent first")
     if blockers:
-        out.append(f"{'client':<24} {'name':<22} {'why':<12} {'last seen':<21} {'last SNI':<32} {'conns':>6}")
+        out.append(f"{'client':<24} {'name':<22} {'why':<12} {'last seen':<21} {'last SNI':<30} {'conns':>6}  "
+                   "on a new flow since")
         for b in blockers[:TABLE_BLOCKERS]:
             client = b["id"] if b["kind"] == "holder" else f"@{b['id']}"
             out.append(f"{client:<24.24} {b['name'] or '':<22.22} {b['why']:<12} {b['last_seen']:<21} "
-                       f"{b['last_sni'] or '(none)':<32.32} {b['connections']:>6}")
+                       f"{b['last_sni'] or '(none)':<30.30} {b['connections']:>6}  {b['moved_since'] or '-'}")
         if len(blockers) > TABLE_BLOCKERS:
             out.append(f"... and {len(blockers) - TABLE_BLOCKERS} more (use --format csv or json for all)")
     out.append("")
@@ -106,7 +107,8 @@ def render_csv(report: dict[str, Any]) -> str:
         wr.writerow({"section": "blocker", "listener": b["listener"], "flow": b["flow"],
                      "key": b["id"] if b["kind"] == "holder" else "@" + b["id"], "value": b["connections"],
                      "last_seen": b["last_seen"], "last_sni": b["last_sni"] or "", "why": b["why"], "pki": b["pki"],
-                     "card_type": b["card_type"], "name": b["name"] or "", "address": b["address"]})
+                     "card_type": b["card_type"], "name": b["name"] or "", "address": b["address"],
+                     "moved_since": b["moved_since"] or ""})
     for d in report["days"]:
         wr.writerow({"section": "day", "key": d["day"], "value": sum(d["flows"].values()),
                      "why": f"no_sni={d['no_sni']} blocking={d['blocking']}"})

@@ -21,6 +21,7 @@ from sniproxy.report.aggregate import (
     B_FLOW,
     B_LAST,
     B_LISTENER,
+    B_MOVED,
     B_NAME,
     B_PKI,
     B_SNI,
@@ -73,6 +74,7 @@ def _verdict(agg: Aggregate, blockers: list[dict[str, Any]], days: list[dict[str
              cutover: date) -> dict[str, Any]:
     holders = sum(1 for b in blockers if b["kind"] == "holder")
     count = len(blockers)
+    moved = sum(1 for b in blockers if b["moved_since"])
     series = [(d["day"], d["blocking"]) for d in days]
     avg: list[tuple[str, float]] = []
     for i in range(len(series)):
@@ -94,6 +96,8 @@ def _verdict(agg: Aggregate, blockers: list[dict[str, Any]], days: list[dict[str
     else:
         text += (f"{count} client(s) would break ({holders} card holder(s), {count - holders} address(es) "
                  f"without a card), seen on {flows} or without SNI in this window; ")
+        if moved:
+            text += f"{moved} of them were seen on a new flow with SNI after that (probably moved); "
         if falling_since is not None:
             text += (f"falling since {falling_since} ({peak:.1f} a day then, {avg[-1][1]:.1f} a day now, "
                      f"{TREND_DAYS}-day average).")
@@ -103,7 +107,7 @@ def _verdict(agg: Aggregate, blockers: list[dict[str, Any]], days: list[dict[str
     if last_day is not None and cutover <= last_day:
         text += " (The date is not after the last event: this reads what broke, not what would.)"
     return {"cutover_date": cutover.isoformat(), "would_break": count, "holders": holders,
-            "addresses": count - holders, "falling_since": falling_since,
+            "addresses": count - holders, "probably_moved": moved, "falling_since": falling_since,
             "daily_now": round(avg[-1][1], 2) if avg else 0.0, "daily_peak": round(peak, 2), "text": text}
 
 
@@ -133,8 +137,16 @@ def build(agg: Aggregate, stats: ReadStats | None, opts: Options) -> dict[str, A
         c = agg.holder_card.get(h, "unknown")
         by_card[c] = by_card.get(c, 0) + 1
     blockers = []
+    # An address seen without a card (a refused handshake, say) that is also a listed holder's address is
+    # that holder's client, not another one to call.
+    holder_addrs = {rec[B_ADDR] for key, rec in agg.blockers.items() if not key.startswith("@")}
+    folded = 0
     for key, rec in sorted(agg.blockers.items(), key=lambda kv: (-kv[1][B_LAST], kv[0])):
         is_addr = key.startswith("@")
+        if is_addr and key[1:] in holder_addrs:
+            folded += 1
+            continue
+        moved = rec[B_MOVED] if len(rec) > B_MOVED and rec[B_MOVED] and rec[B_MOVED] > rec[B_LAST] else None
         ident = key[1:] if is_addr else (pseudo(key) if pseudo else key)
         blockers.append({
             "kind": "address" if is_addr else "holder", "id": ident,
@@ -142,7 +154,7 @@ def build(agg: Aggregate, stats: ReadStats | None, opts: Options) -> dict[str, A
             "why": rec[B_WHY], "last_seen": iso(rec[B_LAST]), "first_seen": iso(rec[B_FIRST]),
             "last_sni": rec[B_SNI], "listener": rec[B_LISTENER], "flow": rec[B_FLOW],
             "address": rec[B_ADDR], "pki": rec[B_PKI], "card_type": rec[B_CARD],
-            "connections": rec[B_COUNT], "client_software": rec[B_SW],
+            "connections": rec[B_COUNT], "client_software": rec[B_SW], "moved_since": iso(moved),
         })
     days = [{"day": day_iso(d), "flows": _sorted_counts(v.flows), "hellos": v.hellos, "no_sni": v.no_sni,
              "no_sni_share": round(v.no_sni / v.hellos, 4) if v.hellos else 0.0,
@@ -157,7 +169,7 @@ def build(agg: Aggregate, stats: ReadStats | None, opts: Options) -> dict[str, A
         "totals": {"connections": agg.events, "holders": len(all_holders), "addresses": len(all_addresses),
                    "no_sni_clients": len(no_sni_addresses),
                    "no_sni_connections": sum(g.no_sni for g in agg.groups.values()),
-                   "blocking_clients": len(blockers)},
+                   "blocking_clients": len(blockers), "folded_addresses": folded},
         "holders_by_pki": _sorted_counts(by_pki),
         "holders_by_card_type": _sorted_counts(by_card),
         "groups": groups,

@@ -266,3 +266,19 @@ def test_cli_report_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["report", "--since", "last tuesday", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "missing.log" in err and "not a date" in err
+
+
+def test_blocker_seen_later_on_a_new_flow_is_marked_moved_and_card_less_address_folded() -> None:
+    r = report_of([
+        ev("2026-12-01T10:00:00Z", holder="810000000001", flow="2bis", sni=None, peer="10.0.0.1:1"),
+        ev("2026-12-01T11:00:00Z", holder=None, flow="2bis", sni=None, peer="10.0.0.1:2", reason="expired",
+           outcome="refused"),                                  # same address, card refused: folded
+        ev("2026-12-02T10:00:00Z", holder="810000000001", flow="igcsante", peer="10.0.0.1:3"),   # moved
+        ev("2026-12-02T10:00:00Z", holder="810000000002", flow="2bis", sni="imap.test", peer="10.0.0.2:1"),
+        ev("2026-12-01T09:00:00Z", holder="810000000002", flow="igcsante", peer="10.0.0.2:1"),  # before: no
+    ], cutover=date(2027, 1, 15))
+    got = {b["id"]: b["moved_since"] for b in r["blockers"]}
+    assert got == {"810000000001": "2026-12-02T10:00:00Z", "810000000002": None}
+    assert r["totals"]["folded_addresses"] == 1
+    assert r["verdict"]["probably_moved"] == 1
+    assert "1 of them were seen on a new flow" in r["verdict"]["text"]
