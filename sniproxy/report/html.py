@@ -50,6 +50,8 @@ def render_html(report: dict[str, Any], note: str = "") -> str:
     w, t = report["window"], report["totals"]
     out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+           # an empty inline icon: without it the browser asks the admin route for /favicon.ico (a 404)
+           '<link rel="icon" href="data:,">',
            "<title>sniproxy migration readiness</title>",
            f"<style>{_CSS}</style></head><body>",
            "<h1>Migration readiness: 2BIS flow, SNI and card PKI</h1>",

@@ -39,12 +39,12 @@ def _frame(chart_id: str, title: str, desc: str, body: list[str], y_max: float, 
     return "".join(parts)
 
 
-def _legend(names: list[str]) -> list[str]:
+def _legend(names: list[str], first_color: int = 0) -> list[str]:
     out = []
     x = WIDTH - RIGHT + 12
     for i, name in enumerate(names):
         y = TOP + 4 + i * 16
-        color = PALETTE[i % len(PALETTE)]
+        color = PALETTE[(first_color + i) % len(PALETTE)]
         out.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{color}"/>'
                    f'<text x="{x + 14}" y="{y + 9}" font-size="11">{escape(name)}</text>')
     return out
@@ -89,7 +89,7 @@ def line(chart_id: str, title: str, days: list[str], name: str, values: list[flo
     body = [f'<g class="series" data-series="{escape(name)}"><polyline points="{path}" fill="none" '
             f'stroke="{PALETTE[1]}" stroke-width="2"/>{dots}</g>']
     last = f"{values[-1] * 100:.1f}%" if values and percent else (f"{values[-1]}" if values else "no data")
-    return _frame(chart_id, title, f"{name}, last day {last}", body + _legend([name]),
+    return _frame(chart_id, title, f"{name}, last day {last}", body + _legend([name], first_color=1),
                   y_max, "100%" if percent else str(y_max), days)
 
 

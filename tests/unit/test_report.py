@@ -242,7 +242,8 @@ def test_html_is_self_contained_with_chart_series() -> None:
                    'data-series="no-SNI share"', 'id="chart-pki"', f'data-series="{PKI_2TER}"'):
         assert needle in page
     # nothing fetched: no script, no stylesheet link, no URL but the SVG namespace
-    assert "<script" not in page and "<link" not in page and "src=" not in page
+    assert "<script" not in page and "src=" not in page
+    assert page.count("<link") == 1 and '<link rel="icon" href="data:,">' in page
     assert page.replace('xmlns="http://www.w3.org/2000/svg"', "").count("http") == 0
 
 
