@@ -90,6 +90,8 @@ class Aggregate:
         self.first = 0.0
         self.last = 0.0
         self.events = 0
+        self._pki_memo: dict[tuple[Any, Any, Any], str] = {}
+        self._last_day: tuple[int, Day | None] = (-1, None)
 
     # ------------------------------------------------------------------ feeding
     def _keep(self, table: set[str] | dict[str, Any], key: str, what: str) -> bool:
@@ -105,7 +107,7 @@ class Aggregate:
             self.first = ts
         if ts > self.last:
             self.last = ts
-        listener = str(ev.get("listener") or "?")
+        listener = ev.get("listener") or "?"
         flow_v = ev.get("flow")
         flow = str(flow_v) if flow_v else NO_FLOW
         g = self.groups.get((listener, flow))
@@ -116,16 +118,23 @@ class Aggregate:
             g.first = ts
         if ts > g.last:
             g.last = ts
-        outcome = str(ev.get("outcome") or "?")
+        outcome = ev.get("outcome") or "?"
         g.outcomes[outcome] = g.outcomes.get(outcome, 0) + 1
         if outcome == "refused":
             _bump(g.refusals, str(ev.get("reason") or "?"), self.max_names)
         addr = address_of(ev.get("peer"))
-        if self._keep(g.addresses, addr, "addresses"):
+        # The hot path (a million events in seconds): set tests inline, PKI memoized by issuer.
+        if addr not in g.addresses and self._keep(g.addresses, addr, "addresses"):
             g.addresses.add(addr)
         raw_identity = ev.get("identity")
         identity: dict[str, Any] | None = raw_identity if isinstance(raw_identity, dict) else None
-        pki = pki_of(identity, ev.get("authority"))
+        memo_key = (identity.get("issuer"), identity.get("layout"), identity.get("authority")) if identity \
+            else (None, None, ev.get("authority"))
+        pki = self._pki_memo.get(memo_key)
+        if pki is None:
+            pki = pki_of(identity, ev.get("authority"))
+            if len(self._pki_memo) < self.max_names:
+                self._pki_memo[memo_key] = pki
         card = card_type_of(identity)
         holder = holder_of(identity)
         _bump(g.pki, pki, self.max_names)
@@ -134,7 +143,7 @@ class Aggregate:
         if tls:
             _bump(g.tls_versions, str(tls), self.max_names)
         if holder is not None:
-            if self._keep(g.holders, holder, "holders"):
+            if holder not in g.holders and self._keep(g.holders, holder, "holders"):
                 g.holders.add(holder)
             if self._keep(self.holder_pki, holder, "holders"):
                 self.holder_pki[holder] = pki
@@ -149,12 +158,13 @@ class Aggregate:
             if self._keep(g.no_sni_addresses, addr, "addresses"):
                 g.no_sni_addresses.add(addr)
         day_no = int(ts // DAY)
-        day = self.days.get(day_no)
+        day = self._last_day[1] if self._last_day[0] == day_no else self.days.get(day_no)
         if day is None:
             if len(self.days) >= self.max_names * 4:   # ~11 years of days: beyond that, a broken clock
                 self.truncated.add("days")
                 return
             day = self.days[day_no] = Day()
+        self._last_day = (day_no, day)
         if flow_v:
             _bump(day.flows, flow, self.max_names)
             day.hellos += 1
@@ -166,7 +176,7 @@ class Aggregate:
             _bump(day.pki, pki, self.max_names)
         if missing_sni or flow in self.legacy_flows:
             key = holder if holder is not None else "@" + addr
-            if self._keep(day.blocking, key, "blocking"):
+            if key not in day.blocking and self._keep(day.blocking, key, "blocking"):
                 day.blocking.add(key)
             self._block(key, ts, ev, WHY_NO_SNI if missing_sni else WHY_LEGACY, listener, flow, addr,
                         identity, pki, card)
