@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from sniproxy.report.classify import PKI_NONE, address_of, card_type_of, holder_of, no_sni, pki_of
+from sniproxy.report.classify import PKI_NONE, address_of, pki_of
 
 DAY = 86400
 NO_FLOW = "(none)"
@@ -64,6 +64,12 @@ class Day:
     no_sni: int = 0
     pki: dict[str, int] = field(default_factory=dict)
     blocking: set[str] = field(default_factory=set)
+    sealed: int = 0          # distinct blocking clients of a finished day whose set was freed
+
+    @property
+    def blocking_count(self) -> int:
+        """Distinct blocking clients this day."""
+        return self.sealed + len(self.blocking)
 
 
 # Blocker record, a list for compactness: [last_ts, first_ts, connections, why, last_sni, listener, flow,
@@ -76,7 +82,10 @@ class Aggregate:
     """Feed events with ``add(ts, event)``; read figures with ``summary()``; ``merge`` another (live page)."""
 
     def __init__(self, legacy_flows: tuple[str, ...] = ("2bis",), max_keys: int = 1_000_000,
-                 max_names: int = 1000) -> None:
+                 max_names: int = 1000, seal_days: bool = False) -> None:
+        """``seal_days``: the input comes in time order (``sniproxy report``), so a day's set of blocking
+        clients can be dropped for its count when the next day starts. Not for aggregates merged later."""
+        self.seal_days = seal_days
         self.legacy_flows = frozenset(legacy_flows)
         self.max_keys = max_keys
         self.max_names = max_names
@@ -91,7 +100,7 @@ class Aggregate:
         self.last = 0.0
         self.events = 0
         self._pki_memo: dict[tuple[Any, Any, Any], str] = {}
-        self._last_day: tuple[int, Day | None] = (-1, None)
+        self._last_day: tuple[int, Day] = (-1, Day())
 
     # ------------------------------------------------------------------ feeding
     def _keep(self, table: set[str] | dict[str, Any], key: str, what: str) -> bool:
@@ -101,79 +110,94 @@ class Aggregate:
         return False
 
     def add(self, ts: float, ev: dict[str, Any]) -> None:
-        """Count one ``connection`` event that happened at ``ts`` (seconds since the epoch)."""
+        """Count one ``connection`` event that happened at ``ts`` (seconds since the epoch).
+
+        The hot path of a million-event report: dict and set tests are inline, the PKI is memoized by
+        issuer, and the helpers of ``classify`` are spelled out here (their unit tests pin the rules).
+        """
         self.events += 1
         if not self.first or ts < self.first:
             self.first = ts
         if ts > self.last:
             self.last = ts
-        listener = ev.get("listener") or "?"
-        flow_v = ev.get("flow")
-        flow = str(flow_v) if flow_v else NO_FLOW
+        get = ev.get
+        listener = get("listener") or "?"
+        flow_v = get("flow")
+        flow = flow_v or NO_FLOW
         g = self.groups.get((listener, flow))
         if g is None:
             g = self.groups[(listener, flow)] = Group(first=ts, last=ts)
         g.connections += 1
         if ts < g.first:
             g.first = ts
-        if ts > g.last:
+        elif ts > g.last:
             g.last = ts
-        outcome = ev.get("outcome") or "?"
-        g.outcomes[outcome] = g.outcomes.get(outcome, 0) + 1
+        outcome = get("outcome") or "?"
+        table = g.outcomes
+        table[outcome] = table.get(outcome, 0) + 1
         if outcome == "refused":
-            _bump(g.refusals, str(ev.get("reason") or "?"), self.max_names)
-        addr = address_of(ev.get("peer"))
-        # The hot path (a million events in seconds): set tests inline, PKI memoized by issuer.
+            _bump(g.refusals, get("reason") or "?", self.max_names)
+        addr = address_of(get("peer"))
         if addr not in g.addresses and self._keep(g.addresses, addr, "addresses"):
             g.addresses.add(addr)
-        raw_identity = ev.get("identity")
-        identity: dict[str, Any] | None = raw_identity if isinstance(raw_identity, dict) else None
-        memo_key = (identity.get("issuer"), identity.get("layout"), identity.get("authority")) if identity \
-            else (None, None, ev.get("authority"))
+        identity = get("identity")
+        if identity is not None and not isinstance(identity, dict):
+            identity = None
+        if identity:
+            memo_key: tuple[Any, Any, Any] = (identity.get("issuer"), identity.get("layout"), identity.get("authority"))
+            card = identity.get("card_type_name") or "unknown"
+            holder = identity.get("idnat_ps") or None
+        else:
+            memo_key = (None, None, get("authority"))
+            card, holder = "-", None
         pki = self._pki_memo.get(memo_key)
         if pki is None:
-            pki = pki_of(identity, ev.get("authority"))
+            pki = pki_of(identity, get("authority"))
             if len(self._pki_memo) < self.max_names:
                 self._pki_memo[memo_key] = pki
-        card = card_type_of(identity)
-        holder = holder_of(identity)
-        _bump(g.pki, pki, self.max_names)
-        _bump(g.card_types, card, self.max_names)
-        tls = ev.get("tls_version")
-        if tls:
-            _bump(g.tls_versions, str(tls), self.max_names)
+        for table, key in ((g.pki, pki), (g.card_types, card), (g.tls_versions, get("tls_version"))):
+            if key in table:
+                table[key] += 1
+            elif key:
+                _bump(table, key, self.max_names)
         if holder is not None:
             if holder not in g.holders and self._keep(g.holders, holder, "holders"):
                 g.holders.add(holder)
-            if self._keep(self.holder_pki, holder, "holders"):
+            if holder not in self.holder_pki:
+                if self._keep(self.holder_pki, holder, "holders"):
+                    self.holder_pki[holder] = pki
+                    self.holder_card[holder] = card
+            elif self.holder_pki[holder] != pki:   # a renewed card: the report shows the newest
                 self.holder_pki[holder] = pki
                 self.holder_card[holder] = card
-        sni = ev.get("sni")
-        missing_sni = no_sni(ev)
+        sni = get("sni")
+        missing_sni = not sni and (flow_v is not None or get("reason") == "unknown_sni")
         if sni:
-            if not _bump(g.sni, str(sni), self.max_names):
+            if sni in g.sni:
+                g.sni[sni] += 1
+            elif not _bump(g.sni, sni, self.max_names):
                 self.truncated.add("sni")
         elif missing_sni:
             g.no_sni += 1
-            if self._keep(g.no_sni_addresses, addr, "addresses"):
+            if addr not in g.no_sni_addresses and self._keep(g.no_sni_addresses, addr, "addresses"):
                 g.no_sni_addresses.add(addr)
         day_no = int(ts // DAY)
-        day = self._last_day[1] if self._last_day[0] == day_no else self.days.get(day_no)
-        if day is None:
-            if len(self.days) >= self.max_names * 4:   # ~11 years of days: beyond that, a broken clock
-                self.truncated.add("days")
+        if self._last_day[0] == day_no:
+            day = self._last_day[1]
+        else:
+            new_day = self._new_day(day_no)
+            if new_day is None:
                 return
-            day = self.days[day_no] = Day()
-        self._last_day = (day_no, day)
-        if flow_v:
-            _bump(day.flows, flow, self.max_names)
+            day = new_day
+        if flow_v or missing_sni:
             day.hellos += 1
-        elif missing_sni:
-            day.hellos += 1
-        if missing_sni:
-            day.no_sni += 1
+            if flow_v:
+                _bump(day.flows, flow, self.max_names)
+            if missing_sni:
+                day.no_sni += 1
         if pki != PKI_NONE:
-            _bump(day.pki, pki, self.max_names)
+            table = day.pki
+            table[pki] = table.get(pki, 0) + 1
         if missing_sni or flow in self.legacy_flows:
             key = holder if holder is not None else "@" + addr
             if key not in day.blocking and self._keep(day.blocking, key, "blocking"):
@@ -187,6 +211,23 @@ class Aggregate:
             rec = self.blockers.get(holder if holder is not None else "@" + addr)
             if rec is not None and (rec[B_MOVED] is None or ts > rec[B_MOVED]):
                 rec[B_MOVED] = ts
+
+    def _new_day(self, day_no: int) -> Day | None:
+        """The ``Day`` of ``day_no`` (made if new); seals the days before it when ``seal_days``."""
+        day = self.days.get(day_no)
+        if day is None:
+            if len(self.days) >= self.max_names * 4:   # ~11 years of days: beyond that, a broken clock
+                self.truncated.add("days")
+                return None
+            day = self.days[day_no] = Day()
+        prev_no, prev = self._last_day
+        if self.seal_days and prev is not None and prev_no < day_no:
+            # Input merged by time: the previous day is over, keep its distinct count and free its set
+            # (60 days of blocking clients were a third of a million-event report's memory).
+            prev.sealed += len(prev.blocking)
+            prev.blocking = set()
+        self._last_day = (day_no, day)
+        return day
 
     def _block(self, key: str, ts: float, ev: dict[str, Any], why: str, listener: str, flow: str, addr: str,
                identity: dict[str, Any] | None, pki: str, card: str) -> None:
@@ -226,7 +267,7 @@ class Aggregate:
                 "tls_versions": g.tls_versions, "refusals": g.refusals, "first": g.first, "last": g.last}]
                 for (ls, fl), g in self.groups.items()],
             "days": {str(d): {"flows": v.flows, "hellos": v.hellos, "no_sni": v.no_sni, "pki": v.pki,
-                              "blocking": sorted(v.blocking)} for d, v in self.days.items()},
+                              "blocking": sorted(v.blocking), "sealed": v.sealed} for d, v in self.days.items()},
             "holder_pki": self.holder_pki, "holder_card": self.holder_card,
             "blockers": self.blockers,
         }
@@ -257,6 +298,7 @@ class Aggregate:
             add_counts(day.flows, ds["flows"])
             add_counts(day.pki, ds["pki"])
             day.blocking.update(ds["blocking"])
+            day.sealed += int(ds.get("sealed", 0))
         self.holder_pki.update(st["holder_pki"])
         self.holder_card.update(st["holder_card"])
         for key, rec in st["blockers"].items():

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         pseudo = pseudonymizer(key)
     listeners = frozenset(args.listener)
-    agg = Aggregate(legacy_flows=tuple(args.legacy_flow) or ("2bis",))
+    agg = Aggregate(legacy_flows=tuple(args.legacy_flow) or ("2bis",), seal_days=True)
     stats = ReadStats()
     try:
         for ts, ev in read_events(list(args.logs), stats, since, until):

@@ -22,6 +22,7 @@ from typing import IO, Any
 # structlog's JSONRenderer writes "event": "connection" with this exact spacing; the prefilter only has to
 # let every connection line through (a false positive is parsed and then dropped by the real test).
 _MARK = '"connection"'
+_DECODER = json.JSONDecoder()
 
 
 @dataclass(slots=True)
@@ -97,6 +98,7 @@ def events_from_lines(lines: Iterable[str], stats: ReadStats, source: str = "-",
                       since: float | None = None, until: float | None = None) -> Iterator[tuple[float, dict[str, Any]]]:
     """``(time, event)`` for every ``connection`` line of ``lines`` within ``[since, until)``, in file order."""
     loads = json.loads
+    raw_decode = _DECODER.raw_decode
     n = 0
     for n, line in enumerate(lines, 1):   # n, the lines read, is counted after the loop
         if _MARK not in line:
@@ -104,7 +106,13 @@ def events_from_lines(lines: Iterable[str], stats: ReadStats, source: str = "-",
                 stats.bad(f"{source}:{n}")   # not even a JSON object: a broken or foreign line
             continue
         try:
-            ev = loads(line)
+            if line[:1] == "{":
+                # raw_decode skips loads' two whitespace scans; what follows the object must be blank
+                ev, end = raw_decode(line)
+                if end != len(line) and line[end:].strip():
+                    raise ValueError("text after the object")
+            else:
+                ev = loads(line)
         except ValueError:
             stats.bad(f"{source}:{n}")
             continue

@@ -158,7 +158,7 @@ def build(agg: Aggregate, stats: ReadStats | None, opts: Options) -> dict[str, A
         })
     days = [{"day": day_iso(d), "flows": _sorted_counts(v.flows), "hellos": v.hellos, "no_sni": v.no_sni,
              "no_sni_share": round(v.no_sni / v.hellos, 4) if v.hellos else 0.0,
-             "pki": _sorted_counts(v.pki), "blocking": len(v.blocking)} for d, v in sorted(agg.days.items())]
+             "pki": _sorted_counts(v.pki), "blocking": v.blocking_count} for d, v in sorted(agg.days.items())]
     report: dict[str, Any] = {
         "report": "sniproxy migration readiness",
         "generated": iso(datetime.now(UTC).timestamp()),

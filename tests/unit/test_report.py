@@ -66,15 +66,17 @@ def test_reader_keeps_connection_events_and_counts_malformed_lines() -> None:
             '{"event": "connection", "timestamp": "2026-12-01T1\n',         # cut by a rotation
             json.dumps({"event": "ready", "timestamp": "2026-12-01T10:00:00Z"}) + "\n",
             json.dumps({"event": "connection", "timestamp": "yesterday"}) + "\n",   # no usable time
-            '["connection"]\n', "\n",
+            '["connection"]\n', "\n", json.dumps(ev("2026-12-01T10:30:00Z")) + ' {"connection"}\n',
+            " " + json.dumps(ev("2026-12-01T10:45:00Z", peer="10.9.9.9:1")) + "\n",
             json.dumps(ev("2026-12-01T11:00:00+00:00")) + "\n"]
     stats = ReadStats()
     got = list(events_from_lines(text, stats, "x.log"))
-    assert [e["timestamp"] for _, e in got] == ["2026-12-01T10:00:00Z", "2026-12-01T11:00:00+00:00"]
-    assert got[1][0] - got[0][0] == 3600
-    assert stats.malformed == 4
-    assert stats.examples == ["x.log:2", "x.log:3", "x.log:5", "x.log:6"]
-    assert stats.lines == 8 and stats.events == 2
+    assert [e["timestamp"] for _, e in got] == ["2026-12-01T10:00:00Z", "2026-12-01T10:45:00Z",
+                                                "2026-12-01T11:00:00+00:00"]
+    assert got[2][0] - got[0][0] == 3600
+    assert stats.malformed == 5
+    assert stats.examples == ["x.log:2", "x.log:3", "x.log:5", "x.log:6", "x.log:8"]
+    assert stats.lines == 10 and stats.events == 3
 
 
 def test_reader_window_is_half_open() -> None:
@@ -283,3 +285,32 @@ def test_blocker_seen_later_on_a_new_flow_is_marked_moved_and_card_less_address_
     assert r["totals"]["folded_addresses"] == 1
     assert r["verdict"]["probably_moved"] == 1
     assert "1 of them were seen on a new flow" in r["verdict"]["text"]
+
+
+def test_sealed_days_count_the_same_as_kept_sets() -> None:
+    from sniproxy.report import synth
+
+    results = []
+    for seal in (False, True):
+        agg = Aggregate(seal_days=seal)
+        stats = ReadStats()
+        for ts, e in events_from_lines(list(synth.lines(3000, days=10, holders=200)), stats):
+            agg.add(ts, e)
+        results.append(build(agg, stats, Options()))
+        if seal:
+            assert sum(len(d.blocking) for d in agg.days.values()) == len(agg.days[max(agg.days)].blocking)
+    for r in results:
+        r.pop("generated")
+    assert results[0] == results[1]
+    assert sum(d["blocking"] for d in results[0]["days"]) > 100
+
+
+@pytest.mark.parametrize("value", ["2026-12-06T18:40:05.123456Z", "2026-12-06T18:40:05Z", "2026-12-06T18:40:05+00:00",
+                                   "2026-12-06T19:40:05.123456+01:00", "2026-12-06T18:40:05.123456"])
+def test_timestamp_fast_path_agrees_with_fromisoformat(value: str) -> None:
+    from sniproxy.report.reader import parse_time
+
+    want = datetime(2026, 12, 6, 18, 40, 5, tzinfo=UTC).timestamp()
+    got = parse_time(value)
+    assert got is not None and abs(got - want) < 0.2
+    assert parse_time("2026-12-06T18:40:xxZ") is None
