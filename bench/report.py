@@ -6,7 +6,9 @@ json, table and html runs ``taskset -c CORE python -m sniproxy report LOG --form
 --cutover-date ...`` as a child process and reads its CPU seconds (user + system) and maximum RSS from
 ``os.wait4``'s rusage (the child's own, not the bench's). The load average is noted before and after
 (the machine is shared: a high load means the wall time, not the CPU time, is pessimistic). The json
-output is read back to check every event was counted. Targets (issue 15): < 20 s CPU, < 200 MiB.
+output is read back to check every event was counted. A ``floor`` run reads the same log and only
+``json.loads`` each line: what the stdlib parser costs by itself, the part no report code can remove.
+Targets (issue 15): < 20 s CPU, < 200 MiB.
 
 Run: ``python bench/report.py`` (about 2 minutes, plus ~1 minute the first time to write the log);
 ``--events 100000`` for a smoke run. Writes ``bench/results/report.md`` and ``report.json``.
@@ -49,11 +51,20 @@ def make_log(events: int) -> Path:
     return path
 
 
+# The floor of any report built on the stdlib parser: read every line and json.loads it, nothing else.
+FLOOR = "import json,sys\nfor line in open(sys.argv[1], encoding='utf-8'):\n    json.loads(line)\n"
+
+
 def run_one(log: Path, fmt: str, core: int, out_dir: Path) -> dict[str, Any]:
-    """One ``sniproxy report`` child pinned to ``core``: CPU seconds, max RSS, wall time."""
+    """One ``sniproxy report`` child pinned to ``core``: CPU seconds, max RSS, wall time.
+
+    ``fmt`` ``floor`` runs the read-and-json.loads loop alone instead (what the parser costs by itself).
+    """
     out = out_dir / f"report.{fmt}"
     cmd = [sys.executable, "-m", "sniproxy", "report", str(log), "--format", fmt, "--out", str(out),
            "--cutover-date", "2027-01-15"]
+    if fmt == "floor":
+        cmd = [sys.executable, "-c", FLOOR, str(log)]
     if shutil.which("taskset"):
         cmd = ["taskset", "-c", str(core), *cmd]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -98,7 +109,7 @@ def main() -> int:
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for fmt in ("json", "table", "html"):
+        for fmt in ("floor", "json", "table", "html"):
             rows.append(run_one(log, fmt, args.core, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
     load_after = os.getloadavg()
@@ -120,10 +131,12 @@ def main() -> int:
     for r in rows:
         md.append(f"| {r['format']} | {r['cpu_s']} ({r['user_s']}+{r['sys_s']}) | {r['max_rss_mib']} | "
                   f"{r['wall_s']} | {r['out_bytes']:,} | {r['exit']} |")
+    md[-len(rows):] = [line.replace("| floor |", "| floor: read + json.loads only |") for line in md[-len(rows):]]
     counted = next((r.get("events_counted") for r in rows if r["format"] == "json"), None)
     md += ["", f"Events counted by the json run: {counted} (malformed: "
                f"{next((r.get('malformed') for r in rows if r['format'] == 'json'), None)}).", "",
-           f"Command: `{rows[0]['command']}` (and `--format table`, `--format html`).", ""]
+           f"Command: `{rows[1]['command']}` (and `--format table`, `--format html`); floor: "
+           f"`python -c '{FLOOR}' LOG` (one line per statement).", ""]
     out.with_suffix(".md").write_text("\n".join(md))
     ok = all(r["exit"] == 0 for r in rows) and counted == args.events
     return 0 if ok else 1

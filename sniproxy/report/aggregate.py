@@ -155,11 +155,23 @@ class Aggregate:
             pki = pki_of(identity, get("authority"))
             if len(self._pki_memo) < self.max_names:
                 self._pki_memo[memo_key] = pki
-        for table, key in ((g.pki, pki), (g.card_types, card), (g.tls_versions, get("tls_version"))):
-            if key in table:
-                table[key] += 1
-            elif key:
-                _bump(table, key, self.max_names)
+        table = g.pki
+        if pki in table:
+            table[pki] += 1
+        else:
+            _bump(table, pki, self.max_names)
+        table = g.card_types
+        if card in table:
+            table[card] += 1
+        else:
+            _bump(table, card, self.max_names)
+        tls = get("tls_version")
+        if tls:
+            table = g.tls_versions
+            if tls in table:
+                table[tls] += 1
+            else:
+                _bump(table, tls, self.max_names)
         if holder is not None:
             if holder not in g.holders and self._keep(g.holders, holder, "holders"):
                 g.holders.add(holder)
@@ -245,8 +257,8 @@ class Aggregate:
             rec[B_SNI] = ev.get("sni")
             rec[B_PKI], rec[B_CARD] = pki, card
             if identity:
-                name = " ".join(str(identity[k]) for k in ("given_name", "surname") if identity.get(k))
-                rec[B_NAME] = name or None
+                given, surname = identity.get("given_name"), identity.get("surname")
+                rec[B_NAME] = f"{given} {surname}" if given and surname else (given or surname or None)
             software = ev.get("client_software") or ev.get("user_agent")
             if software:
                 self.software_seen += 1

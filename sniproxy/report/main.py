@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import re
 import sys
@@ -73,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     listeners = frozenset(args.listener)
     agg = Aggregate(legacy_flows=tuple(args.legacy_flow) or ("2bis",), seal_days=True)
     stats = ReadStats()
+    # Nothing in this loop makes a reference cycle, but every parsed event allocates dicts, and the
+    # cyclic collector kept walking the aggregate's growing tables: off here, it was most of the CPU
+    # time of a million-event report beyond json.loads itself (docs/decisions/0003-report-speed.md).
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         for ts, ev in read_events(list(args.logs), stats, since, until):
             if listeners and ev.get("listener") not in listeners:
@@ -81,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        if gc_was_enabled:
+            gc.enable()
     report = build(agg, stats, Options(since=since, until=until, cutover=cutover, pseudonym=pseudo,
                                        listeners=tuple(sorted(listeners))))
     fmt = args.format

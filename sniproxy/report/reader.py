@@ -44,27 +44,28 @@ class ReadStats:
             self.examples.append(where)
 
 
-_MINUTES: dict[str, float] = {}
+_DAYS: dict[str, float] = {}
 
 
 def parse_time(value: Any) -> float | None:
     """Seconds since the epoch from an ISO 8601 ``timestamp`` (naive = UTC); None if unusable."""
     if not isinstance(value, str):
         return None
-    # Fast path for what structlog writes (``2026-12-06T18:40:05.123456Z``): the minute is parsed once.
-    if len(value) >= 20 and value[-1] == "Z" and value[16] == ":" and value[10] == "T":
-        base = _MINUTES.get(value[:16])
+    # Fast path for what structlog writes (``2026-12-06T18:40:05.123456Z``): each day is parsed once, the
+    # time of day by slicing (a million events rarely share a minute, so caching minutes did not help).
+    if len(value) >= 20 and value[-1] == "Z" and value[10] == "T" and value[13] == ":" and value[16] == ":":
+        base = _DAYS.get(value[:10])
         if base is None:
-            base = _slow_time(value[:16] + "Z")
-            if base is not None and len(_MINUTES) < 100_000:
-                _MINUTES[value[:16]] = base
+            base = _slow_time(value[:10] + "T00:00:00Z")
+            if base is not None and len(_DAYS) < 100_000:
+                _DAYS[value[:10]] = base
         if base is not None:
             try:
-                seconds = float(value[17:-1])
+                hours, minutes, seconds = int(value[11:13]), int(value[14:16]), float(value[17:-1])
             except ValueError:
                 return None
-            if 0 <= seconds < 61:
-                return base + seconds
+            if 0 <= hours < 24 and 0 <= minutes < 60 and 0 <= seconds < 61:
+                return base + hours * 3600 + minutes * 60 + seconds
         return None
     return _slow_time(value)
 
