@@ -74,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     listeners = frozenset(args.listener)
     agg = Aggregate(legacy_flows=tuple(args.legacy_flow) or ("2bis",), seal_days=True)
     stats = ReadStats()
-    # Nothing in this loop makes a reference cycle, but every parsed event allocates dicts, and the
-    # cyclic collector kept walking the aggregate's growing tables: off here, it was most of the CPU
-    # time of a million-event report beyond json.loads itself (docs/decisions/0003-report-speed.md).
+    # Nothing in this loop makes a reference cycle, yet every parsed event allocates dicts that wake the
+    # cyclic collector, which then walks the aggregate's growing tables. Off here; the gain was within
+    # this host's noise (docs/decisions/0004-report-speed.md), but it can only save time.
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
