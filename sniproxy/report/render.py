@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from typing import Any
 
 TABLE_BLOCKERS = 50   # the terminal shows the most recent ones; csv and json carry them all
 CSV_FIELDS = ("section", "listener", "flow", "key", "value", "last_seen", "last_sni", "why", "pki",
-              "card_type", "name", "address", "moved_since")
+              "card_type", "name", "address", "moved_since", "kind")
 
 
 def _counts(table: dict[str, int], limit: int = 8) -> str:
@@ -78,15 +79,28 @@ def render_table(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+class _SafeWriter(csv.DictWriter):  # type: ignore[type-arg]
+    """A DictWriter that defuses spreadsheet formulas: SNI names and card fields come from clients."""
+
+    def writerow(self, rowdict: Mapping[str, Any]) -> Any:
+        """Write one row, a text cell that a spreadsheet would run as a formula prefixed with ``'``."""
+        safe = {k: ("'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v) for k, v in rowdict.items()}
+        return super().writerow(safe)
+
+
 def render_csv(report: dict[str, Any]) -> str:
     """One CSV table, a ``section`` column telling rows apart (filter on it in a spreadsheet).
 
     Sections: ``total`` and ``group`` (key = figure), ``sni``, ``pki``, ``card_type``, ``tls_version``,
     ``refusal`` (key = name, value = connections), ``holders_by_pki``, ``blocker`` (key = holder or
-    ``@address``, value = connections, with when, why and the last SNI), ``day``, ``verdict``.
+    address, told apart by ``kind``; value = connections, with when, why and the last SNI), ``day``,
+    ``verdict``. Cells a spreadsheet would run as a formula (SNI names come from clients) start with ``'``.
     """
     buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    wr = _SafeWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     wr.writeheader()
     for k, v in report["totals"].items():
         wr.writerow({"section": "total", "key": k, "value": v})
@@ -105,7 +119,7 @@ def render_csv(report: dict[str, Any]) -> str:
                 wr.writerow({**base, "section": section, "key": name, "value": n})
     for b in report["blockers"]:
         wr.writerow({"section": "blocker", "listener": b["listener"], "flow": b["flow"],
-                     "key": b["id"] if b["kind"] == "holder" else "@" + b["id"], "value": b["connections"],
+                     "key": b["id"], "kind": b["kind"], "value": b["connections"],
                      "last_seen": b["last_seen"], "last_sni": b["last_sni"] or "", "why": b["why"], "pki": b["pki"],
                      "card_type": b["card_type"], "name": b["name"] or "", "address": b["address"],
                      "moved_since": b["moved_since"] or ""})

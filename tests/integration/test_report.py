@@ -163,7 +163,8 @@ def test_report_on_a_real_proxy_log(proxy_log: Path, tmp_path: Path) -> None:
     r = _report(str(proxy_log), "--format", "csv")
     assert r.returncode == 0, r.stderr.decode()
     rows = list(csv.DictReader(io.StringIO(r.stdout.decode())))
-    assert [x["key"] for x in rows if x["section"] == "blocker"] == ["@127.0.0.17", TWO_TER, FORT, LIBERAL]
+    assert [(x["kind"], x["key"]) for x in rows if x["section"] == "blocker"] == [
+        ("address", "127.0.0.17"), ("holder", TWO_TER), ("holder", FORT), ("holder", LIBERAL)]
     assert {x["key"]: x["value"] for x in rows if x["section"] == "total"}["holders"] == "4"
 
     # two replicas' logs, one gzipped and holding a line cut by a rotation: same figures, one malformed line

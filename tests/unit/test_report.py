@@ -230,7 +230,8 @@ def test_csv_and_json_parse() -> None:
     r = report_of(_mixed(), cutover=date(2027, 1, 15))
     rows = list(csv.DictReader(io.StringIO(render_csv(r))))
     blockers = [x for x in rows if x["section"] == "blocker"]
-    assert [x["key"] for x in blockers] == ["810000000002", "@10.0.0.4", "810000000003"]
+    assert [(x["kind"], x["key"]) for x in blockers] == [("holder", "810000000002"), ("address", "10.0.0.4"),
+                                                          ("holder", "810000000003")]
     totals = {x["key"]: int(x["value"]) for x in rows if x["section"] == "total"}
     assert totals["holders"] == 3 and totals["no_sni_clients"] == 2
     assert any(x["section"] == "verdict" and x["value"] == "3" for x in rows)
@@ -314,3 +315,13 @@ def test_timestamp_fast_path_agrees_with_fromisoformat(value: str) -> None:
     got = parse_time(value)
     assert got is not None and abs(got - want) < 0.2
     assert parse_time("2026-12-06T18:40:xxZ") is None
+
+
+def test_csv_defuses_spreadsheet_formulas_from_client_fields() -> None:
+    r = report_of([ev("2026-12-01T10:00:00Z", flow="2bis", sni="=HYPERLINK(\"http://x\")"),
+                   ev("2026-12-01T11:00:00Z", flow="2bis", sni="-1+2", holder="810000000002")])
+    rows = list(csv.DictReader(io.StringIO(render_csv(r))))
+    snis = {x["key"] for x in rows if x["section"] == "sni"}
+    assert snis == {"'=HYPERLINK(\"http://x\")", "'-1+2"}
+    assert {x["last_sni"] for x in rows if x["section"] == "blocker"} == {"'=HYPERLINK(\"http://x\")", "'-1+2"}
+    assert {x["value"] for x in rows if x["section"] == "total" and x["key"] == "connections"} == {"2"}
