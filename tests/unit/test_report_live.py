@@ -140,3 +140,8 @@ def test_install_subscribes_once_and_dumps(tmp_path: Path, clean_observers: None
     dumps, _ = load_dumps(tmp_path)
     assert len(dumps) == 1 and dumps[0]["events"] == 7
     assert "Live view" in render_live(tmp_path)
+
+
+def test_render_live_without_any_dump_is_an_empty_page(tmp_path: Path) -> None:
+    page = render_live(tmp_path / "not-created-yet")
+    assert "0 worker(s)" in page and 'id="kpi-connections">0<' in page and "no data" in page
