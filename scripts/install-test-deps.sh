@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the test suite needs on Debian 12 (run as root): the real peers of the integration tests
-# (Dovecot IMAP+LMTP, Postfix, stunnel, HAProxy, OpenLDAP slapd, swaks, curl, openssl) and the Python test extras.
+# (Dovecot IMAP+LMTP, Postfix, stunnel, HAProxy, OpenLDAP slapd, swaks, curl, openssl), Chromium (the report page
+# test) and the Python test extras.
 # Idempotent: apt is skipped when every binary is already present, so re-runs are fast (FORCE_APT=1 runs it
 # anyway; SKIP_PIP=1 skips the pip step).
 # The system Postfix is installed with "No configuration" and stays stopped; the system Dovecot may run on
@@ -8,10 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(dovecot-imapd dovecot-lmtpd postfix stunnel4 haproxy swaks curl openssl ca-certificates slapd ldap-utils)
+PACKAGES=(dovecot-imapd dovecot-lmtpd postfix stunnel4 haproxy swaks curl openssl ca-certificates slapd ldap-utils
+          chromium)
 # one binary per package, to decide whether apt is needed at all
 BINARIES=(dovecot doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/lmtp postfix postconf stunnel4 haproxy swaks
-          curl openssl /usr/sbin/slapd slapadd ldapsearch)
+          curl openssl /usr/sbin/slapd slapadd ldapsearch chromium)
 
 missing=()
 for b in "${BINARIES[@]}"; do

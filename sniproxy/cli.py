@@ -196,6 +196,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.main(Path(args.state_dir), serve=not args.no_serve, base_port=args.base_port)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Migration readiness report over ``connection`` events (see docs/migration.md)."""
+    from sniproxy.report.main import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
     p = argparse.ArgumentParser(prog="sniproxy", description=__doc__)
@@ -228,6 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--base-port", type=int, default=18000)
     d.add_argument("--no-serve", action="store_true", help="run the scripted clients, print the table, exit")
     d.set_defaults(func=cmd_demo)
+    from sniproxy.report.main import add_arguments
+
+    rp = sub.add_parser("report", help="migration readiness: who is still on 2bis or without SNI, card PKI mix")
+    add_arguments(rp)
+    rp.set_defaults(func=cmd_report)
     return p
 
 
