@@ -282,13 +282,16 @@ def http_client_entry(spec_json: str) -> None:
 
 
 def http_measure(t: Any, pki: Any, body: str, conns: int, procs: int, seconds: float,
-                 max_requests: int) -> dict[str, Any]:
-    """``procs`` client processes sharing ``conns`` connections; requests per server CPU-second."""
+                 max_requests: int, backend_pid: int | None = None) -> dict[str, Any]:
+    """``procs`` client processes sharing ``conns`` connections; requests per server CPU-second.
+
+    The client's and the backend's CPU are recorded too: they share CPU 1 and bound the wall rate."""
     card = pki.cards["fort"]
     per = [conns // procs + (1 if i < conns % procs else 0) for i in range(procs)]
     specs = [json.dumps({"port": t.ports["https"], "cert": str(card.chain), "key": str(card.key), "body": body,
                          "conns": n, "seconds": seconds, "max_requests": max_requests // procs}) for n in per if n]
-    c0, w0 = t.cpu(), time.monotonic()
+    bpids = [backend_pid] if backend_pid else []
+    c0, b0, w0 = t.cpu(), core.cpu_seconds(bpids), time.monotonic()
     running = [subprocess.Popen([sys.executable, __file__, "--http-client", s], stdout=subprocess.PIPE, text=True)
                for s in specs]
     outs: list[dict[str, Any]] = []
@@ -302,7 +305,7 @@ def http_measure(t: Any, pki: Any, body: str, conns: int, procs: int, seconds: f
             if p.poll() is None:
                 p.kill()
                 p.wait(5)
-    wall, cpu = time.monotonic() - w0, t.cpu() - c0
+    wall, cpu, bcpu = time.monotonic() - w0, t.cpu() - c0, core.cpu_seconds(bpids) - b0
     n = sum(o["requests"] for o in outs)
     client_cpu = sum(o["cpu_s"] for o in outs)
     load_wall = max((o["wall_s"] for o in outs), default=wall)
@@ -312,7 +315,9 @@ def http_measure(t: Any, pki: Any, body: str, conns: int, procs: int, seconds: f
             "requests_per_s": round(n / load_wall, 1) if load_wall else None,
             "requests_per_server_cpu_s": round(n / cpu, 1) if cpu else None,
             "server_util": round(cpu / load_wall, 3) if load_wall else None,
-            "client_cpu_ms_per_request": round(1000 * client_cpu / n, 3) if n else None}
+            "client_cpu_ms_per_request": round(1000 * client_cpu / n, 3) if n else None,
+            "backend_cpu_s": round(bcpu, 3) if bpids else None,
+            "backend_cpu_ms_per_request": round(1000 * bcpu / n, 3) if bpids and n else None}
 
 
 def pingpong(port: int, ctx: ssl.SSLContext | None, count: int, seconds: float, t: Any | None) -> dict[str, Any]:
@@ -505,9 +510,11 @@ def markdown(res: dict[str, Any]) -> str:
     ctx_rows = [("HTTPS small: requests/s (wall)", "https_small", "requests_per_s"),
                 ("HTTPS small: server CPU share (1.0 = a core)", "https_small", "server_util"),
                 ("HTTPS small: client CPU ms per request", "https_small", "client_cpu_ms_per_request"),
+                ("HTTPS small: backend CPU ms per request", "https_small", "backend_cpu_ms_per_request"),
                 ("HTTPS 100 KB: requests/s (wall)", "https_100k", "requests_per_s"),
                 ("HTTPS 100 KB: server CPU share", "https_100k", "server_util"),
                 ("HTTPS 100 KB: client CPU ms per request", "https_100k", "client_cpu_ms_per_request"),
+                ("HTTPS 100 KB: backend CPU ms per request", "https_100k", "backend_cpu_ms_per_request"),
                 ("ping-pong p50 µs (direct: " + _direct(res, "p50_us") + ")", "pingpong", "p50_us"),
                 ("ping-pong p99 µs (direct: " + _direct(res, "p99_us") + ")", "pingpong", "p99_us"),
                 ("download MB/s (wall)", "download", "MB_per_s"), ("upload MB/s (wall)", "upload", "MB_per_s"),
@@ -516,7 +523,8 @@ def markdown(res: dict[str, Any]) -> str:
         cells = []
         for n in PEERS:
             vals = _vals(res["raw"].get(block, {}).get(n, []), key)
-            cells.append("-" if not vals else f"{statistics.median(vals):,.3g}")
+            m = statistics.median(vals) if vals else None
+            cells.append("-" if m is None else f"{m:,.0f}" if abs(m) >= 100 else f"{m:.3g}")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     out += ["", "Blocks (1-minute load average at start/end; CPU-s used meanwhile by processes outside the bench):", ""]
     for name, b in res["blocks"].items():
@@ -656,7 +664,7 @@ def main() -> int:
             http_measure(targets[name], pki, "small", 2, 1, 0.5, 500)
         for body in ("small", "100k"):
             bench.block(f"https_{body}", web, lambda n, body=body: http_measure(
-                targets[n], pki, body, args.http_conns, args.http_procs, http_seconds, 500_000))
+                targets[n], pki, body, args.http_conns, args.http_procs, http_seconds, 500_000, http_backend.proc.pid))
         client = core.client_ctx(pki, "fort")
         client.minimum_version = ssl.TLSVersion.TLSv1_3
         bench.block("pingpong", [*only, "direct"], lambda n: pingpong(
