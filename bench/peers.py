@@ -609,6 +609,7 @@ def main() -> int:
     def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt                               # run the finally below: stop every process
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored (nohup, &)
 
     from sniproxy import testpki
     t_start = time.monotonic()
@@ -701,4 +702,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("peers.py: interrupted; every process it started was stopped", file=sys.stderr)
+        sys.exit(130)
