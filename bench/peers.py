@@ -526,6 +526,15 @@ def markdown(res: dict[str, Any]) -> str:
             m = statistics.median(vals) if vals else None
             cells.append("-" if m is None else f"{m:,.0f}" if abs(m) >= 100 else f"{m:.3g}")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    for block in ("https_small", "https_100k"):
+        rows = [r for n in PEERS for r in res["raw"].get(block, {}).get(n, []) if r.get("ok")]
+        if rows and max(r["server_util"] or 0 for r in rows) < 0.8:
+            cli = statistics.median(r["client_cpu_ms_per_request"] for r in rows)
+            bk = statistics.median(r["backend_cpu_ms_per_request"] or 0 for r in rows)
+            out += ["", f"{block}: the load generator is the bottleneck, not the proxies: the busiest server ran at "
+                    f"{max(r['server_util'] for r in rows):.0%} of a core while the Python client "
+                    f"({cli:.2f} ms CPU per request) and the Python backend ({bk:.2f} ms) shared CPU {CLIENT_CPU} "
+                    "(with other work on the machine)."]
     out += ["", "Blocks (1-minute load average at start/end; CPU-s used meanwhile by processes outside the bench):", ""]
     for name, b in res["blocks"].items():
         fc = b["foreign_cpu"]
@@ -559,7 +568,8 @@ NOTES = [
     "added latency = the peer's percentile minus the direct (plain TCP to the echo backend) percentile of the "
     "same round; the client's TLS work is in the added latency for every peer alike.",
     "Bulk and idle: bench/run.py's transfer() and memory() (one connection; N connections established through "
-    "to the backend and left idle, RSS delta / N after 50 warm-up connections).",
+    "to the backend and left idle, RSS delta / N after 50 warm-up connections, the server restarted before each "
+    "idle round so that no round reuses memory a previous one left in the allocator).",
     "Different OpenSSL builds: sniproxy uses the one bundled with cryptography, the C peers the Debian libssl.",
 ]
 
@@ -577,9 +587,14 @@ def main() -> int:
     ap.add_argument("--http-procs", type=int, default=2, help="load processes sharing --http-conns")
     ap.add_argument("--pp-count", type=int, default=None, help="ping-pong round trips (default 20000, --quick 3000)")
     ap.add_argument("--only", default="", help="comma-separated peers to run (default: all)")
+    ap.add_argument("--render", type=Path, help="only rewrite the table (--out) from a peers.json")
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     ap.add_argument("--http-client", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.render:
+        args.out.write_text(markdown(json.loads(args.render.read_text())))
+        print(args.out.read_text())
+        return 0
     if args.http_client:
         http_client_entry(args.http_client)
         return 0
@@ -674,7 +689,15 @@ def main() -> int:
         for direction in ("download", "upload"):
             bench.block(direction, only, lambda n, d=direction: core.transfer(
                 targets[n], pki, mb * 1_000_000, d, timeout=max(60, mb * 0.2)))
-        bench.block("idle", only, lambda n: core.memory(targets[n], pki, conns, timeout=120))
+        def idle(n: str) -> dict[str, Any]:
+            # a fresh server each round: a second round on the same one only measures memory its allocator
+            # kept from the first (HAProxy's pools gave 0 KiB per connection)
+            t = targets[n]
+            t.stop()
+            t.start()
+            return dict(core.memory(t, pki, conns, timeout=120), fresh_server=True)
+
+        bench.block("idle", only, idle)
         res["raw"], res["blocks"] = bench.raw, bench.blocks
     finally:
         for t in targets.values():
