@@ -528,13 +528,13 @@ def markdown(res: dict[str, Any]) -> str:
         out.append(f"| {label} | " + " | ".join(cells) + " |")
     for block in ("https_small", "https_100k"):
         rows = [r for n in PEERS for r in res["raw"].get(block, {}).get(n, []) if r.get("ok")]
-        if rows and max(r["server_util"] or 0 for r in rows) < 0.8:
-            cli = statistics.median(r["client_cpu_ms_per_request"] for r in rows)
-            bk = statistics.median(r["backend_cpu_ms_per_request"] or 0 for r in rows)
+        util = max((r.get("server_util") or 0 for r in rows), default=0)
+        if rows and util < 0.8:
+            cli = statistics.median(r.get("client_cpu_ms_per_request") or 0 for r in rows)
+            bk = statistics.median(r.get("backend_cpu_ms_per_request") or 0 for r in rows)
             out += ["", f"{block}: the load generator is the bottleneck, not the proxies: the busiest server ran at "
-                    f"{max(r['server_util'] for r in rows):.0%} of a core while the Python client "
-                    f"({cli:.2f} ms CPU per request) and the Python backend ({bk:.2f} ms) shared CPU {CLIENT_CPU} "
-                    "(with other work on the machine)."]
+                    f"{util:.0%} of a core while the Python client ({cli:.2f} ms CPU per request) and the Python "
+                    f"backend ({bk:.2f} ms) shared CPU {CLIENT_CPU} (with any other work on the machine)."]
     out += ["", "Blocks (1-minute load average at start/end; CPU-s used meanwhile by processes outside the bench):", ""]
     for name, b in res["blocks"].items():
         fc = b["foreign_cpu"]
