@@ -89,6 +89,9 @@ def sniproxy_peer(pki: Any, bports: dict[str, int], http_port: int, tmp: Path) -
 
     def tweak(d: dict[str, Any]) -> None:
         d["log"] = {"level": "warning", "format": "json"}
+        # every bench connection comes from 127.0.0.1: the per-address limit (1000) would refuse half of the
+        # idle connections, and the C peers have no such limit configured
+        d["limits"] = {"max_connections": 20000, "max_per_ip": 20000}
         d["listeners"].append({"name": "ws", "bind": f"{HOST}:{https_port}", "protocol": "https",
                                "backend": f"{HOST}:{http_port}", "sni": {https.SNI: "igcsante"},
                                "default_flow": "2bis", "http": {"headers": SNIPROXY_HTTP_HEADERS}})
