@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------- backend process
 async def _backend_main(ports: dict[str, int], nbytes: int) -> None:
-    """hold: send b"*" then read to EOF; source: send nbytes then close; sink: read nbytes, answer b"D"."""
+    """hold: send b"*" then read to EOF; source: send nbytes then close; sink: read nbytes, answer b"D";
+    echo: send back what arrives (bench/peers.py's ping-pong)."""
     chunk = b"x" * CHUNK
     accepted = {"hold": 0}
 
@@ -88,7 +90,14 @@ async def _backend_main(ports: dict[str, int], nbytes: int) -> None:
             await w.drain()
         w.close()
 
-    handlers = {"hold": hold, "source": source, "sink": sink, "stats": stats}
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, ConnectionError):
+            while data := await r.read(65536):
+                w.write(data)
+                await w.drain()
+        w.close()
+
+    handlers = {"hold": hold, "source": source, "sink": sink, "stats": stats, "echo": echo}
     servers = [await asyncio.start_server(handlers[k], HOST, p, backlog=4096) for k, p in ports.items()]
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
@@ -225,33 +234,45 @@ class Target:
         return rss_kib(self.pids)
 
 
-def sniproxy_target(name: str, workers: int | str, pki: Any, backends: dict[str, int], tmp: Path) -> Target:
+def sniproxy_target(name: str, workers: int | str, pki: Any, backends: dict[str, int], tmp: Path,
+                    keys: tuple[str, ...] = ("hold", "source", "sink"),
+                    tweak: Callable[[dict[str, Any]], None] | None = None) -> Target:
+    """sniproxy with one ``protocol: tls`` listener per backend in ``keys``; ``tweak`` edits the config dict."""
     from sniproxy.democonf import DemoPorts, config_dict, write_config
 
-    ports = dict(zip(("hold", "source", "sink"), free_ports(3), strict=True))
+    ports = dict(zip(keys, free_ports(len(keys)), strict=True))
     d = config_dict(pki, DemoPorts(tls=ports["hold"], imap_backend=f"{HOST}:{backends['hold']}"))
     d["workers"] = workers
     d["log"]["level"] = "warning"
     base = d["listeners"][0]
     d["listeners"] = [dict(base, name=f"tls-{k}", bind=f"{HOST}:{ports[k]}", backend=f"{HOST}:{backends[k]}")
                       for k in ports]
+    if tweak is not None:
+        tweak(d)
     cfg = write_config(d, tmp / f"{name}.yaml")
     # -O: see SNIPROXY_PY_FLAGS in main(); sniproxy's asserts are type narrowing only
     cmd = [sys.executable, *SNIPROXY_PY_FLAGS, "-m", "sniproxy", "run", "-c", str(cfg)]
     return Target(name, cmd, ports, tmp / f"{name}.log")
 
 
-def stunnel_target(pki: Any, backends: dict[str, int], tmp: Path, binary: str) -> Target:
-    ports = dict(zip(("hold", "source", "sink"), free_ports(3), strict=True))
-    cafile = tmp / "stunnel-ca.pem"
-    sets = ("igc-cps-2ter", "igc-sante-fort-pp")           # the enabled card authorities of the sniproxy config
-    cafile.write_bytes(b"".join(p.read_bytes() for s in sets
-                                for p in (*pki.authorities[s].roots, *pki.authorities[s].intermediates)))
+def card_cafile(pki: Any, dest: Path) -> Path:
+    """One PEM with the roots + intermediates of the card authorities the sniproxy config enables."""
+    sets = ("igc-cps-2ter", "igc-sante-fort-pp")
+    dest.write_bytes(b"".join(p.read_bytes() for s in sets
+                              for p in (*pki.authorities[s].roots, *pki.authorities[s].intermediates)))
+    return dest
+
+
+def stunnel_target(pki: Any, backends: dict[str, int], tmp: Path, binary: str,
+                   keys: tuple[str, ...] = ("hold", "source", "sink"), extra: tuple[str, ...] = ()) -> Target:
+    """stunnel4 with one service per backend in ``keys``; ``extra``: more lines for every service."""
+    ports = dict(zip(keys, free_ports(len(keys)), strict=True))
+    cafile = card_cafile(pki, tmp / "stunnel-ca.pem")
     lines = ["foreground = yes", "pid =", "debug = warning", "syslog = no", ""]
     for k, p in ports.items():
         lines += [f"[tls-{k}]", f"accept = {HOST}:{p}", f"connect = {HOST}:{backends[k]}",
                   f"cert = {pki.servers['2bis'].chain}", f"key = {pki.servers['2bis'].key}",
-                  f"CAfile = {cafile}", "verifyChain = yes", "requireCert = yes", ""]
+                  f"CAfile = {cafile}", "verifyChain = yes", "requireCert = yes", *extra, ""]
     cfg = tmp / "stunnel.conf"
     cfg.write_text("\n".join(lines))
     return Target("stunnel", [binary, str(cfg)], ports, tmp / "stunnel.log")
