@@ -21,6 +21,7 @@ from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.httpconf import read_http
 from sniproxy.config.model import (
     Address,
+    AdminSettings,
     AuthoritySet,
     CardType,
     ClientAuth,
@@ -51,7 +52,8 @@ from sniproxy.config.yamlloc import LocDict, parse
 from sniproxy.errors import ConfigError, ConfigErrors
 
 TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
-            "listeners")
+            "listeners", "admin")
+ADMIN_KEYS = ("bind",)
 LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
 CRL_SET_KEYS = ("sources", "from_certificates", "check", "stale")
@@ -125,6 +127,7 @@ class _Builder:
         self.flow_names: set[str] = set()
         self.flows: dict[str, Flow] = {}
         self.used_flows: set[str] = set()
+        self.binds: list[tuple[Address, int]] = []   # every listener address, with its line
 
     def build(self) -> Config | None:
         """The whole ``Config``, or ``None`` when an error was reported."""
@@ -147,6 +150,7 @@ class _Builder:
                                    "or `crl.cache_dir` (the CRL cache that survives a restart)")
         self._flows()
         listeners = self._listeners()
+        admin = self._admin()
         for name in sorted(self.flow_names - self.used_flows):
             top.report.warn(self._flows_section_line(name), f"flows.{name}", "flow used by no listener")
         if self.r.errors or self.profile is None:
@@ -154,7 +158,7 @@ class _Builder:
         return Config(
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
-            state_dir=state_path, crl=crl, limits=limits,
+            state_dir=state_path, crl=crl, limits=limits, admin=admin,
         )
 
     def _flows_section_line(self, name: str) -> int:
@@ -179,6 +183,27 @@ class _Builder:
             return "info", "auto"
         sec.check_keys(LOG_KEYS)
         return sec.choice("level", LOG_LEVELS, "info"), sec.choice("format", LOG_FORMATS, "auto")
+
+    def _admin(self) -> AdminSettings | None:
+        """``admin: {bind: ADDRESS}``: the admin endpoint, refused on an address a listener binds."""
+        sec = self.top.section("admin")
+        if sec is None:
+            return None
+        sec.check_keys(ADMIN_KEYS)
+        value = sec.string("bind", required=True)
+        if not isinstance(value, str):
+            return None
+        try:
+            addr = parse_address(value.strip())
+        except ValueError as exc:
+            sec.error("bind", str(exc))
+            return None
+        # Never on a client port: the admin routes (reload, drain) must not be reachable by clients.
+        clash = next((line for other, line in self.binds if binds_overlap(addr, other)), None)
+        if clash is not None:
+            sec.error("bind", f"address {addr} is a client port: a listener binds it (line {clash})")
+            return None
+        return AdminSettings(bind=addr)
 
     def _limits(self) -> Limits:
         sec = self.top.section("limits")
@@ -432,7 +457,7 @@ class _Builder:
         if not items:
             self.top.error("listeners", "at least one listener is required")
         names: dict[str, int] = {}
-        binds: list[tuple[Address, int]] = []
+        binds = self.binds
         out = []
         for value, line, path in items:
             sec = Section.of(self.r, value, path, line, self.top.base_dir)

@@ -285,6 +285,13 @@ class CrlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin endpoint (the ``admin`` top-level section): plain HTTP, never on a client port."""
+
+    bind: Address
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration (before TLS compilation)."""
 
@@ -299,3 +306,4 @@ class Config:
     state_dir: Path | None = None
     crl: CrlSettings = field(default_factory=CrlSettings)
     limits: Limits = field(default_factory=Limits)
+    admin: AdminSettings | None = None            # None: no admin endpoint
