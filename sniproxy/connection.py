@@ -23,7 +23,7 @@ from sniproxy.config.model import Identity, Protocol
 from sniproxy.config.names import peer_ip
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
-from sniproxy.observability.metrics import CRL_GRACE_ACCEPTS
+from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES, connection_ended
 from sniproxy.proto.actions import Action, Close, Send, StartTls
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
 from sniproxy.proto.identity_out import CardFacts, card_facts, proxy_v2_header
@@ -139,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         "_flow",
         "_hello",
         "_hello_buf",
+        "_hs_started",
         "_identity",
         "_in_pending",
         "_ip",
@@ -205,6 +206,7 @@ class ClientConnection(asyncio.Protocol):
         self._bytes_in = 0
         self._bytes_out = 0
         self._started = 0.0
+        self._hs_started = 0.0
         self._reason: Reason | None = None
         self._detail = ""
 
@@ -226,6 +228,7 @@ class ClientConnection(asyncio.Protocol):
         STATS.pending += 1
         self._in_pending = True
         ls = self._lr.listener
+        ACTIVE.inc(ls.name, ls.protocol.value)
         if ls.proxy_protocol_from and self._trusted_balancer():
             # A trusted load balancer speaks first: nothing is sent until its header is read. Its
             # address is shared by every client behind it: per-address limits wait for the header.
@@ -447,6 +450,7 @@ class ClientConnection(asyncio.Protocol):
         self._flow = flow
         self._tls = TlsSession(self._snapshot.flows[flow])
         self._phase = _HANDSHAKE
+        self._hs_started = time.monotonic()
         buf, self._hello_buf = bytes(self._hello_buf), bytearray()
         self._tls.feed(buf)
         self._step_handshake()
@@ -464,6 +468,7 @@ class ClientConnection(asyncio.Protocol):
         self._flush_tls()
         if not done:
             return
+        HANDSHAKES.observe(self._lr.listener.name, self._flow or "", value=time.monotonic() - self._hs_started)
         leaf = tls.leaf
         if leaf is None and tls.flow.rules.require_cert:
             self._finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
@@ -810,6 +815,9 @@ class ClientConnection(asyncio.Protocol):
             event["auth"] = self._auth
         event.update(self._event_fields())
         event["outcome"] = _outcome(reason)
+        ls = self._lr.listener
+        connection_ended(ls.name, ls.protocol.value, self._flow, event["outcome"], reason.value,
+                         self._bytes_in, self._bytes_out)
         for observer in OBSERVERS:
             observer(event)
         log: Callable[..., None] = _log.info if event["outcome"] != "refused" else _log.warning
