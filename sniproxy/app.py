@@ -31,20 +31,24 @@ from sniproxy.config.load import read_text
 from sniproxy.config.model import Address, HttpMode, Protocol
 from sniproxy.connection import ClientConnection
 from sniproxy.control import ReloadResult
+from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.errors import ConfigError, ConfigErrors
 from sniproxy.http_connection import HttpsConnection
 from sniproxy.lifecycle.build import Built, addresses, bind_error, build, error_lines
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import PidFile
+from sniproxy.observability import prom
 from sniproxy.observability.log import get_logger
+from sniproxy.observability.metrics import RELOADS
 from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
 WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)
 KILL_GRACE = 10.0          # after the drain time, workers still alive are killed
 # Settings a running process cannot change: a reload warns, a restart applies them.
-RESTART_ONLY = ("workers", "state_dir", "log_level", "log_format")
+RESTART_ONLY = ("workers", "state_dir", "log_level", "log_format", "admin")
+LIVE_ENV = "SNIPROXY_LIVE_DIR"   # where workers dump their live migration figures (sniproxy.report.live)
 
 
 async def start_listeners(holder: SnapshotHolder, *, reuse_port: bool = False) -> list[asyncio.Server]:
@@ -119,8 +123,9 @@ class Supervisor:
     """Runs the workers; implements ``sniproxy.control.Control``."""
 
     def __init__(self, source: Path, text: str, built: Built, workers: int,
-                 pidfile: PidFile | None = None) -> None:
+                 pidfile: PidFile | None = None, run_dir: Path | None = None) -> None:
         self.source = source
+        self._run_dir = run_dir      # metrics files and live dumps of this run (admin endpoint only)
         self._text = text
         self._built = built
         self._as_of = time.time()
@@ -141,6 +146,10 @@ class Supervisor:
         self.reloads_ok = 0
         self.reloads_failed = 0
         self._admin: Any = None
+        # The pod's one CRL fetcher: it publishes, the workers' followers map (sniproxy.crl.handover).
+        self.crl: CrlManager | None = None
+        self._crl_task: asyncio.Task[None] | None = None
+        self._crl_key: tuple[Any, ...] | None = None
 
     # ------------------------------------------------------------------ Control
     @property
@@ -181,6 +190,8 @@ class Supervisor:
             if probe:
                 return self._refused(tuple(probe))
             old_cfg, new_cfg = self.snapshot.config, built.snapshot.config
+            # The fetcher first: the workers' followers find the new sources' CRLs already published.
+            await self._update_crl(built.snapshot)
             for key in RESTART_ONLY:
                 if getattr(old_cfg, key) != getattr(new_cfg, key):
                     _log.warning("reload_needs_restart", key=key, hint="takes effect at the next start")
@@ -194,6 +205,7 @@ class Supervisor:
             prev = self._built
             self._text, self._built, self._as_of, self._generation = text, built, as_of, gen
             self.reloads_ok += 1
+            RELOADS.inc("ok")
             _log.info("reload", generation=gen, warnings=len(built.warnings),
                       listeners=sorted(ls.name for ls in new_cfg.listeners),
                       listeners_removed=sorted({ls.name for ls in old_cfg.listeners}
@@ -205,6 +217,7 @@ class Supervisor:
 
     def _refused(self, errors: tuple[str, ...]) -> ReloadResult:
         self.reloads_failed += 1
+        RELOADS.inc("failed")
         result = ReloadResult(False, self._generation, errors)
         _log.error("reload_failed", generation=self._generation, errors=list(errors),
                    reloads_failed=self.reloads_failed)
@@ -289,6 +302,7 @@ class Supervisor:
             pass
         code = await w.proc.wait()
         w.channel.close()
+        prom.process_dead(w.pid)   # its open connections no longer count; its counters still do
         if w in self._workers:
             self._workers.remove(w)
         if self._draining or self._stop.is_set():
@@ -357,6 +371,64 @@ class Supervisor:
                 _log.info("cutover_applied", generation=built.snapshot.generation, at=c.at_text, change=c.describe(),
                           line=c.line, late=at_start)
 
+    # ------------------------------------------------------------------ CRL fetcher, admin endpoint
+    async def _update_crl(self, snapshot: Snapshot) -> None:
+        """(Re)start the pod's CRL fetcher when the CRL settings or authority sets changed."""
+        from sniproxy.lifecycle.worker import crl_key, needs_crl
+
+        key = crl_key(snapshot)
+        if key == self._crl_key:
+            return
+        self._crl_key = key
+        await self._stop_crl()
+        if needs_crl(snapshot):
+            self.crl = CrlManager(snapshot.config, self.revocation, publish=True)
+            # Cache, then a first fetch of what it lacks, published before any worker looks.
+            await self.crl.start()
+            self._crl_task = asyncio.get_running_loop().create_task(self.crl.run())
+
+    async def _stop_crl(self) -> None:
+        if self._crl_task is not None:
+            self._crl_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._crl_task
+            self._crl_task = None
+        if self.crl is not None:
+            self.crl.close()
+            self.crl = None
+
+    def crl_problems(self) -> list[str]:
+        """Required CRLs that are missing or stale in the fetcher's state (empty when all are fresh)."""
+        return self.crl.problems() if self.crl is not None else []
+
+    async def _start_admin(self) -> None:
+        from sniproxy import admin
+
+        settings = self.snapshot.config.admin
+        if settings is None:
+            return
+        app = admin.AdminApp(self, crl_problems=self.crl_problems,
+                             live_dir=self._run_dir / "live" if self._run_dir is not None else None)
+        metrics_dir = prom.installed()
+        if metrics_dir is not None:
+            collector = prom.StateCollector(
+                generation=lambda: self.generation, draining=lambda: self.draining,
+                ready=lambda: not admin.not_ready_reasons(app),
+                certificates=lambda: {n: f.certificate for n, f in self.snapshot.config.flows.items()},
+                crl_sources=lambda: list(self.crl.status.values()) if self.crl is not None else [],
+                cutovers=self._cutover_states)
+            app.scrape = lambda: prom.scrape(metrics_dir, [collector])
+        try:
+            self._admin = await admin.start(settings, app)
+        except OSError as exc:
+            # The proxy serves without it (probes then fail, which says it loud enough).
+            _log.error("admin_listen_failed", address=str(settings.bind), error=exc.strerror or str(exc))
+
+    def _cutover_states(self) -> list[tuple[str, str, bool]]:
+        applied = set(self._built.applied)
+        return [(f"flow/{c.flow}" if c.flow is not None else f"listener/{c.listener}", c.at_text, c in applied)
+                for c in self.snapshot.config.cutover]
+
     # ------------------------------------------------------------------ main
     def _write_status(self, last: ReloadResult | None) -> None:
         if self._pidfile is None:
@@ -392,6 +464,7 @@ class Supervisor:
         self._signals()
         _log.info("supervisor", pid=os.getpid(), workers=self._nworkers, generation=self._generation)
         self._log_cutovers(None, self._built, at_start=True)
+        await self._update_crl(self.snapshot)
         errors = await asyncio.gather(*(self._start_worker() for _ in range(self._nworkers)))
         failed = [e for e in errors if e is not None]
         if failed:
@@ -401,14 +474,18 @@ class Supervisor:
                 w.channel.send({"op": "force"})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 10)
+            await self._stop_crl()
             return 1
         _log.info("serving", pid=os.getpid(), generation=self._generation, workers=[w.pid for w in self._workers])
         self._write_status(None)
-        self._admin = None  # ADMIN HOOK (i13b): await admin.start(self.snapshot.config.admin, self) when set
+        await self._start_admin()
         self._schedule_cutover()
         await self._stop.wait()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
+        await self._stop_crl()
+        if self._admin is not None:
+            await self._admin.close()
         _log.info("exited", pid=os.getpid(), code=self._exit_code)
         return self._exit_code
 
@@ -439,7 +516,17 @@ def run(source: Path, text: str, built: Built, workers: int) -> int:
             _log.error("listen_failed", errors=errors)
             return 1
         _use_uvloop()
-        return asyncio.run(Supervisor(source, text, built, workers, pidfile).run())
+        run_dir = None
+        if config.admin is not None:
+            # Before any worker exists: each one finds the directory in its environment.
+            run_dir = prom.make_run_dir(runtime_dir(config))
+            prom.install(run_dir / "metrics")
+            os.environ[LIVE_ENV] = str(run_dir / "live")
+        try:
+            return asyncio.run(Supervisor(source, text, built, workers, pidfile, run_dir).run())
+        finally:
+            if run_dir is not None:
+                prom.remove_run_dir(run_dir)
     finally:
         pidfile.release()
 

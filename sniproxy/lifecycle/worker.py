@@ -22,7 +22,7 @@ from typing import Any
 
 from sniproxy.config.model import Address, HttpMode, Protocol
 from sniproxy.connection import LIVE, STATS, ClientConnection, Drain
-from sniproxy.crl.manager import CrlManager
+from sniproxy.crl.handover import CrlFollower
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.errors import ConfigError, ConfigErrors
 from sniproxy.http_connection import HttpsConnection
@@ -35,10 +35,16 @@ from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 _log = get_logger("sniproxy.worker")
 
 
-def _crl_key(snapshot: Snapshot) -> tuple[Any, ...]:
+def crl_key(snapshot: Snapshot) -> tuple[Any, ...]:
     """What the CRL manager was built from: a reload that changes it restarts the manager."""
     cfg = snapshot.config
     return (cfg.crl, tuple(sorted((n, a) for n, a in cfg.authorities.items())))
+
+
+def needs_crl(snapshot: Snapshot) -> bool:
+    """An enabled authority set checks revocation."""
+    return snapshot.revocation is not None and any(a.enabled and a.revocation_required
+                                                   for a in snapshot.config.authorities.values())
 
 
 class Worker:
@@ -50,7 +56,7 @@ class Worker:
         self.servers: dict[Address, asyncio.Server] = {}
         self.by_addr: dict[Address, str] = {}
         self.revocation = RevocationHolder()      # outlives snapshots: a reload keeps the CRLs in force
-        self.crl: CrlManager | None = None
+        self.crl: CrlFollower | None = None
         self.crl_task: asyncio.Task[None] | None = None
         self.crl_key: tuple[Any, ...] | None = None
         self.drain_timeout = 25.0
@@ -110,16 +116,15 @@ class Worker:
                 "crl_ready": self.crl.ready if self.crl is not None else True}
 
     async def _update_crl(self, snapshot: Snapshot) -> None:
-        key = _crl_key(snapshot)
+        key = crl_key(snapshot)
         if key == self.crl_key:
             return
         self.crl_key = key
         await self._stop_crl()
-        if snapshot.revocation is not None and any(a.enabled and a.revocation_required
-                                                   for a in snapshot.config.authorities.values()):
-            self.crl = CrlManager(snapshot.config, self.revocation)
-            # The cache (and a first fetch of what it lacks) is in force before a first listener
-            # accepts; on a reload the old CRLs stay in force meanwhile.
+        if needs_crl(snapshot):
+            # The supervisor fetches (one download per pod); this worker maps what it published,
+            # before a first listener accepts. On a reload the old CRLs stay in force meanwhile.
+            self.crl = CrlFollower(snapshot.config, self.revocation)
             await self.crl.start()
             self.crl_task = asyncio.get_running_loop().create_task(self.crl.run())
 
@@ -237,10 +242,27 @@ async def _main(fd: int) -> int:
     return 0
 
 
+def _observability() -> None:
+    """Metrics to the supervisor's per-run directory, and the live migration dumps, when it made them."""
+    from sniproxy.observability import prom
+
+    metrics_dir = os.environ.get(prom.ENV)
+    if metrics_dir:
+        prom.install(Path(metrics_dir))
+    live_dir = os.environ.get("SNIPROXY_LIVE_DIR")
+    if live_dir:
+        import importlib
+        import importlib.util
+
+        if importlib.util.find_spec("sniproxy.report") and importlib.util.find_spec("sniproxy.report.live"):
+            importlib.import_module("sniproxy.report.live").install(Path(live_dir))
+
+
 def main(argv: list[str]) -> int:
     """Entry point of a worker process: ``FD PPID LOG_LEVEL LOG_FORMAT``."""
     fd, ppid = int(argv[0]), int(argv[1])
     configure(argv[2], argv[3])
+    _observability()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if not die_with_parent(ppid):

@@ -129,11 +129,8 @@ BACKEND_ERRORS = counter("sniproxy_backend_errors_total",
 LIMITS_HIT = counter("sniproxy_limits_hit_total",
                      "Connections shed at accept by an admission limit, by listener and limit "
                      "(too_many_connections, too_many_from_ip, too_many_handshakes)", ("listener", "limit"))
-# -- configuration (the supervisor; i13a's reload and cutover) --------------------------------------
+# -- configuration (the supervisor) -----------------------------------------------------------------
 RELOADS = counter("sniproxy_reloads_total", "Configuration reloads by result (ok, failed)", ("result",))
-CUTOVER = gauge("sniproxy_cutover_applied",
-                "Scheduled cutovers of a flow or listener in force (1) or not yet (0), by target and instant",
-                ("target", "at"), mode="mostrecent")
 # -- CRLs (the fetcher) ------------------------------------------------------------------------------
 CRL_FETCHES = counter("sniproxy_crl_fetch_total", "CRL fetch attempts by authority set and result "
                       "(updated, not_modified, or the refusal reason)", ("authority", "result"))

@@ -138,6 +138,7 @@ class StateCollector:
     ready: Callable[[], bool | None] = lambda: None
     certificates: Callable[[], dict[str, Path]] = dict        # flow -> certificate file
     crl_sources: Callable[[], Iterable[_Source]] = tuple
+    cutovers: Callable[[], Iterable[tuple[str, str, bool]]] = tuple   # (target, instant as written, applied)
     clock: Callable[[], float] = time.time
     _not_after: dict[tuple[Path, int, int], float | None] = field(default_factory=dict)
 
@@ -157,6 +158,13 @@ class StateCollector:
             if when is not None:
                 certs.add_metric([flow], when)
         yield certs
+        cut = GaugeMetricFamily("sniproxy_cutover_applied",
+                                "Each scheduled cutover entry: 1 once in force, 0 while scheduled; target is "
+                                "flow/NAME (certificate switch) or listener/NAME (default flow switch)",
+                                labels=["target", "at"])
+        for target, at, applied in self.cutovers():
+            cut.add_metric([target, at], 1.0 if applied else 0.0)
+        yield cut
         yield from self._crl()
 
     def _crl(self) -> Iterator[GaugeMetricFamily]:
