@@ -35,7 +35,7 @@ from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.errors import ConfigError, ConfigErrors
 from sniproxy.http_connection import HttpsConnection
-from sniproxy.lifecycle.build import Built, addresses, bind_error, build, error_lines
+from sniproxy.lifecycle.build import Built, addresses, bind_error, build, compile_at, error_lines, pack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import PidFile
 from sniproxy.observability import prom
@@ -195,11 +195,11 @@ class Supervisor:
             for key in RESTART_ONLY:
                 if getattr(old_cfg, key) != getattr(new_cfg, key):
                     _log.warning("reload_needs_restart", key=key, hint="takes effect at the next start")
-            errors = await self._install_all(text, gen, as_of)
+            errors = await self._install_all(pack(built.config), gen, as_of)
             if errors:
                 # Some workers may have swapped: put every one back on the config still in force.
                 self._generation = gen
-                await self._install_all(self._text, gen + 1, self._as_of)
+                await self._install_all(pack(self._built.config), gen + 1, self._as_of)
                 self._generation = gen + 1
                 return self._refused(tuple(errors))
             prev = self._built
@@ -277,13 +277,14 @@ class Supervisor:
     async def _start_worker(self) -> str | None:
         """Spawn one worker and give it the config in force; the error if it cannot serve it."""
         handle = await self._spawn()
-        errors = await self._install(handle, self._text, self._generation, self._as_of, first=True)
+        errors = await self._install(handle, pack(self._built.config), self._generation, self._as_of, first=True)
         return "; ".join(errors) if errors else None
 
-    async def _install(self, w: WorkerHandle, text: str, gen: int, as_of: float, *, first: bool = False) -> list[str]:
+    async def _install(self, w: WorkerHandle, config: str, gen: int, as_of: float, *,
+                       first: bool = False) -> list[str]:
         try:
-            reply = await w.channel.request({"op": "load", "text": text, "source": str(self.source),
-                                             "generation": gen, "as_of": as_of, "first": first}, WORKER_ANSWER)
+            reply = await w.channel.request({"op": "load", "config": config, "generation": gen, "as_of": as_of,
+                                             "first": first}, WORKER_ANSWER)
         except (ConnectionError, TimeoutError) as exc:
             return [f"worker {w.pid}: no answer ({type(exc).__name__})"]
         if reply.get("ok"):
@@ -291,8 +292,8 @@ class Supervisor:
             return []
         return [str(e) for e in reply.get("errors", [])] or [f"worker {w.pid}: refused"]
 
-    async def _install_all(self, text: str, gen: int, as_of: float) -> list[str]:
-        results = await asyncio.gather(*(self._install(w, text, gen, as_of) for w in list(self._workers)))
+    async def _install_all(self, config: str, gen: int, as_of: float) -> list[str]:
+        results = await asyncio.gather(*(self._install(w, config, gen, as_of) for w in list(self._workers)))
         # The same error from every worker is one error.
         return list(dict.fromkeys(e for errs in results for e in errs))
 
@@ -350,12 +351,13 @@ class Supervisor:
             gen = self._generation + 1
             as_of = max(time.time(), at)
             try:
-                built = await loop.run_in_executor(None, build, self.source, self._text, gen, as_of, self.revocation)
+                built = await loop.run_in_executor(None, compile_at, self._built.config, self._built.warnings, gen,
+                                                   as_of, self.revocation)
             except (ConfigErrors, ConfigError) as exc:
                 # A file of the entry changed since the reload that validated it: the old config stays.
                 _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)))
                 return
-            errors = await self._install_all(self._text, gen, as_of)
+            errors = await self._install_all(pack(built.config), gen, as_of)
             if errors:
                 _log.error("cutover_failed", generation=gen, errors=errors)
             prev = self._built

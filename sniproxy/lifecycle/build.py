@@ -7,6 +7,8 @@ or the event loop (it runs in an executor thread, off the loop).
 
 from __future__ import annotations
 
+import base64
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from sniproxy.tls.contexts import Snapshot, compile_snapshot
 class Built:
     """A compiled snapshot, its load warnings and where it stands in the cutover schedule."""
 
+    config: Config                      # as validated, cutovers not applied (what workers get)
     snapshot: Snapshot
     warnings: tuple[str, ...]
     applied: tuple[Cutover, ...]        # cutover entries in force in this snapshot
@@ -35,9 +38,31 @@ def build(source: Path, text: str, generation: int, as_of: float,
     Raises ``ConfigErrors`` / ``ConfigError`` exactly as ``sniproxy check`` reports them.
     """
     loaded = load(source, text=text)
-    config, applied = in_force(loaded.config, as_of)
-    snapshot = compile_snapshot(config, generation, revocation)
-    return Built(snapshot, loaded.warnings, applied, next_instant(loaded.config, as_of))
+    return compile_at(loaded.config, loaded.warnings, generation, as_of, revocation)
+
+
+def compile_at(config: Config, warnings: tuple[str, ...], generation: int, as_of: float,
+               revocation: RevocationHolder | None = None) -> Built:
+    """Compile an already validated config with the cutovers due at ``as_of`` applied.
+
+    What a worker does with the config the supervisor validated: the loader's checks (RSA key
+    validation is its slowest part) run once per reload, not once per process.
+    """
+    effective, applied = in_force(config, as_of)
+    snapshot = compile_snapshot(effective, generation, revocation)
+    return Built(config, snapshot, warnings, applied, next_instant(config, as_of))
+
+
+def pack(config: Config) -> str:
+    """A validated config for the control channel (between our own processes only)."""
+    return base64.b64encode(pickle.dumps(config)).decode()
+
+
+def unpack(data: str) -> Config:
+    """The config ``pack`` sent (the channel is a socketpair with our own supervisor: trusted)."""
+    config = pickle.loads(base64.b64decode(data))  # noqa: S301 - from our own supervisor only
+    assert isinstance(config, Config)
+    return config
 
 
 def error_lines(exc: ConfigErrors | ConfigError) -> tuple[str, ...]:

@@ -4,7 +4,7 @@ Started by the supervisor as ``python -m sniproxy.lifecycle.worker FD PPID`` (FD
 control channel). It binds with SO_REUSEPORT (the kernel spreads connections over workers), swaps
 snapshots on ``load`` (connections keep the one they started with), drains on ``drain`` or SIGTERM,
 and exits when its supervisor dies (PDEATHSIG, getppid, channel EOF).
-Messages in: ``load`` {text, source, generation, as_of}, ``drain`` {timeout}, ``force``.
+Messages in: ``load`` {config, generation, as_of}, ``drain`` {timeout}, ``force``.
 Replies: {reply_to, ok, generation, listening, errors, crl_ready}.
 """
 
@@ -17,7 +17,6 @@ import signal
 import socket
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from sniproxy.config.model import Address, HttpMode, Protocol
@@ -26,7 +25,7 @@ from sniproxy.crl.handover import CrlFollower
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.errors import ConfigError, ConfigErrors
 from sniproxy.http_connection import HttpsConnection
-from sniproxy.lifecycle.build import Built, addresses, bind_error, build, error_lines
+from sniproxy.lifecycle.build import Built, addresses, bind_error, compile_at, error_lines, unpack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.procdeath import die_with_parent
 from sniproxy.observability.log import configure, get_logger
@@ -85,7 +84,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         try:
             built: Built = await loop.run_in_executor(
-                None, build, Path(msg["source"]), msg["text"], generation, float(msg["as_of"]), self.revocation)
+                None, compile_at, unpack(msg["config"]), (), generation, float(msg["as_of"]), self.revocation)
         except (ConfigErrors, ConfigError) as exc:
             return {"ok": False, "generation": generation, "errors": list(error_lines(exc))}
         snapshot = built.snapshot
