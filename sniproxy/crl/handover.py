@@ -29,7 +29,7 @@ from sniproxy.observability.log import get_logger
 
 _log = get_logger("sniproxy.crl")
 KEEP_OLD = 120.0
-POLL = 1.0          # seconds between two looks at the manifests (a few stat calls)
+POLL = 0.5          # seconds between two looks at the manifests (one stat call per source)
 
 
 def published_dir(cache_dir: Path) -> Path:
@@ -105,6 +105,8 @@ def read_published(directory: Path, url: str) -> Prepared | None:
 
 class CrlFollower(CrlManager):
     """A worker's CRL manager: installs what the pod's fetcher published, never downloads."""
+
+    role = "follower"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -212,6 +212,9 @@ def policy_of(aset: AuthoritySet) -> RevocationPolicy:
 class CrlManager:
     """Loads, refreshes and reports the CRLs of one config into a ``RevocationHolder``."""
 
+    #: In the ``crl_updated`` event: ``fetcher`` (downloads), or ``follower`` (a worker mapping what it published).
+    role = "fetcher"
+
     def __init__(self, config: Config, holder: RevocationHolder, *,
                  clock: Callable[[], float] = time.time, publish: bool = False) -> None:
         self.settings = config.crl
@@ -369,7 +372,7 @@ class CrlManager:
             new = IssuerState(loaded, delta)
         self.holder.swap(view.with_issuer(meta.issuer_key, new))
         self._retire(view)
-        _log.info("crl_updated", url=url, issuer=meta.issuer, crl_number=meta.number,
+        _log.info("crl_updated", role=self.role, url=url, issuer=meta.issuer, crl_number=meta.number,
                   delta_of=meta.base_number, entries=meta.entries,
                   this_update=_iso(meta.this_update), next_update=_iso(meta.next_update))
         if self.publish:

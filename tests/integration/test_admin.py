@@ -209,8 +209,10 @@ def test_one_download_per_crl_per_refresh_with_two_workers(crl_http: CrlHttpServ
         assert len(times) <= elapsed / 1.8 + 2, (path, len(times), elapsed)
     # a CRL revoking a card reaches every worker through the fetcher: every new connection is refused
     crl_http.publish("adm2/fort.crl", fort.inter_crl("fort-liberal", number=2))
-    proxy.wait_log("crl_updated", lambda e: e.get("crl_number") == 2, timeout=10)
-    time.sleep(1.5)     # the followers look every second
+    # logged by the fetcher, then by each worker's follower once it mapped it
+    wait_until(lambda: sum(1 for e in proxy._snapshot_events() if e.get("event") == "crl_updated"
+                           and e.get("crl_number") == 2 and e.get("role") == "follower") >= 2, 10,
+               "both workers on the new CRL")
     before = len(proxy.connection_events())
     assert not any(connect(port, pki, "fort-liberal") for _ in range(8))
     wait_until(lambda: len(proxy.connection_events()) >= before + 8, 10, "8 events")
