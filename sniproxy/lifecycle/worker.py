@@ -187,10 +187,11 @@ class Worker:
             op = msg.get("op")
             if op == "load":
                 reply = await self.load(msg)
-                self.channel.send({"reply_to": msg.get("id"), **reply})
                 if reply["ok"] and msg.get("first"):
+                    # Logged before the reply, so it precedes the supervisor's "serving".
                     _log.info("ready", pid=os.getpid(), generation=reply["generation"],
                               listening=reply["listening"], crl_ready=reply["crl_ready"])
+                self.channel.send({"reply_to": msg.get("id"), **reply})
             elif op == "drain":
                 self.drain(msg.get("timeout"))
             elif op == "force":
