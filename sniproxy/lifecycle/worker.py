@@ -104,6 +104,7 @@ class Worker:
             # Stop accepting there; its connections keep their pinned snapshot and end by themselves.
             self.servers.pop(addr).close()
         self.drain_timeout = snapshot.config.drain_timeout
+        _log.info("snapshot", pid=os.getpid(), generation=generation, cutovers_in_force=len(built.applied))
         await self._update_crl(snapshot)
         return {"ok": True, "generation": generation, "listening": self.listening(),
                 "crl_ready": self.crl.ready if self.crl is not None else True}
