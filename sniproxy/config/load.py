@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sniproxy.config.backendconf import read_backend
+from sniproxy.config.cutoverconf import read_cutovers
 from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.httpconf import read_http
 from sniproxy.config.model import (
@@ -52,7 +53,7 @@ from sniproxy.config.yamlloc import LocDict, parse
 from sniproxy.errors import ConfigError, ConfigErrors
 
 TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
-            "listeners", "drain", "admin")
+            "listeners", "drain", "cutover", "admin")
 ADMIN_KEYS = ("bind",)
 LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
@@ -160,6 +161,7 @@ class _Builder:
                                    "or `crl.cache_dir` (the CRL cache that survives a restart)")
         self._flows()
         listeners = self._listeners()
+        cutovers = read_cutovers(self.r, top, self.flows, listeners, self.files, self._server_files)
         admin = self._admin()
         for name in sorted(self.flow_names - self.used_flows):
             top.report.warn(self._flows_section_line(name), f"flows.{name}", "flow used by no listener")
@@ -168,7 +170,8 @@ class _Builder:
         return Config(
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
-            state_dir=state_path, crl=crl, limits=limits, drain_timeout=drain, admin=admin,
+            state_dir=state_path, crl=crl, limits=limits, drain_timeout=drain, cutover=cutovers,
+            admin=admin,
         )
 
     def _flows_section_line(self, name: str) -> int:

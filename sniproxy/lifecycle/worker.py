@@ -111,6 +111,7 @@ class Worker:
             # Stop accepting there; its connections keep their pinned snapshot and end by themselves.
             self.servers.pop(addr).close()
         self.drain_timeout = snapshot.config.drain_timeout
+        _log.info("snapshot", pid=os.getpid(), generation=generation, cutovers_in_force=len(built.applied))
         await self._update_crl(snapshot)
         return {"ok": True, "generation": generation, "listening": self.listening(),
                 "crl_ready": self.crl.ready if self.crl is not None else True}
@@ -193,10 +194,11 @@ class Worker:
             op = msg.get("op")
             if op == "load":
                 reply = await self.load(msg)
-                self.channel.send({"reply_to": msg.get("id"), **reply})
                 if reply["ok"] and msg.get("first"):
+                    # Logged before the reply, so it precedes the supervisor's "serving".
                     _log.info("ready", pid=os.getpid(), generation=reply["generation"],
                               listening=reply["listening"], crl_ready=reply["crl_ready"])
+                self.channel.send({"reply_to": msg.get("id"), **reply})
             elif op == "drain":
                 self.drain(msg.get("timeout"))
             elif op == "force":

@@ -184,3 +184,65 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
         if outer.poll() is None:
             outer.kill()
             outer.wait(timeout=5)
+
+
+def _bind_line(path: Any, port: int) -> int:
+    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if f"127.0.0.1:{port}" in text)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_port_in_use_names_address_listener_and_config_line(pki: TestPki, dovecot: Dovecot, tmp_path: Any,
+                                                            workers: int) -> None:
+    from sniproxy.democonf import write_config
+
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=workers)
+    assert ports.imaps is not None
+    path = write_config(cfg, tmp_path / "busy.yaml")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports.imaps))
+        blocker.listen()
+        r = subprocess.run([sys.executable, "-m", "sniproxy", "run", "-c", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    want = (f"{path}:{_bind_line(path, ports.imaps)}: listeners[1].bind: cannot listen on "
+            f"127.0.0.1:{ports.imaps} (listener imaps): Address already in use")
+    assert want in r.stderr, r.stderr
+
+
+def test_second_instance_is_refused(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy, tmp_path: Any) -> None:
+    from sniproxy.democonf import write_config
+
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    proxy = start_proxy(cfg)
+    worker_pids(proxy, 2)
+    # The same config: the pid file lock names the running instance.
+    r = subprocess.run([sys.executable, "-m", "sniproxy", "run", "-c", str(proxy.config)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    assert "already_running" in r.stderr and f"pid {proxy.proc.pid}" in r.stderr, r.stderr
+    # Another config file on the same ports (SO_REUSEPORT would let it share them): the bind probe.
+    other = write_config(cfg, tmp_path / "other.yaml")
+    r = subprocess.run([sys.executable, "-m", "sniproxy", "run", "-c", str(other)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{ports.imap} (listener imap)" in r.stderr, r.stderr
+    assert ports.imap is not None and served_cn(pki, ports.imap) == IMAP_2BIS   # the first one still serves
+
+
+def test_reload_onto_a_busy_port_is_refused_naming_it(pki: TestPki, dovecot: Dovecot,
+                                                      start_proxy: StartProxy) -> None:
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    imaps = [ls for ls in cfg["listeners"] if ls["name"] == "imaps"]
+    cfg["listeners"] = [ls for ls in cfg["listeners"] if ls["name"] == "imap"]
+    proxy = start_proxy(cfg)
+    worker_pids(proxy, 2)
+    assert ports.imaps is not None and ports.imap is not None
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", ports.imaps))
+        blocker.listen()
+        rewrite(proxy, dict(cfg, listeners=cfg["listeners"] + imaps))
+        ev = reload_and_wait(proxy, "reload_failed")
+    line = _bind_line(proxy.config, ports.imaps)
+    assert any(e.startswith(f"{proxy.config}:{line}: listeners[1].bind: cannot listen on 127.0.0.1:{ports.imaps} "
+                            "(listener imaps)") for e in ev["errors"]), ev["errors"]
+    assert ev["generation"] == 1 and served_cn(pki, ports.imap) == IMAP_2BIS
