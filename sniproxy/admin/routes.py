@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +44,16 @@ class ControlLike(Protocol):
     def workers_ready(self) -> bool: ...
     async def reload(self) -> ReloadOutcome: ...
     def drain(self) -> None: ...
+
+
+def live_report() -> Any:
+    """The ``sniproxy.report.live`` module (issue 15) when this build has it, else None."""
+    try:
+        return importlib.import_module("sniproxy.report.live")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("sniproxy.report", "sniproxy.report.live"):
+            raise   # the module exists but lacks one of its own imports: a broken build, said loud
+        return None
 
 
 def _no_problems() -> list[str]:
@@ -125,9 +134,8 @@ async def _reload(app: AdminApp) -> Response:
 
 async def _migration(app: AdminApp) -> Response:
     """The live migration report (``sniproxy.report.live``), when that module and its dumps exist."""
-    if app.live_dir is None or importlib.util.find_spec("sniproxy.report") is None \
-            or importlib.util.find_spec("sniproxy.report.live") is None:
+    live = live_report()
+    if app.live_dir is None or live is None:
         return text(404, "no live migration report in this build")
-    live: Any = importlib.import_module("sniproxy.report.live")
     html = await asyncio.to_thread(live.render_live, app.live_dir)
     return Response(200, str(html).encode("utf-8"), "text/html; charset=utf-8")

@@ -253,11 +253,11 @@ def _observability() -> None:
         prom.install(Path(metrics_dir))
     live_dir = os.environ.get("SNIPROXY_LIVE_DIR")
     if live_dir:
-        import importlib
-        import importlib.util
+        from sniproxy.admin.routes import live_report
 
-        if importlib.util.find_spec("sniproxy.report") and importlib.util.find_spec("sniproxy.report.live"):
-            importlib.import_module("sniproxy.report.live").install(Path(live_dir))
+        live = live_report()
+        if live is not None:
+            live.install(Path(live_dir))
 
 
 def main(argv: list[str]) -> int:

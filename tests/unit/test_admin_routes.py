@@ -91,6 +91,24 @@ async def test_routes() -> None:
     assert (await handle(app, req("GET", "/migration"))).status == 404
 
 
+async def test_migration_page_uses_the_live_report(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    import sys
+    import types
+
+    seen = []
+    live = types.ModuleType("sniproxy.report.live")
+    live.render_live = lambda d: seen.append(d) or "<html>live</html>"  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "sniproxy.report", types.ModuleType("sniproxy.report"))
+    monkeypatch.setitem(sys.modules, "sniproxy.report.live", live)
+    from pathlib import Path
+
+    app = AdminApp(FakeControl(), live_dir=Path("/run/live"))
+    r = await handle(app, req("GET", "/migration"))
+    assert (r.status, r.body, r.content_type) == (200, b"<html>live</html>", "text/html; charset=utf-8")
+    assert seen == [Path("/run/live")]
+    assert (await handle(AdminApp(FakeControl()), req("GET", "/migration"))).status == 404   # no dump dir
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
