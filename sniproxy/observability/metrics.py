@@ -26,6 +26,7 @@ class Metric:
     kind: str = "counter"
     values: dict[tuple[str, ...], float] = field(default_factory=dict)
     sink: Any = None          # the prometheus_client twin, once installed
+    children: dict[tuple[str, ...], Any] = field(default_factory=dict)   # the twin's series, by labels
     mode: str = "livesum"     # gauges: how workers' values combine (prometheus_client multiprocess_mode)
     buckets: tuple[float, ...] = ()
 
@@ -37,6 +38,13 @@ class Metric:
         """The current value of one series (0 when never changed; a histogram's count)."""
         return self.values.get(label_values, 0.0)
 
+    def _series(self, label_values: tuple[str, ...]) -> Any:
+        # prometheus_client's labels() validates and locks on every call: once per series is enough.
+        child = self.children.get(label_values)
+        if child is None:
+            child = self.children[label_values] = self.sink.labels(*label_values) if label_values else self.sink
+        return child
+
 
 class Counter(Metric):
     """A monotonic counter."""
@@ -46,7 +54,7 @@ class Counter(Metric):
         self._check(label_values)
         self.values[label_values] = self.values.get(label_values, 0.0) + amount
         if self.sink is not None:
-            (self.sink.labels(*label_values) if label_values else self.sink).inc(amount)
+            self._series(label_values).inc(amount)
 
 
 class Gauge(Metric):
@@ -57,7 +65,7 @@ class Gauge(Metric):
         self._check(label_values)
         self.values[label_values] = self.values.get(label_values, 0.0) + amount
         if self.sink is not None:
-            (self.sink.labels(*label_values) if label_values else self.sink).inc(amount)
+            self._series(label_values).inc(amount)
 
     def dec(self, *label_values: str) -> None:
         """Subtract one."""
@@ -68,7 +76,7 @@ class Gauge(Metric):
         self._check(label_values)
         self.values[label_values] = value
         if self.sink is not None:
-            (self.sink.labels(*label_values) if label_values else self.sink).set(value)
+            self._series(label_values).set(value)
 
 
 class Histogram(Metric):
@@ -79,7 +87,7 @@ class Histogram(Metric):
         self._check(label_values)
         self.values[label_values] = self.values.get(label_values, 0.0) + 1
         if self.sink is not None:
-            (self.sink.labels(*label_values) if label_values else self.sink).observe(value)
+            self._series(label_values).observe(value)
 
 
 REGISTRY: dict[str, Metric] = {}

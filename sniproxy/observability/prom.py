@@ -34,6 +34,20 @@ from sniproxy.observability.metrics import REGISTRY, Metric
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _installed: Path | None = None
+_pid = [os.getpid()]
+
+
+def _refresh_pid() -> None:
+    _pid[0] = os.getpid()
+
+
+# prometheus_client asks for the pid at every update, to notice a fork; getpid() is a system call
+# (several microseconds under some sandboxes), so the pid is cached and refreshed in a forked child.
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def _process_id() -> int:
+    return _pid[0]
 
 
 def _twin(m: Metric) -> Any:
@@ -59,9 +73,10 @@ def install(directory: Path) -> None:
         raise RuntimeError(f"metrics already installed in {_installed}")
     directory.mkdir(parents=True, exist_ok=True)
     os.environ[ENV] = str(directory)
-    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+    values.ValueClass = values.MultiProcessValue(_process_id)  # type: ignore[no-untyped-call]
     for m in REGISTRY.values():
         m.sink = _twin(m)
+        m.children.clear()
     _installed = directory
 
 
