@@ -320,7 +320,10 @@ class Supervisor:
             self._exit_code = 1
             self.drain()
             return
-        error = await self._start_worker()
+        async with self._lock:   # not in the middle of a reload: the new worker gets the config in force
+            if self._draining:
+                return
+            error = await self._start_worker()
         if error is not None:
             _log.error("worker_failed", error=error)
 
@@ -466,8 +469,9 @@ class Supervisor:
         self._signals()
         _log.info("supervisor", pid=os.getpid(), workers=self._nworkers, generation=self._generation)
         self._log_cutovers(None, self._built, at_start=True)
-        await self._update_crl(self.snapshot)
-        errors = await asyncio.gather(*(self._start_worker() for _ in range(self._nworkers)))
+        async with self._lock:   # a SIGHUP during the start waits for it
+            await self._update_crl(self.snapshot)   # CRLs published before any worker looks
+            errors = await asyncio.gather(*(self._start_worker() for _ in range(self._nworkers)))
         failed = [e for e in errors if e is not None]
         if failed:
             _log.error("listen_failed", errors=list(dict.fromkeys(failed)))

@@ -246,3 +246,19 @@ def test_reload_onto_a_busy_port_is_refused_naming_it(pki: TestPki, dovecot: Dov
     assert any(e.startswith(f"{proxy.config}:{line}: listeners[1].bind: cannot listen on 127.0.0.1:{ports.imaps} "
                             "(listener imaps)") for e in ev["errors"]), ev["errors"]
     assert ev["generation"] == 1 and served_cn(pki, ports.imap) == IMAP_2BIS
+
+
+def test_dead_worker_is_replaced_on_the_config_in_force(pki: TestPki, dovecot: Dovecot,
+                                                        start_proxy: StartProxy) -> None:
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    proxy = start_proxy(cfg)
+    pids = worker_pids(proxy, 2)
+    rewrite(proxy, with_flow_cert(cfg, pki, "2bis", "igcsante"))
+    assert reload_and_wait(proxy)["generation"] == 2
+    os.kill(pids[0], signal.SIGKILL)
+    died = proxy.wait_log("worker_died")
+    assert died["pid"] == pids[0]
+    new = proxy.wait_log("ready", lambda e: e["pid"] not in pids, timeout=20)
+    assert new["generation"] == 2
+    assert ports.imaps is not None
+    assert [served_cn(pki, ports.imaps, starttls=None) for _ in range(4)] == [IMAP_SANTE] * 4
