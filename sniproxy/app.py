@@ -406,12 +406,14 @@ class Supervisor:
         """Required CRLs that are missing or stale in the fetcher's state (empty when all are fresh)."""
         return self.crl.problems() if self.crl is not None else []
 
-    async def _start_admin(self) -> None:
+    async def _start_admin(self) -> str | None:
+        """Serve the admin endpoint when configured; the bind error (named like a listener's) if it cannot."""
         from sniproxy import admin
 
-        settings = self.snapshot.config.admin
+        config = self.snapshot.config
+        settings = config.admin
         if settings is None:
-            return
+            return None
         app = admin.AdminApp(self, crl_problems=self.crl_problems,
                              live_dir=self._run_dir / "live" if self._run_dir is not None else None)
         metrics_dir = prom.installed()
@@ -426,8 +428,9 @@ class Supervisor:
         try:
             self._admin = await admin.start(settings, app)
         except OSError as exc:
-            # The proxy serves without it (probes then fail, which says it loud enough).
-            _log.error("admin_listen_failed", address=str(settings.bind), error=exc.strerror or str(exc))
+            return str(ConfigError(f"cannot listen on {settings.bind} (admin endpoint): {exc.strerror or exc}",
+                                   file=str(config.source), line=settings.line, key="admin.bind"))
+        return None
 
     def _cutover_states(self) -> list[tuple[str, str, bool]]:
         applied = set(self._built.applied)
@@ -469,6 +472,11 @@ class Supervisor:
         self._signals()
         _log.info("supervisor", pid=os.getpid(), workers=self._nworkers, generation=self._generation)
         self._log_cutovers(None, self._built, at_start=True)
+        # First, so probes answer (503 until the workers are up) and a busy admin port stops the start.
+        admin_error = await self._start_admin()
+        if admin_error is not None:
+            _log.error("listen_failed", errors=[admin_error])
+            return 1
         async with self._lock:   # a SIGHUP during the start waits for it
             await self._update_crl(self.snapshot)   # CRLs published before any worker looks
             errors = await asyncio.gather(*(self._start_worker() for _ in range(self._nworkers)))
@@ -481,10 +489,11 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 10)
             await self._stop_crl()
+            if self._admin is not None:
+                await self._admin.close()
             return 1
         _log.info("serving", pid=os.getpid(), generation=self._generation, workers=[w.pid for w in self._workers])
         self._write_status(None)
-        await self._start_admin()
         self._schedule_cutover()
         await self._stop.wait()
         if self._kill_timer is not None:

@@ -216,7 +216,7 @@ class _Builder:
         if clash is not None:
             sec.error("bind", f"address {addr} is a client port: a listener binds it (line {clash})")
             return None
-        return AdminSettings(bind=addr)
+        return AdminSettings(bind=addr, line=sec.line("bind"))
 
     def _limits(self) -> Limits:
         sec = self.top.section("limits")

@@ -290,6 +290,7 @@ class AdminSettings:
     """The admin endpoint (the ``admin`` top-level section): plain HTTP, never on a client port."""
 
     bind: Address
+    line: int | None = field(default=None, compare=False)   # of ``admin.bind``, for a bind failure
 
 
 @dataclass(frozen=True, slots=True)

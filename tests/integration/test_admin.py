@@ -148,6 +148,19 @@ def test_metrics_sum_both_workers_and_admin_routes(pki: TestPki, dovecot: Doveco
     assert total(m, "sniproxy_config_generation") == 2
     # counters survive the reload (workers keep running)
     assert total(m, "sniproxy_connections_total") == 17
+    # an invalid config is refused with sniproxy check's file:line errors; generation 2 keeps serving
+    text = proxy.config.read_text()
+    proxy.config.write_text(text.replace("profile: production", "profile: prod"))
+    status, body = admin(aport, "POST", "/reload")
+    answer = json.loads(body)
+    assert status == 422 and answer["ok"] is False and answer["generation"] == 2, body
+    assert answer["errors"] and answer["errors"][0].startswith(f"{proxy.config}:"), answer
+    assert "profile" in answer["errors"][0]
+    proxy.config.write_text(text)
+    m = scrape(aport)
+    assert total(m, "sniproxy_reloads_total", result="failed") == 1
+    assert total(m, "sniproxy_config_generation") == 2
+    assert connect(port, pki, "fort-liberal")
     # the admin port is plain HTTP, never TLS, and a client port never answers HTTP
     with pytest.raises((http.client.HTTPException, OSError)):
         admin(port, "GET", "/healthz")
@@ -156,6 +169,26 @@ def test_metrics_sum_both_workers_and_admin_routes(pki: TestPki, dovecot: Doveco
     assert status == 503 and "draining" in body
     assert proxy.proc.wait(timeout=40) == 0
     assert not run.exists() or not any(run.iterdir())       # the run's metric files are removed at exit
+
+
+def test_admin_port_busy_stops_the_start_with_its_line(pki: TestPki, dovecot: Dovecot, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from sniproxy.democonf import write_config
+
+    cfg, _, aport = make_config(pki, dovecot, tmp_path / "state")
+    path = write_config(cfg, tmp_path / "busy.yaml")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", aport))
+        holder.listen(1)
+        r = subprocess.run([sys.executable, "-m", "sniproxy", "run", "-c", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    line = next(n for n, t in enumerate(path.read_text().splitlines(), 1) if f"127.0.0.1:{aport}" in t)
+    assert f"{path}:{line}: admin.bind: cannot listen on 127.0.0.1:{aport} (admin endpoint)" in r.stderr, r.stderr
+    assert '"event": "serving"' not in r.stderr
 
 
 def test_readyz_false_while_a_required_crl_is_stale(crl_http: CrlHttpServer, fort: Fort, pki: TestPki,  # noqa: F811
