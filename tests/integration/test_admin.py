@@ -252,3 +252,38 @@ def test_one_download_per_crl_per_refresh_with_two_workers(crl_http: CrlHttpServ
     reasons = [e["reason"] for e in proxy.connection_events()[before:]]
     assert reasons == ["revoked"] * 8, reasons
     assert len(proxy.log_text().split('"crl_updated"')) - 1 >= 1
+
+
+def test_a_killed_workers_open_connections_leave_the_active_gauge(pki: TestPki, dovecot: Dovecot,
+                                                                 start_proxy: StartProxy, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.integration.lifecycle_kit import worker_pids
+
+    cfg, port, aport = make_config(pki, dovecot, tmp_path / "state")
+    proxy = start_proxy(cfg)
+    old = worker_pids(proxy, 2)
+    wait_admin(aport)
+    held = [tls_connect(port, pki, "fort-liberal", SNI) for _ in range(4)]
+    try:
+        for s in held:
+            assert s.recv(64).startswith(b"* OK")
+        wait_until(lambda: total(scrape(aport), "sniproxy_connections_active") == 4, 10, "4 active")
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)      # the workers this test's proxy started, by pid
+        # the supervisor restarts them and forgets the dead ones' open connections
+        wait_until(lambda: len([e for e in proxy._snapshot_events() if e.get("event") == "ready"]) >= 4, 30,
+                   "two new workers")
+        wait_until(lambda: total(scrape(aport), "sniproxy_connections_active") == 0, 10, "0 active",
+                   lambda: scrape(aport).get("sniproxy_connections_active"))
+        wait_until(lambda: admin(aport, "GET", "/readyz")[0] == 200, 20, "ready again")
+        assert connect(port, pki, "cps-2ter")
+        # counters of the dead workers still count (their 4 connections ended without an event: not counted)
+        wait_until(lambda: total(scrape(aport), "sniproxy_connections_total") >= 1, 10, "the new connection ended")
+        m = scrape(aport)
+        assert total(m, "sniproxy_connections_total") == 1
+        assert total(m, "sniproxy_connections_active") == 0
+    finally:
+        for s in held:
+            s.close()
