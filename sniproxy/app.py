@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sniproxy.config.load import read_text
+from sniproxy.config.load import load, read_text
 from sniproxy.config.model import Address, HttpMode, Protocol
 from sniproxy.connection import ClientConnection
 from sniproxy.control import ReloadResult
@@ -37,6 +37,7 @@ from sniproxy.http_connection import HttpsConnection
 from sniproxy.lifecycle.build import Built, addresses, bind_error, build, compile_at, error_lines, pack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import PidFile
+from sniproxy.lifecycle.watch import fingerprint, watched_files
 from sniproxy.observability.log import get_logger
 from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
@@ -362,6 +363,42 @@ class Supervisor:
                 _log.info("cutover_applied", generation=built.snapshot.generation, at=c.at_text, change=c.describe(),
                           line=c.line, late=at_start)
 
+    # ------------------------------------------------------------------ reload.watch
+    async def _watch_files(self) -> None:
+        """Reload when the watched files' content changes (``reload.watch``); each change is tried once."""
+        loop = asyncio.get_running_loop()
+        # What the config in force was built from: its text as read, the other files as they are now.
+        seen: str | None = await loop.run_in_executor(None, self._fingerprint, True)
+        reloads = self.reloads_ok + self.reloads_failed
+        while not self._draining:
+            interval = self.snapshot.config.reload_watch
+            if interval is None:
+                seen = None
+                await asyncio.sleep(5.0)   # the setting may be turned on by a reload
+                continue
+            # The files of the config being edited: a new CA file it now names counts too.
+            now = await loop.run_in_executor(None, self._fingerprint, False)
+            done = self.reloads_ok + self.reloads_failed
+            if done != reloads:           # a reload by other means already took these files
+                seen, reloads = now, done
+            if seen is not None and now != seen and not self._draining:
+                _log.info("config_changed", source=str(self.source))
+                await self.reload()
+                reloads = self.reloads_ok + self.reloads_failed
+            seen = now
+            await asyncio.sleep(interval)
+
+    def _fingerprint(self, in_force: bool) -> str:
+        config = self._built.config        # as validated: the base certificates, not a cutover's
+        paths = watched_files(config)
+        if in_force:
+            return fingerprint(paths, {config.source: self._text.encode()})
+        try:
+            paths += watched_files(load(self.source, check_files=False).config)
+        except (ConfigErrors, ConfigError):
+            pass   # the config file's own bytes are in the fingerprint already
+        return fingerprint(list(dict.fromkeys(paths)))
+
     # ------------------------------------------------------------------ main
     def _write_status(self, last: ReloadResult | None) -> None:
         if self._pidfile is None:
@@ -412,7 +449,9 @@ class Supervisor:
         self._write_status(None)
         self._admin = None  # ADMIN HOOK (i13b): await admin.start(self.snapshot.config.admin, self) when set
         self._schedule_cutover()
+        watcher = asyncio.get_running_loop().create_task(self._watch_files())
         await self._stop.wait()
+        watcher.cancel()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         _log.info("exited", pid=os.getpid(), code=self._exit_code)

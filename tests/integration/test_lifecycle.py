@@ -262,3 +262,22 @@ def test_dead_worker_is_replaced_on_the_config_in_force(pki: TestPki, dovecot: D
     assert new["generation"] == 2
     assert ports.imaps is not None
     assert [served_cn(pki, ports.imaps, starttls=None) for _ in range(4)] == [IMAP_SANTE] * 4
+
+
+def test_reload_watch_reloads_changed_files_once(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy) -> None:
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    cfg["reload"] = {"watch": True, "interval": "0.3s"}
+    proxy = start_proxy(cfg)
+    worker_pids(proxy, 2)
+    assert ports.imaps is not None
+    rewrite(proxy, with_flow_cert(cfg, pki, "2bis", "igcsante"))          # no signal: the watcher sees it
+    ev = proxy.wait_log("reload", timeout=15)
+    assert ev["generation"] == 2 and proxy.wait_log("config_changed")
+    assert served_cn(pki, ports.imaps, starttls=None) == IMAP_SANTE
+    bad = with_flow_cert(cfg, pki, "2bis", "igcsante")
+    bad["flows"]["2bis"]["key"] = str(pki.servers["2bis"].key)
+    rewrite(proxy, bad)
+    proxy.wait_log("reload_failed", timeout=15)
+    time.sleep(1.5)                                                      # several more polls
+    assert len([e for e in list(proxy.events) if e.get("event") == "reload_failed"]) == 1
+    assert served_cn(pki, ports.imaps, starttls=None) == IMAP_SANTE
