@@ -445,6 +445,9 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 10)
             return 1
+        if self._draining:   # SIGTERM during the start: workers spawned after it must hear it too
+            for w in self._workers:
+                w.channel.send({"op": "drain", "timeout": self.snapshot.config.drain_timeout})
         _log.info("serving", pid=os.getpid(), generation=self._generation, workers=[w.pid for w in self._workers])
         self._write_status(None)
         self._admin = None  # ADMIN HOOK (i13b): await admin.start(self.snapshot.config.admin, self) when set
