@@ -43,6 +43,7 @@ from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
 WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)
+CUTOVER_RETRY = 30.0       # a cutover whose files became unusable is tried again this often
 KILL_GRACE = 10.0          # after the drain time, workers still alive are killed
 # Settings a running process cannot change: a reload warns, a restart applies them.
 RESTART_ONLY = ("workers", "state_dir", "log_level", "log_format")
@@ -323,7 +324,11 @@ class Supervisor:
         if at is None or self._draining:
             return
         loop = asyncio.get_running_loop()
-        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._spawn_task, self._cutover(at))
+        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._fire_cutover, at)
+
+    def _fire_cutover(self, at: float) -> None:
+        # The coroutine is made only when the timer fires: a cancelled timer leaves none unawaited.
+        self._spawn_task(self._cutover(at))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -344,8 +349,11 @@ class Supervisor:
                 built = await loop.run_in_executor(None, compile_at, self._built.config, self._built.warnings, gen,
                                                    as_of, self.revocation)
             except (ConfigErrors, ConfigError) as exc:
-                # A file of the entry changed since the reload that validated it: the old config stays.
-                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)))
+                # A file of the entry changed since the reload that validated it: the old config stays,
+                # and the entry is tried again (the operator may put the file back) until a reload.
+                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)),
+                           retry_in=CUTOVER_RETRY)
+                self._cutover_timer = loop.call_later(CUTOVER_RETRY, self._fire_cutover, at)
                 return
             errors = await self._install_all(pack(built.config), gen, as_of)
             if errors:
