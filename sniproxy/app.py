@@ -43,6 +43,7 @@ from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
 WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)
+REAP_EVERY = 2.0           # as PID 1: how often exited orphans are reaped
 CUTOVER_RETRY = 30.0       # a cutover whose files became unusable is tried again this often
 KILL_GRACE = 10.0          # after the drain time, workers still alive are killed
 # Settings a running process cannot change: a reload warns, a restart applies them.
@@ -371,6 +372,37 @@ class Supervisor:
                 _log.info("cutover_applied", generation=built.snapshot.generation, at=c.at_text, change=c.describe(),
                           line=c.line, late=at_start)
 
+    # ------------------------------------------------------------------ PID 1 duties
+    async def _reap_adopted(self) -> None:
+        """As PID 1 (a container without an init), orphans of the namespace become our children: reap
+        the ones that exit (a killed worker's CRL helper), or they stay zombies for the pod's life."""
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            self.reap_adopted()
+
+    def reap_adopted(self) -> list[int]:
+        """Reap exited children we did not start ourselves; their pids."""
+        import multiprocessing
+
+        ours = {w.pid for w in self._workers} | {p.pid for p in multiprocessing.active_children()
+                                                 if p.pid is not None}
+        me = str(os.getpid())
+        reaped = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in ours:
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry), os.WNOHANG)
+                    reaped.append(int(entry))
+        if reaped:
+            _log.info("reaped_orphans", pids=reaped)
+        return reaped
+
     # ------------------------------------------------------------------ reload.watch
     async def _watch_files(self) -> None:
         """Reload when the watched files' content changes (``reload.watch``); each change is tried once."""
@@ -461,6 +493,8 @@ class Supervisor:
         self._admin = None  # ADMIN HOOK (i13b): await admin.start(self.snapshot.config.admin, self) when set
         self._schedule_cutover()
         watcher = asyncio.get_running_loop().create_task(self._watch_files())
+        if os.getpid() == 1:
+            self._spawn_task(self._reap_adopted())
         await self._stop.wait()
         watcher.cancel()
         if self._kill_timer is not None:

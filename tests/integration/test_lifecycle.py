@@ -148,6 +148,13 @@ def test_workers_1_survives_sighup(pki: TestPki, dovecot: Dovecot, start_proxy: 
     assert ports.imap is not None and served_cn(pki, ports.imap) == IMAP_2BIS
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return ""
+
+
 def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_path: Any) -> None:
     """As PID 1 of a PID namespace (a container) the kernel drops signals without a handler."""
     from sniproxy.democonf import write_config
@@ -157,8 +164,9 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
         fail_or_skip("a PID namespace needs root (unshare --pid)")
     cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=1)
     path = write_config(cfg, tmp_path / "pid1.yaml")
-    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "sniproxy",
-                              "run", "-c", str(path)], stderr=subprocess.PIPE, text=True,
+    # --mount-proc: the namespace's own /proc, as a container has (PID 1 finds its adopted zombies there).
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-m",
+                              "sniproxy", "run", "-c", str(path)], stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         lines: list[str] = []
@@ -178,6 +186,13 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
                 break
         assert any('"event": "reload"' in ln for ln in lines), "".join(lines[-20:])
         assert ports.imap is not None and served_cn(pki, ports.imap) == IMAP_2BIS
+        # An orphan of the namespace (its parent exits at once) is adopted by PID 1, which must reap it.
+        subprocess.run(["nsenter", "--target", str(inner), "--pid", "--", "sh", "-c", "sleep 1.2718 & exit 0"],
+                       check=True, timeout=10)
+        orphans = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x001.2718\x00"]
+        assert orphans, "the orphan was not found"
+        # A zombie stays in /proc until its parent reaps it.
+        wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in orphans), 10, "PID 1 to reap the orphan")
         os.kill(inner, signal.SIGTERM)
         assert outer.wait(timeout=30) == 0
     finally:
