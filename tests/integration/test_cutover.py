@@ -77,14 +77,16 @@ def test_cutover_and_rollback_switch_the_certificate_at_their_instants(pki: Test
 
 def test_no_sni_default_flow_cutover(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy) -> None:
     cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
-    t0 = dt.datetime.now(dt.UTC)
-    at = t0 + dt.timedelta(seconds=6)          # the proxy starts within it, the entry is still ahead
-    cfg["cutover"] = [{"at": at.isoformat(), "listener": "imaps", "default_flow": "igcsante"}]
     proxy = start_proxy(cfg)
     pids = worker_pids(proxy, 2)
     assert ports.imaps is not None
-    assert time.time() < at.timestamp(), "the proxy took too long to start for this test"
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
+    scheduled = copy.deepcopy(cfg)
+    scheduled["cutover"] = [{"at": at.isoformat(), "listener": "imaps", "default_flow": "igcsante"}]
+    rewrite(proxy, scheduled)
+    reload_and_wait(proxy)
     _all_see(pki, ports.imaps, IMAP_2BIS)
+    assert time.time() < at.timestamp(), "too slow to check before the instant"
     ev = proxy.wait_log("cutover_applied", timeout=15)
     assert time.time() >= at.timestamp() and ev["change"] == "listener imaps default_flow -> igcsante"
     _every_worker_on(proxy, pids, ev["generation"])
