@@ -296,3 +296,31 @@ def test_reload_watch_reloads_changed_files_once(pki: TestPki, dovecot: Dovecot,
     time.sleep(1.5)                                                      # several more polls
     assert len([e for e in list(proxy.events) if e.get("event") == "reload_failed"]) == 1
     assert served_cn(pki, ports.imaps, starttls=None) == IMAP_SANTE
+
+
+def test_reload_rebinds_a_listener_to_a_new_port(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy) -> None:
+    import imaplib
+
+    from tests.conftest import free_port
+    from tests.integration.clients import client_context
+
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    proxy = start_proxy(cfg)
+    worker_pids(proxy, 2)
+    assert ports.imaps is not None
+    old = imaplib.IMAP4_SSL("127.0.0.1", ports.imaps, ssl_context=client_context(pki, "fort"), timeout=15)
+    try:
+        old.login("alice@example.test", "alicepw")
+        moved = free_port()
+        cfg2 = {**cfg, "listeners": [dict(ls, bind=f"127.0.0.1:{moved}") if ls["name"] == "imaps" else ls
+                                     for ls in cfg["listeners"]]}
+        rewrite(proxy, cfg2)
+        assert reload_and_wait(proxy)["generation"] == 2
+        assert served_cn(pki, moved, starttls=None) == IMAP_2BIS         # the new address serves
+        with pytest.raises(ConnectionRefusedError):                      # the old one takes no one new
+            socket.create_connection(("127.0.0.1", ports.imaps), timeout=5).close()
+        assert old.noop()[0] == "OK"                                     # ... and its session carries on
+        old.logout()
+    finally:
+        if old.state != "LOGOUT":
+            old.shutdown()
