@@ -2,7 +2,7 @@
 
 Every ``workers`` value forks: the supervisor never serves, it runs an asyncio loop that owns the
 signals, watches its children and talks to each over a control channel (JSON lines on a
-socketpair; docs/decisions/0003-process-model.md). Workers bind every listener with SO_REUSEPORT.
+socketpair; docs/decisions/0005-process-model.md). Workers bind every listener with SO_REUSEPORT.
 
 - SIGHUP (or ``sniproxy reload``, or ``Control.reload``): re-read the file, validate it exactly as
   ``sniproxy check`` does (off the loop), then every worker compiles the same text and swaps;
