@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import json
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
@@ -287,3 +288,36 @@ def test_a_killed_workers_open_connections_leave_the_active_gauge(pki: TestPki, 
     finally:
         for s in held:
             s.close()
+
+
+def test_live_migration_page_on_the_admin_endpoint(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy,
+                                                   tmp_path: Path) -> None:
+    """GET /migration on the supervisor's admin port: the workers' dumps as one page (the merge itself is
+    unit-tested in test_report_live; SO_REUSEPORT decides which worker gets which connection)."""
+    from tests.integration.test_report import FORT as FORT_ID
+    from tests.integration.test_report import TWO_TER
+
+    cfg, port, aport = make_config(pki, dovecot, tmp_path / "state")
+    start_proxy(cfg)
+    wait_admin(aport)
+    # 2TER cards on the legacy name (blocks the cutover), Fort cards without SNI (blocks it too); new
+    # connections each, so both workers see some
+    assert all(connect(port, pki, "cps-2ter") for _ in range(4))
+    with_no_sni = []
+    for _ in range(4):
+        with tls_connect(port, pki, "fort", None) as s:
+            with_no_sni.append(s.recv(64).startswith(b"* OK"))
+    assert all(with_no_sni)
+
+    def page() -> str:
+        status, body = admin(aport, "GET", "/migration")
+        assert status == 200, body
+        return body
+
+    # dumps are written every few seconds by each worker
+    wait_until(lambda: "Blocks the cutover (2)" in page(), 30, "both blockers on /migration", page)
+    body = page()
+    assert TWO_TER in body and FORT_ID in body
+    assert "<svg" in body and "<script" not in body
+    assert "http://" not in body.replace("http://www.w3.org/2000/svg", "")   # nothing fetched from elsewhere
+    assert re.search(r"Live view</b>: the connections this proxy.{0,12}s [12] worker\(s\) handled", body)
