@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,7 +75,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unchecked:
         # Cards of these sets are never checked for revocation: say so on every start.
         log.warning("revocation_not_checked", authorities=unchecked)
-    workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
+    from sniproxy.cpus import available_cpus
+
+    # `auto`: the CPUs this process may use (affinity, cgroup quota), not the node's core count
+    workers = cfg.workers if cfg.workers is not None else available_cpus()
     return app.run(snapshot, workers)
 
 
