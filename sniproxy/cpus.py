@@ -56,14 +56,13 @@ def _cgroup_dirs(lines: list[str], root: Path) -> Iterator[Path]:
     for line in lines:
         hierarchy, _, rest = line.partition(":")
         controllers, _, path = rest.partition(":")
+        mount: Path | None = None
         if hierarchy == "0" and controllers == "":
             mount = root                                    # v2: one unified hierarchy
         elif "cpu" in controllers.split(","):
             mount = next((m for m in (root / controllers, root / "cpu,cpuacct", root / "cpu") if m.is_dir()),
                          None)                              # v1: the cpu controller's own mount
-            if mount is None:
-                continue
-        else:
+        if mount is None:
             continue
         # In a container the path is often the host's while the mount shows only the container's subtree: then
         # the mount's root is the container's cgroup.
