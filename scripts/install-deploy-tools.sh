@@ -9,13 +9,13 @@ PY=${SNIPROXY_VENV:-$PWD/.venv}/bin/python
 [[ -x $PY ]] || { echo "install-deploy-tools: no $PY: run ./scripts/venv.sh test first" >&2; exit 1; }
 
 missing=()
-for b in buildah podman debootstrap; do command -v "$b" >/dev/null || missing+=("$b"); done
+for b in buildah podman debootstrap runc; do command -v "$b" >/dev/null || missing+=("$b"); done
 if ((${#missing[@]})); then
     echo "install-deploy-tools: installing ${missing[*]}"
     SUDO=(); [[ $(id -u) -eq 0 ]] || SUDO=(sudo)
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive timeout 1200 apt-get install -y -qq --no-install-recommends \
-        -o DPkg::Lock::Timeout=300 buildah podman debootstrap
+        -o DPkg::Lock::Timeout=300 buildah podman debootstrap runc
 fi
 # the `deploy` extra's requirements only (the package itself is installed by scripts/venv.sh)
 mapfile -t deploy < <("$PY" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["deploy"]))')
