@@ -38,4 +38,6 @@ fi
 "${B[@]}" bud --isolation chroot --pull=never --layers --format docker \
     -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     -f Dockerfile -t "$TAG" .
+# vfs keeps a full copy of the root per layer: drop the images the new build left without a tag
+"${B[@]}" rmi --prune >/dev/null 2>&1 || true
 "${B[@]}" inspect --type image "$TAG"

@@ -4,6 +4,7 @@ Under CI=true a missing tool fails the test instead of skipping it."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -55,3 +56,25 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
     found = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(found) == 1, (kind, name, [d["metadata"]["name"] for d in docs if d["kind"] == kind])
     return found[0]
+
+
+IMAGE_TAG = "localhost/sniproxy:ci"
+_built: dict[str, Any] = {}
+
+
+def built_image() -> dict[str, Any]:
+    """``buildah inspect`` of the image built (once per session) by scripts/build-image.sh.
+
+    The first build on a machine makes the stand-in base (debootstrap) and the dependency layer; later builds
+    reuse both from /var/cache/sniproxy-imgbuild.
+    """
+    if "inspect" not in _built:
+        tool("buildah")
+        tool("debootstrap")
+        r = subprocess.run([str(REPO / "scripts" / "build-image.sh"), IMAGE_TAG], capture_output=True, text=True,
+                           timeout=1500, check=False, cwd=REPO)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
+        start = r.stdout.rindex("\n{") + 1        # the inspect JSON is printed last
+        _built["inspect"] = json.loads(r.stdout[start:])
+    inspect: dict[str, Any] = _built["inspect"]
+    return inspect

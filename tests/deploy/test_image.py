@@ -4,28 +4,20 @@ read-only root needs. The build is cached between runs (scripts/build-image.sh).
 
 from __future__ import annotations
 
-import json
 import subprocess
 from typing import Any
 
 import pytest
 
-from tests.deploy.conftest import REPO, tool
+from tests.deploy.conftest import IMAGE_TAG, REPO, built_image
 
-TAG = "localhost/sniproxy:ci"
+TAG = IMAGE_TAG
 
 
 @pytest.fixture(scope="session")
 def image() -> dict[str, Any]:
-    """``buildah inspect`` of the image built by scripts/build-image.sh (first build ~6 min, cached ~1 min)."""
-    tool("buildah")
-    tool("debootstrap")
-    r = subprocess.run([str(REPO / "scripts" / "build-image.sh"), TAG], capture_output=True, text=True,
-                       timeout=1500, check=False, cwd=REPO)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    start = r.stdout.rindex("\n{") + 1        # the inspect JSON is printed last
-    data: dict[str, Any] = json.loads(r.stdout[start:])
-    return data
+    """``buildah inspect`` of the image (first build ~6 min, cached ~1 min)."""
+    return built_image()
 
 
 def test_image_runs_as_non_root_with_the_promised_interface(image: dict[str, Any]) -> None:
