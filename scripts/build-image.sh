@@ -5,7 +5,9 @@
 # rootfs made with debootstrap from the Debian mirror apt already uses (python3 3.11, venv, pip), tagged under that
 # name. The stand-in and the layers (`--layers`: the dependency layer is reused until requirements.lock changes)
 # are cached in $IMGBUILD_DIR between runs on the same machine. Prints `buildah inspect` of the result.
-# Env: IMGBUILD_DIR (default /var/cache/sniproxy-imgbuild), BASE_NAME (default docker.io/library/python:3.11-slim).
+# Env: IMGBUILD_DIR (default /var/cache/sniproxy-imgbuild), BASE_NAME (default docker.io/library/python:3.11-slim),
+# STORAGE_DRIVER (default overlay: layers are diffs; vfs, a full copy of the root per layer, took minutes to copy
+# and delete them and filled gigabytes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TAG=${1:-localhost/sniproxy:ci}
@@ -13,7 +15,8 @@ BASE_NAME=${BASE_NAME:-docker.io/library/python:3.11-slim}
 WORK=${IMGBUILD_DIR:-/var/cache/sniproxy-imgbuild}
 mkdir -p "$WORK"
 command -v buildah >/dev/null || ./scripts/install-deploy-tools.sh
-B=(buildah --root "$WORK/storage" --runroot "$WORK/run" --storage-driver vfs)
+DRIVER=${STORAGE_DRIVER:-overlay}
+B=(buildah --root "$WORK/storage-$DRIVER" --runroot "$WORK/run-$DRIVER" --storage-driver "$DRIVER")
 
 debian_mirror() {
     grep -hoE '^(URIs:|deb) +[^ ]+' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null \
@@ -38,6 +41,6 @@ fi
 "${B[@]}" bud --isolation chroot --pull=never --layers --format docker \
     -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     -f Dockerfile -t "$TAG" .
-# vfs keeps a full copy of the root per layer: drop the images the new build left without a tag
+# drop the images a rebuild left without a tag (the layers of the new one stay cached)
 "${B[@]}" rmi --prune >/dev/null 2>&1 || true
 "${B[@]}" inspect --type image "$TAG"

@@ -8,6 +8,7 @@ cannot run here (setting the container's rlimits is refused in this sandbox), th
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from collections.abc import Iterator
@@ -16,12 +17,14 @@ from pathlib import Path
 
 from tests.deploy.conftest import tool
 
-IMGBUILD_DIR = Path("/var/cache/sniproxy-imgbuild")
+IMGBUILD_DIR = Path(os.environ.get("IMGBUILD_DIR", "/var/cache/sniproxy-imgbuild"))
+DRIVER = os.environ.get("STORAGE_DRIVER", "overlay")
 
 
 def buildah() -> list[str]:
-    return [tool("buildah"), "--root", str(IMGBUILD_DIR / "storage"), "--runroot", str(IMGBUILD_DIR / "run"),
-            "--storage-driver", "vfs"]
+    """buildah on the storage scripts/build-image.sh builds into."""
+    return [tool("buildah"), "--root", str(IMGBUILD_DIR / f"storage-{DRIVER}"),
+            "--runroot", str(IMGBUILD_DIR / f"run-{DRIVER}"), "--storage-driver", DRIVER]
 
 
 @contextmanager
