@@ -17,10 +17,12 @@ from typing import Any
 import yaml
 
 from sniproxy.config.backendconf import read_backend
+from sniproxy.config.cutoverconf import read_cutovers
 from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.httpconf import read_http
 from sniproxy.config.model import (
     Address,
+    AdminSettings,
     AuthoritySet,
     CardType,
     ClientAuth,
@@ -51,7 +53,8 @@ from sniproxy.config.yamlloc import PLACEHOLDER_TAG, LocDict, key_paths_by_line,
 from sniproxy.errors import ConfigError, ConfigErrors
 
 TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
-            "listeners")
+            "listeners", "drain", "cutover", "admin")
+ADMIN_KEYS = ("bind",)
 LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
 CRL_SET_KEYS = ("sources", "from_certificates", "check", "stale")
@@ -78,18 +81,27 @@ class Loaded:
     warnings: tuple[str, ...]
 
 
-def load(path: Path, *, check_files: bool = True) -> Loaded:
+def read_text(path: Path) -> str:
+    """The config file's text (what a reload validates once and hands to every worker)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigErrors([ConfigError(f"cannot read config file: {exc}", file=str(path))]) from exc
+
+
+def load(path: Path, *, check_files: bool = True, text: str | None = None) -> Loaded:
     """Read, validate and map the YAML config at ``path``.
 
     Raises ``ConfigErrors`` holding every ``ConfigError`` found (file, line, key path). With
     ``check_files=False`` the PEM files named by the config are not opened (structure only).
+    ``text``: the file's content already read (a reload compiles in every worker exactly the text
+    the supervisor validated, even if the file changes meanwhile); relative paths still resolve
+    against ``path``'s folder.
     """
     path = Path(path)
     report = Report(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigErrors([ConfigError(f"cannot read config file: {exc}", file=str(path))]) from exc
+    if text is None:
+        text = read_text(path)
     try:
         data, placeholders = parse_with_placeholders(text)
     except yaml.MarkedYAMLError as exc:
@@ -139,6 +151,7 @@ class _Builder:
         self.flow_names: set[str] = set()
         self.flows: dict[str, Flow] = {}
         self.used_flows: set[str] = set()
+        self.binds: list[tuple[Address, int]] = []   # every listener address, with its line
 
     def build(self) -> Config | None:
         """The whole ``Config``, or ``None`` when an error was reported."""
@@ -154,6 +167,7 @@ class _Builder:
         state_path = top.resolve(state_dir) if isinstance(state_dir, str) else None
         crl = self._crl_settings(state_path)
         limits = self._limits()
+        drain = self._drain()
         self._authorities()
         with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.revocation_required)
         if with_crl and crl.cache_dir is None:
@@ -161,6 +175,8 @@ class _Builder:
                                    "or `crl.cache_dir` (the CRL cache that survives a restart)")
         self._flows()
         listeners = self._listeners()
+        cutovers = read_cutovers(self.r, top, self.flows, listeners, self.files, self._server_files)
+        admin = self._admin()
         for name in sorted(self.flow_names - self.used_flows):
             top.report.warn(self._flows_section_line(name), f"flows.{name}", "flow used by no listener")
         if self.r.errors or self.profile is None:
@@ -168,7 +184,8 @@ class _Builder:
         return Config(
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
-            state_dir=state_path, crl=crl, limits=limits,
+            state_dir=state_path, crl=crl, limits=limits, drain_timeout=drain, cutover=cutovers,
+            admin=admin,
         )
 
     def _flows_section_line(self, name: str) -> int:
@@ -194,6 +211,27 @@ class _Builder:
         sec.check_keys(LOG_KEYS)
         return sec.choice("level", LOG_LEVELS, "info"), sec.choice("format", LOG_FORMATS, "auto")
 
+    def _admin(self) -> AdminSettings | None:
+        """``admin: {bind: ADDRESS}``: the admin endpoint, refused on an address a listener binds."""
+        sec = self.top.section("admin")
+        if sec is None:
+            return None
+        sec.check_keys(ADMIN_KEYS)
+        value = sec.string("bind", required=True)
+        if not isinstance(value, str):
+            return None
+        try:
+            addr = parse_address(value.strip())
+        except ValueError as exc:
+            sec.error("bind", str(exc))
+            return None
+        # Never on a client port: the admin routes (reload, drain) must not be reachable by clients.
+        clash = next((line for other, line in self.binds if binds_overlap(addr, other)), None)
+        if clash is not None:
+            sec.error("bind", f"address {addr} is a client port: a listener binds it (line {clash})")
+            return None
+        return AdminSettings(bind=addr)
+
     def _limits(self) -> Limits:
         sec = self.top.section("limits")
         d = Limits()
@@ -208,6 +246,14 @@ class _Builder:
         if limits.max_pending_per_ip > limits.max_pending:
             sec.warn("max_pending_per_ip", "larger than max_pending: one address can take every handshake slot")
         return limits
+
+    def _drain(self) -> float:
+        """``drain.timeout``: how long SIGTERM lets connections finish before the goodbyes."""
+        sec = self.top.section("drain")
+        if sec is None:
+            return 25.0
+        sec.check_keys(("timeout",))
+        return sec.duration("timeout", 25.0)
 
     def _crl_settings(self, state_dir: Path | None) -> CrlSettings:
         sec = self.top.section("crl")
@@ -446,7 +492,7 @@ class _Builder:
         if not items:
             self.top.error("listeners", "at least one listener is required")
         names: dict[str, int] = {}
-        binds: list[tuple[Address, int]] = []
+        binds = self.binds
         out = []
         for value, line, path in items:
             sec = Section.of(self.r, value, path, line, self.top.base_dir)
@@ -471,7 +517,7 @@ class _Builder:
                 sec.error("name", f"listener name {name!r} already used (line {names[name]})")
             else:
                 names[name] = sec.line("name")
-        addresses = self._binds(sec, binds)
+        addresses, bind_lines = self._binds(sec, binds)
         protocol = sec.enum("protocol", Protocol, required=True)
         hostname = sec.string("hostname", "sniproxy")
         if isinstance(hostname, str) and "hostname" in sec.data:
@@ -496,6 +542,7 @@ class _Builder:
             name=name, binds=tuple(addresses), protocol=protocol, backend=backend, routes=routes,
             default_flow=default_flow, unknown_sni=unknown_sni, hostname=hostname, timeouts=timeouts,
             max_line=max_line, max_pretls_commands=max_cmds, proxy_protocol_from=proxy_from, http=http,
+            bind_lines=tuple(bind_lines),
         )
 
     def _proxy_from(self, sec: Section) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -509,13 +556,14 @@ class _Builder:
                 self.r.error(line, path, f"expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32: {exc}")
         return tuple(out)
 
-    def _binds(self, sec: Section, seen: list[tuple[Address, int]]) -> list[Address]:
+    def _binds(self, sec: Section, seen: list[tuple[Address, int]]) -> tuple[list[Address], list[int]]:
         items = sec.list_of("bind", required=True, scalar_ok=True)
         if items is None:
-            return []
+            return [], []
         if not items:
             sec.error("bind", "at least one address is required")
         out = []
+        lines: list[int] = []
         for value, line, path in items:
             if not isinstance(value, str):
                 self.r.error(line, path, f"expected \"IPv4:port\" or \"[IPv6]:port\", got {value!r}")
@@ -530,7 +578,8 @@ class _Builder:
                 self.r.error(line, path, f"address {addr} is already bound by a listener (line {clash})")
             seen.append((addr, line))
             out.append(addr)
-        return out
+            lines.append(line)
+        return out, lines
 
     def _flow_ref(self, sec: Section, value: Any, line: int, path: str) -> str | None:
         if not isinstance(value, str):
@@ -596,4 +645,4 @@ class _Builder:
         return Timeouts(**{k: sec.duration(k, getattr(default, k)) for k in TIMEOUT_KEYS})
 
 
-__all__ = ["Loaded", "load"]
+__all__ = ["Loaded", "load", "read_text"]

@@ -115,6 +115,14 @@ def write_index(der: Buffer, index_path: Path, expected: int) -> None:
         offsets.tofile(out)
 
 
+def save_index(index: RevokedIndex, index_path: Path) -> None:
+    """Write an index already built (in memory or mapped) in ``write_index``'s format, without rescanning."""
+    with open(index_path, "wb") as out:
+        out.write(_HEAD.pack(_MAGIC, len(index.keys)))
+        out.write(index.keys)       # type: ignore[arg-type]  # array('Q') or a memoryview: both buffers
+        out.write(index.offsets)    # type: ignore[arg-type]
+
+
 def map_index(der_path: Path, index_path: Path) -> RevokedIndex:
     """Map an index written by ``write_index`` and its DER file, read-only.
 

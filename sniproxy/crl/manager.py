@@ -34,7 +34,7 @@ from sniproxy.crl.index import RevokedIndex, build_index, map_index, write_index
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder, RevocationPolicy
 from sniproxy.crl.validate import CrlMeta, CrlRejected, ca_key, check_delta_base, check_not_older, der_of, validate
 from sniproxy.observability.log import get_logger
-from sniproxy.observability.metrics import CRL_FETCHES
+from sniproxy.observability.metrics import CRL_FETCH_FAILURES, CRL_FETCHES
 
 _log = get_logger("sniproxy.crl")
 #: CRLs up to this size are decoded in a thread (milliseconds of work); larger ones in a process.
@@ -212,9 +212,15 @@ def policy_of(aset: AuthoritySet) -> RevocationPolicy:
 class CrlManager:
     """Loads, refreshes and reports the CRLs of one config into a ``RevocationHolder``."""
 
+    #: In the ``crl_updated`` event: ``fetcher`` (downloads), or ``follower`` (a worker mapping what it published).
+    role = "fetcher"
+
     def __init__(self, config: Config, holder: RevocationHolder, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, publish: bool = False) -> None:
         self.settings = config.crl
+        # The pod's fetcher publishes every CRL it puts in force for the workers' followers (handover).
+        self.publish = publish and config.crl.cache_dir is not None
+        self._to_publish: list[tuple[str, Prepared]] = []
         self.holder = holder
         self.clock = clock
         self.cache = CrlCache(config.crl.cache_dir) if config.crl.cache_dir is not None else None
@@ -366,9 +372,11 @@ class CrlManager:
             new = IssuerState(loaded, delta)
         self.holder.swap(view.with_issuer(meta.issuer_key, new))
         self._retire(view)
-        _log.info("crl_updated", url=url, issuer=meta.issuer, crl_number=meta.number,
+        _log.info("crl_updated", role=self.role, url=url, issuer=meta.issuer, crl_number=meta.number,
                   delta_of=meta.base_number, entries=meta.entries,
                   this_update=_iso(meta.this_update), next_update=_iso(meta.next_update))
+        if self.publish:
+            self._to_publish.append((url, prepared))
         pending = None if meta.is_delta else self._pending_deltas.pop(meta.issuer_key, None)
         if pending is not None:
             delta_url, waiting = pending
@@ -379,6 +387,21 @@ class CrlManager:
             except CrlRejected as exc:
                 _log.warning("crl_rejected", url=delta_url, reason=exc.reason, error=exc.message)
         return "updated"
+
+    async def _publish_pending(self) -> None:
+        """Hand what was just put in force over to the workers (``sniproxy.crl.handover``)."""
+        if not self._to_publish or self.cache is None:
+            return
+        from sniproxy.crl.handover import publish, published_dir
+
+        batch, self._to_publish = self._to_publish, []
+        directory = published_dir(self.cache.directory)
+        for url, prepared in batch:
+            try:
+                await asyncio.to_thread(publish, directory, url, prepared.meta, prepared.index)
+            except OSError as exc:
+                # The workers keep the CRL they have; the next refresh publishes again.
+                _log.error("crl_publish_failed", url=url, error=str(exc))
 
     # ------------------------------------------------------------------ cache
     async def load_cache(self) -> None:
@@ -411,6 +434,7 @@ class CrlManager:
                 self.status[url].meta = p.meta
             except CrlRejected as exc:
                 _log.warning("crl_cache_rejected", url=url, reason=exc.reason, error=exc.message)
+        await self._publish_pending()
         self.check_readiness()
 
     # ------------------------------------------------------------------ fetch
@@ -449,11 +473,14 @@ class CrlManager:
         st.last_result = result
         for name in spec.authorities:
             CRL_FETCHES.inc(name, result)
+            if result not in _OK_RESULTS:
+                CRL_FETCH_FAILURES.inc(name, url, result)
         try:
             await self._save(url, der, der_file if result in ("updated", "unchanged") else None)
         finally:
             if der_file is not None:
                 der_file.unlink(missing_ok=True)   # refused, or not adopted by the cache
+        await self._publish_pending()
         self.check_readiness()
         return result
 

@@ -200,7 +200,9 @@ def test_delta_crl_over_ldap_revokes_before_the_next_base(slapd: Slapd, fort: Fo
     # The CA publishes a delta (same base 10) revoking the card; the base is unchanged.
     slapd.put("Fort Inter T3", base=fort.inter_crl(number=10),
               delta=fort.inter_crl("fort-liberal", number=12, delta_of=10))
-    proxy.wait_log("crl_updated", lambda e: e.get("delta_of") == 10 and e.get("crl_number") == 12, timeout=15)
+    # the worker's own event (the supervisor fetches and logs first; the worker maps what it published)
+    proxy.wait_log("crl_updated", lambda e: e.get("delta_of") == 10 and e.get("crl_number") == 12
+                   and e.get("role") == "follower", timeout=15)
     ev = attempt(proxy, port_of(cfg), "fort-liberal")
     assert not ev["served"] and ev["reason"] == "revoked", ev
     # An entry that loses its attribute is refused with a reason; the CRLs in force stay.
@@ -314,7 +316,8 @@ def test_replaced_crl_picked_up_without_dropping_connections(http: CrlHttpServer
     with tls_connect(port_of(cfg), pki, "fort-liberal", "frontimap.mssante.fr") as held:
         assert held.recv(64).startswith(b"* OK")
         http.publish("t7/fort.crl", fort.inter_crl("fort-liberal", number=2))
-        proxy.wait_log("crl_updated", lambda e: e.get("crl_number") == 2 and e.get("url") == inter, timeout=15)
+        proxy.wait_log("crl_updated", lambda e: e.get("crl_number") == 2 and e.get("url") == inter
+                       and e.get("role") == "follower", timeout=15)
         # Conditional requests: the unchanged root CRL is not downloaded again.
         # (each source has its own schedule: wait for the root's next fetch, bounded)
         deadline = time.monotonic() + 10

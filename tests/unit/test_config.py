@@ -643,6 +643,8 @@ def test_shipped_configs_are_valid(name: str) -> None:
     loaded = load(path, check_files=False)
     assert loaded.config.profile is Profile.PRODUCTION
     assert {lr.name for lr in loaded.config.listeners} == {"imap", "submission", "ws"}
+    admin = loaded.config.admin    # the admin endpoint on loopback (the Helm chart binds the pod IP)
+    assert admin is not None and (admin.bind.host, admin.bind.port) == ("127.0.0.1", 9100)
     # With file checks, the only problems are the operator's files not shipped in the repository.
     errors = load_errors(path)
     assert errors
