@@ -15,8 +15,10 @@ read-only root, a listener on a port the pod does not declare, a secret the proc
 from __future__ import annotations
 
 import base64
+import imaplib
 import os
 import signal
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -26,7 +28,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
+from sniproxy.testcrl import write_crls
 from sniproxy.testpki import TestPki
 from tests.deploy.conftest import IMAGE_TAG, built_image, one, render, tool
 from tests.deploy.imageroot import image_root, pod_command
@@ -36,11 +41,19 @@ from tests.integration.peers import Dovecot
 pytestmark = pytest.mark.integration
 
 
+SETS = ("igc-cps-2ter", "igc-sante-fort-pp")
+
+
 def contract_values(pki: TestPki, dovecot: Dovecot, path: Path) -> Path:
-    """Values for the test: bi-flux, IMAP to the private Dovecot, the look-alike PKI as trust and server keys."""
+    """Values for the test: bi-flux, IMAP to the private Dovecot, the look-alike PKI as trust and server keys,
+    its CRLs (card ``revoked`` listed) as PEM files of the trust ConfigMap."""
     auth = pki.authorities
     trust = {f"{name}-{kind}.pem": getattr(auth[name], kind)[0].read_text()
-             for name in ("igc-cps-2ter", "igc-sante-fort-pp") for kind in ("roots", "intermediates")}
+             for name in SETS for kind in ("roots", "intermediates")}
+    crls = write_crls(pki, path.parent / "crls", SETS)
+    for files in crls.values():
+        for f in files:
+            trust[f"{f.name}.pem"] = x509.load_der_x509_crl(f.read_bytes()).public_bytes(Encoding.PEM).decode()
     values = {
         "terminationGracePeriodSeconds": 15,
         "sniproxy": {
@@ -53,11 +66,12 @@ def contract_values(pki: TestPki, dovecot: Dovecot, path: Path) -> Path:
                 "submission": {"enabled": False, "backend": "127.0.0.1:1"},
                 "https": {"enabled": False, "backend": "127.0.0.1:1"},
             },
-            # no CRL source: revocation of the look-alike cards is tested elsewhere; here readiness must not
-            # wait for CRL servers that do not exist
+            # the CRLs from files only: readiness waits for every required CRL, and nothing here may reach
+            # the real CRL servers
             "authorities": {
-                name: {"roots": [f"{name}-roots.pem"], "intermediates": [f"{name}-intermediates.pem"]}
-                for name in ("igc-cps-2ter", "igc-sante-fort-pp")
+                name: {"roots": [f"{name}-roots.pem"], "intermediates": [f"{name}-intermediates.pem"],
+                       "crl": {"sources": [f"{f.name}.pem" for f in crls[name]], "fromCertificates": False}}
+                for name in SETS
             } | {"igc-sante-standard-pp": None},
         },
         "tls": {flow: {"crt": pki.servers[name].chain.read_text(), "key": pki.servers[name].key.read_text()}
@@ -145,6 +159,10 @@ def test_the_deployment_runs_as_specified(pki: TestPki, dovecot: Dovecot, tmp_pa
                 time.sleep(0.3)
             assert http_status(probe("livenessProbe")) == 200
 
+            # a revoked card is refused: the CRLs from the mounted ConfigMap are in force
+            with pytest.raises((ssl.SSLError, OSError, imaplib.IMAP4.error)):
+                r_m = imap_starttls(ports["imap"], pki, "revoked", "frontimap-igcsante.mssante.fr")
+                r_m.noop()              # TLS 1.3: a refused card shows on the first read
             # a card through the pod's IMAP port to Dovecot
             m = imap_starttls(ports["imap"], pki, "fort", "frontimap-igcsante.mssante.fr")
             typ, _ = m.login("alice@example.test", "alicepw")

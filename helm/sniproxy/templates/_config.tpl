@@ -35,7 +35,8 @@ authorities:
     {{- end }}
     {{- with $a.crl }}
     crl:
-      sources: {{ .sources | default list | toJson }}
+      {{- /* a source without a scheme is a CRL file (PEM) of the trust ConfigMap */}}
+      sources: [{{ range $i, $src := (.sources | default list) }}{{ if $i }}, {{ end }}{{ (contains "://" $src | ternary $src (printf "%s/%s" $p.trust $src)) | quote }}{{ end }}]
       from_certificates: {{ .fromCertificates | default false }}
       {{- with .stale }}
       stale: {{ toJson . }}
