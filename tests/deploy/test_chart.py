@@ -183,3 +183,21 @@ def test_proxy_protocol_and_traffic_policy_from_values(helm: str) -> None:
     _, config = config_of(docs)
     assert one(docs, "Service", "mss-sniproxy")["spec"]["externalTrafficPolicy"] == "Local"
     assert not any("proxy_protocol_from" in li for li in config["listeners"])
+
+
+@pytest.mark.parametrize("name", VALUES)
+@pytest.mark.parametrize("extra", [[], ["--set", "proxyProtocol.enabled=true",
+                                        "--set", "proxyProtocol.from={10.0.0.0/8}",
+                                        "--set", "sniproxy.listeners.imaps.enabled=true",
+                                        "--set", "sniproxy.listeners.smtps.enabled=true",
+                                        "--set", "sniproxy.acceptStandardCards=true"]])
+def test_rendered_config_passes_sniproxy_validation(helm: str, tmp_path: Path, name: str, extra: list[str]) -> None:
+    """The rendered sniproxy.yaml is a valid config (structure: the mounted PEM files are not here)."""
+    from sniproxy.config.load import load
+
+    text, _ = config_of(manifests(helm, *extra, values=VALUES[name]))
+    path = tmp_path / "sniproxy.yaml"
+    path.write_text(text)
+    config = load(path, check_files=False).config
+    assert config.admin is not None and config.admin.bind.port == 9100
+    assert {lr.name for lr in config.listeners} >= {"imap", "submission"}
