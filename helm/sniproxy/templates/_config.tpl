@@ -16,6 +16,11 @@ secret_files: warn    # Secret volumes with fsGroup are group-readable (mode 044
 crl: {refresh_max: {{ $s.crl.refreshMax }}, retry_min: {{ $s.crl.retryMin }}, timeout: {{ $s.crl.timeout }}}
 admin: {bind: "0.0.0.0:{{ .Values.admin.port }}"}
 drain: {timeout: {{ $s.drainTimeout }}}
+{{- if eq .Values.configChange "reload" }}
+# configChange: reload: the kubelet updates the mounted ConfigMap/Secrets in place; sniproxy polls them and reloads
+# (a config that does not load is refused and the running one stays), no connection is closed
+reload: {watch: true, interval: {{ .Values.reloadInterval }}}
+{{- end }}
 {{- with $s.limits }}
 limits:
 {{- toYaml . | nindent 2 }}
