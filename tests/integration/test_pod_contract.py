@@ -6,7 +6,9 @@ contents are written out as the files the volumes would hold. Then the built ima
 filesystem read-only, as the pod's runAsUser, with the volumes bound at their mount paths (tests/deploy/imageroot.py:
 podman cannot run here, a private mount namespace and chroot do what it would). Checked: the readiness and
 liveness paths answer 200 on the probes' port, a STARTTLS IMAP client with a card logs in to Dovecot through it,
-SIGTERM drains and exits 0 within terminationGracePeriodSeconds.
+the mono-flux cutover done as `helm upgrade --set sniproxy.monoFluxCertificate=igcsante` does it (the
+kubelet swapping the ConfigMap's content in place, configChange: reload) reaches new connections while an open
+session keeps working, SIGTERM drains and exits 0 within terminationGracePeriodSeconds.
 
 What this catches: a probe on the wrong port, a config path that does not match its mount, a cache dir on the
 read-only root, a listener on a port the pod does not declare, a secret the process cannot read as its user.
@@ -45,7 +47,8 @@ SETS = ("igc-cps-2ter", "igc-sante-fort-pp")
 
 
 def contract_values(pki: TestPki, dovecot: Dovecot, path: Path) -> Path:
-    """Values for the test: bi-flux, IMAP to the private Dovecot, the look-alike PKI as trust and server keys,
+    """Values for the test: mono-flux on the 2BIS certificate, config changes applied in place, IMAP to the private
+    Dovecot, the look-alike PKI as trust and server keys,
     its CRLs (card ``revoked`` listed) as PEM files of the trust ConfigMap."""
     auth = pki.authorities
     trust = {f"{name}-{kind}.pem": getattr(auth[name], kind)[0].read_text()
@@ -56,8 +59,11 @@ def contract_values(pki: TestPki, dovecot: Dovecot, path: Path) -> Path:
             trust[f"{f.name}.pem"] = x509.load_der_x509_crl(f.read_bytes()).public_bytes(Encoding.PEM).decode()
     values = {
         "terminationGracePeriodSeconds": 15,
+        "configChange": "reload",
+        "reloadInterval": "1s",
         "sniproxy": {
-            "strategy": "bi-flux",
+            "strategy": "mono-flux",
+            "monoFluxCertificate": "2bis",
             "workers": 2,
             "log": {"level": "info", "format": "json"},
             "drainTimeout": "5s",
@@ -115,10 +121,23 @@ def http_status(url: str) -> int:
         return 0
 
 
+def presented(m: imaplib.IMAP4) -> bytes:
+    sock = m.sock
+    assert isinstance(sock, ssl.SSLSocket)
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return der
+
+
+def server_der(pki: TestPki, name: str) -> bytes:
+    return x509.load_pem_x509_certificate(pki.servers[name].cert.read_bytes()).public_bytes(Encoding.DER)
+
+
 def test_the_deployment_runs_as_specified(pki: TestPki, dovecot: Dovecot, tmp_path: Path) -> None:
     tool("unshare")
     image = built_image()
-    r = render(tool("helm"), values=contract_values(pki, dovecot, tmp_path / "values.yaml"))
+    values = contract_values(pki, dovecot, tmp_path / "values.yaml")
+    r = render(tool("helm"), values=values)
     assert r.returncode == 0, r.stderr
     docs = [d for d in yaml.safe_load_all(r.stdout) if d]
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
@@ -163,11 +182,36 @@ def test_the_deployment_runs_as_specified(pki: TestPki, dovecot: Dovecot, tmp_pa
             with pytest.raises((ssl.SSLError, OSError, imaplib.IMAP4.error)):
                 r_m = imap_starttls(ports["imap"], pki, "revoked", "frontimap-igcsante.mssante.fr")
                 r_m.noop()              # TLS 1.3: a refused card shows on the first read
-            # a card through the pod's IMAP port to Dovecot
-            m = imap_starttls(ports["imap"], pki, "fort", "frontimap-igcsante.mssante.fr")
+            # a card through the pod's IMAP port to Dovecot, on the 2BIS certificate
+            m = imap_starttls(ports["imap"], pki, "fort", "frontimap.mssante.fr")
             typ, _ = m.login("alice@example.test", "alicepw")
             assert typ == "OK"
             assert m.select("INBOX")[0] == "OK"
+            assert presented(m) == server_der(pki, "2bis")
+
+            # the cutover value changed: the kubelet puts the new ConfigMap content in place (atomically)
+            after = render(tool("helm"), "--set", "sniproxy.monoFluxCertificate=igcsante", values=values)
+            assert after.returncode == 0, after.stderr
+            new_docs = [d for d in yaml.safe_load_all(after.stdout) if d]
+            cm = one(new_docs, "ConfigMap", volumes["config"]["configMap"]["name"])
+            target = binds[next(mt["mountPath"] for mt in spec["volumeMounts"] if mt["name"] == "config")]
+            for name, content in cm["data"].items():
+                tmp = target / f".{name}.new"
+                tmp.write_text(content)
+                os.chown(tmp, 0, gid)
+                tmp.chmod(0o644)
+                tmp.replace(target / name)
+            deadline = time.monotonic() + 30
+            while True:
+                n = imap_starttls(ports["imap"], pki, "fort", "frontimap.mssante.fr")
+                now_serving = presented(n)
+                n.logout()
+                if now_serving == server_der(pki, "igcsante"):
+                    break
+                assert time.monotonic() < deadline, (tmp_path / "pod.log").read_text()[-3000:]
+                time.sleep(0.5)
+            # the session opened before the change was not dropped
+            assert m.noop()[0] == "OK" and m.select("INBOX")[0] == "OK"
             # a session still open at SIGTERM: the drain must end it within the grace period
             started = time.monotonic()
             proc.send_signal(signal.SIGTERM)
