@@ -7,6 +7,8 @@ import re
 import subprocess
 import tomllib
 
+import pytest
+
 from tests.deploy.conftest import REPO, tool
 
 
@@ -46,3 +48,12 @@ def test_dockerfile_installs_the_lock_with_hashes_and_runs_non_root() -> None:
     assert 'ENTRYPOINT ["sniproxy"]' in text and 'CMD ["run", "-c", "/etc/sniproxy/sniproxy.yaml"]' in text
     assert re.search(r"^STOPSIGNAL SIGTERM$", text, re.M) and "/healthz" in text
     assert text.count("FROM python:3.11-slim") == 2      # multi-stage: build, then runtime
+
+
+def test_a_missing_tool_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="install-deploy-tools"):
+        tool("no-such-deploy-tool")
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception):
+        tool("no-such-deploy-tool")
