@@ -152,9 +152,10 @@ def test_mono_flux_cutover_is_one_value(helm: str) -> None:
     # both certificates are mounted all along: the switch needs no new Secret
     vols = {v["name"] for v in one(after, "Deployment")["spec"]["template"]["spec"]["volumes"]}
     assert {"tls-2bis", "tls-igcsante"} <= vols
-    # configChange: roll (default): the pods roll with the change
-    ann = [one(d, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-           for d in (before, after)]
+    # configChange: roll: the pods roll with the change
+    rolled = [manifests(helm, "--set", "configChange=roll", "--set", f"sniproxy.monoFluxCertificate={cert}",
+                        values=mono) for cert in ("2bis", "igcsante")]
+    ann = [one(d, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"] for d in rolled]
     assert ann[0] != ann[1]
 
 
@@ -168,10 +169,16 @@ def test_bi_flux_routes_both_flows_by_sni(helm: str) -> None:
     assert set(config["flows"]) == {"2bis", "igcsante"}
 
 
-def test_config_change_reload_mode_does_not_roll(helm: str) -> None:
-    docs = manifests(helm, "--set", "configChange=reload")
+def test_config_change_reload_mode_does_not_roll_and_watches(helm: str) -> None:
+    docs = manifests(helm, "--set", "configChange=reload", "--set", "reloadInterval=2s")
     annotations = one(docs, "Deployment")["spec"]["template"]["metadata"].get("annotations") or {}
     assert not [k for k in annotations if k.startswith("checksum/")]
+    assert config_of(docs)[1]["reload"] == {"watch": True, "interval": "2s"}
+    # no subPath mount: the kubelet updates the files in place only without one
+    assert not [m for m in container(docs)["volumeMounts"] if "subPath" in m]
+    roll = manifests(helm, "--set", "configChange=roll")
+    assert "reload" not in config_of(roll)[1]
+    assert "checksum/config" in one(roll, "Deployment")["spec"]["template"]["metadata"]["annotations"]
 
 
 def test_proxy_protocol_and_traffic_policy_from_values(helm: str) -> None:
