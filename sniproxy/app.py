@@ -2,7 +2,7 @@
 
 Every ``workers`` value forks: the supervisor never serves, it runs an asyncio loop that owns the
 signals, watches its children and talks to each over a control channel (JSON lines on a
-socketpair; docs/decisions/0003-process-model.md). Workers bind every listener with SO_REUSEPORT.
+socketpair; docs/decisions/0005-process-model.md). Workers bind every listener with SO_REUSEPORT.
 
 - SIGHUP (or ``sniproxy reload``, or ``Control.reload``): re-read the file, validate it exactly as
   ``sniproxy check`` does (off the loop), then every worker compiles the same text and swaps;
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sniproxy.config.load import read_text
+from sniproxy.config.load import load, read_text
 from sniproxy.config.model import Address, HttpMode, Protocol
 from sniproxy.connection import ClientConnection
 from sniproxy.control import ReloadResult
@@ -38,6 +38,7 @@ from sniproxy.http_connection import HttpsConnection
 from sniproxy.lifecycle.build import Built, addresses, bind_error, build, compile_at, error_lines, pack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import PidFile
+from sniproxy.lifecycle.watch import fingerprint, watched_files
 from sniproxy.observability import prom
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import RELOADS
@@ -45,6 +46,8 @@ from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
 WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)
+REAP_EVERY = 2.0           # as PID 1: how often exited orphans are reaped
+CUTOVER_RETRY = 30.0       # a cutover whose files became unusable is tried again this often
 KILL_GRACE = 10.0          # after the drain time, workers still alive are killed
 # Settings a running process cannot change: a reload warns, a restart applies them.
 RESTART_ONLY = ("workers", "state_dir", "log_level", "log_format", "admin")
@@ -336,7 +339,11 @@ class Supervisor:
         if at is None or self._draining:
             return
         loop = asyncio.get_running_loop()
-        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._spawn_task, self._cutover(at))
+        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._fire_cutover, at)
+
+    def _fire_cutover(self, at: float) -> None:
+        # The coroutine is made only when the timer fires: a cancelled timer leaves none unawaited.
+        self._spawn_task(self._cutover(at))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -357,8 +364,11 @@ class Supervisor:
                 built = await loop.run_in_executor(None, compile_at, self._built.config, self._built.warnings, gen,
                                                    as_of, self.revocation)
             except (ConfigErrors, ConfigError) as exc:
-                # A file of the entry changed since the reload that validated it: the old config stays.
-                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)))
+                # A file of the entry changed since the reload that validated it: the old config stays,
+                # and the entry is tried again (the operator may put the file back) until a reload.
+                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)),
+                           retry_in=CUTOVER_RETRY)
+                self._cutover_timer = loop.call_later(CUTOVER_RETRY, self._fire_cutover, at)
                 return
             errors = await self._install_all(pack(built.config), gen, as_of)
             if errors:
@@ -406,12 +416,14 @@ class Supervisor:
         """Required CRLs that are missing or stale in the fetcher's state (empty when all are fresh)."""
         return self.crl.problems() if self.crl is not None else []
 
-    async def _start_admin(self) -> None:
+    async def _start_admin(self) -> str | None:
+        """Serve the admin endpoint when configured; the bind error (named like a listener's) if it cannot."""
         from sniproxy import admin
 
-        settings = self.snapshot.config.admin
+        config = self.snapshot.config
+        settings = config.admin
         if settings is None:
-            return
+            return None
         app = admin.AdminApp(self, crl_problems=self.crl_problems,
                              live_dir=self._run_dir / "live" if self._run_dir is not None else None)
         metrics_dir = prom.installed()
@@ -426,13 +438,81 @@ class Supervisor:
         try:
             self._admin = await admin.start(settings, app)
         except OSError as exc:
-            # The proxy serves without it (probes then fail, which says it loud enough).
-            _log.error("admin_listen_failed", address=str(settings.bind), error=exc.strerror or str(exc))
+            return str(ConfigError(f"cannot listen on {settings.bind} (admin endpoint): {exc.strerror or exc}",
+                                   file=str(config.source), line=settings.line, key="admin.bind"))
+        return None
 
     def _cutover_states(self) -> list[tuple[str, str, bool]]:
         applied = set(self._built.applied)
         return [(f"flow/{c.flow}" if c.flow is not None else f"listener/{c.listener}", c.at_text, c in applied)
                 for c in self.snapshot.config.cutover]
+
+    # ------------------------------------------------------------------ PID 1 duties
+    async def _reap_adopted(self) -> None:
+        """As PID 1 (a container without an init), orphans of the namespace become our children: reap
+        the ones that exit (a killed worker's CRL helper), or they stay zombies for the pod's life."""
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            self.reap_adopted()
+
+    def reap_adopted(self) -> list[int]:
+        """Reap exited children we did not start ourselves; their pids."""
+        import multiprocessing
+
+        ours = {w.pid for w in self._workers} | {p.pid for p in multiprocessing.active_children()
+                                                 if p.pid is not None}
+        me = str(os.getpid())
+        reaped = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in ours:
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry), os.WNOHANG)
+                    reaped.append(int(entry))
+        if reaped:
+            _log.info("reaped_orphans", pids=reaped)
+        return reaped
+
+    # ------------------------------------------------------------------ reload.watch
+    async def _watch_files(self) -> None:
+        """Reload when the watched files' content changes (``reload.watch``); each change is tried once."""
+        loop = asyncio.get_running_loop()
+        # What the config in force was built from: its text as read, the other files as they are now.
+        seen: str | None = await loop.run_in_executor(None, self._fingerprint, True)
+        reloads = self.reloads_ok + self.reloads_failed
+        while not self._draining:
+            interval = self.snapshot.config.reload_watch
+            if interval is None:
+                seen = None
+                await asyncio.sleep(5.0)   # the setting may be turned on by a reload
+                continue
+            # The files of the config being edited: a new CA file it now names counts too.
+            now = await loop.run_in_executor(None, self._fingerprint, False)
+            done = self.reloads_ok + self.reloads_failed
+            if done != reloads:           # a reload by other means already took these files
+                seen, reloads = now, done
+            if seen is not None and now != seen and not self._draining:
+                _log.info("config_changed", source=str(self.source))
+                await self.reload()
+                reloads = self.reloads_ok + self.reloads_failed
+            seen = now
+            await asyncio.sleep(interval)
+
+    def _fingerprint(self, in_force: bool) -> str:
+        config = self._built.config        # as validated: the base certificates, not a cutover's
+        paths = watched_files(config)
+        if in_force:
+            return fingerprint(paths, {config.source: self._text.encode()})
+        try:
+            paths += watched_files(load(self.source, check_files=False).config)
+        except (ConfigErrors, ConfigError):
+            pass   # the config file's own bytes are in the fingerprint already
+        return fingerprint(list(dict.fromkeys(paths)))
 
     # ------------------------------------------------------------------ main
     def _write_status(self, last: ReloadResult | None) -> None:
@@ -469,6 +549,11 @@ class Supervisor:
         self._signals()
         _log.info("supervisor", pid=os.getpid(), workers=self._nworkers, generation=self._generation)
         self._log_cutovers(None, self._built, at_start=True)
+        # First, so probes answer (503 until the workers are up) and a busy admin port stops the start.
+        admin_error = await self._start_admin()
+        if admin_error is not None:
+            _log.error("listen_failed", errors=[admin_error])
+            return 1
         async with self._lock:   # a SIGHUP during the start waits for it
             await self._update_crl(self.snapshot)   # CRLs published before any worker looks
             errors = await asyncio.gather(*(self._start_worker() for _ in range(self._nworkers)))
@@ -481,12 +566,20 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 10)
             await self._stop_crl()
+            if self._admin is not None:
+                await self._admin.close()
             return 1
+        if self._draining:   # SIGTERM during the start: workers spawned after it must hear it too
+            for w in self._workers:
+                w.channel.send({"op": "drain", "timeout": self.snapshot.config.drain_timeout})
         _log.info("serving", pid=os.getpid(), generation=self._generation, workers=[w.pid for w in self._workers])
         self._write_status(None)
-        await self._start_admin()
         self._schedule_cutover()
+        watcher = asyncio.get_running_loop().create_task(self._watch_files())
+        if os.getpid() == 1:
+            self._spawn_task(self._reap_adopted())
         await self._stop.wait()
+        watcher.cancel()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         await self._stop_crl()

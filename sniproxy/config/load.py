@@ -53,7 +53,7 @@ from sniproxy.config.yamlloc import PLACEHOLDER_TAG, LocDict, key_paths_by_line,
 from sniproxy.errors import ConfigError, ConfigErrors
 
 TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
-            "listeners", "drain", "cutover", "admin")
+            "listeners", "drain", "cutover", "reload", "admin")
 ADMIN_KEYS = ("bind",)
 LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
@@ -168,6 +168,7 @@ class _Builder:
         crl = self._crl_settings(state_path)
         limits = self._limits()
         drain = self._drain()
+        watch = self._reload()
         self._authorities()
         with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.revocation_required)
         if with_crl and crl.cache_dir is None:
@@ -185,7 +186,7 @@ class _Builder:
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
             state_dir=state_path, crl=crl, limits=limits, drain_timeout=drain, cutover=cutovers,
-            admin=admin,
+            reload_watch=watch, admin=admin,
         )
 
     def _flows_section_line(self, name: str) -> int:
@@ -230,7 +231,7 @@ class _Builder:
         if clash is not None:
             sec.error("bind", f"address {addr} is a client port: a listener binds it (line {clash})")
             return None
-        return AdminSettings(bind=addr)
+        return AdminSettings(bind=addr, line=sec.line("bind"))
 
     def _limits(self) -> Limits:
         sec = self.top.section("limits")
@@ -254,6 +255,16 @@ class _Builder:
             return 25.0
         sec.check_keys(("timeout",))
         return sec.duration("timeout", 25.0)
+
+    def _reload(self) -> float | None:
+        """``reload.watch`` (reload when the files change, polled every ``reload.interval``)."""
+        sec = self.top.section("reload")
+        if sec is None:
+            return None
+        sec.check_keys(("watch", "interval"))
+        watch = sec.boolean("watch", False)
+        interval = sec.duration("interval", 5.0)
+        return interval if watch is True else None
 
     def _crl_settings(self, state_dir: Path | None) -> CrlSettings:
         sec = self.top.section("crl")

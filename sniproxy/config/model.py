@@ -290,6 +290,7 @@ class AdminSettings:
     """The admin endpoint (the ``admin`` top-level section): plain HTTP, never on a client port."""
 
     bind: Address
+    line: int | None = field(default=None, compare=False)   # of ``admin.bind``, for a bind failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,4 +331,5 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     drain_timeout: float = 25.0                   # SIGTERM: longest wait for connections (under k8s' 30 s grace)
     cutover: tuple[Cutover, ...] = ()             # in instant order (stable for equal instants)
+    reload_watch: float | None = None             # reload.watch: poll interval (s) of the files, None = off
     admin: AdminSettings | None = None            # None: no admin endpoint

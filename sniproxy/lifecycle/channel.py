@@ -25,6 +25,7 @@ class Channel:
         self.writer = writer
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.eof = False          # the peer is gone: a request fails at once instead of timing out
 
     @classmethod
     async def open(cls, sock: socket.socket) -> Channel:
@@ -39,6 +40,8 @@ class Channel:
 
     async def request(self, msg: dict[str, Any], seconds: float) -> dict[str, Any]:
         """Send ``msg`` with a fresh ``id`` and wait for the reply carrying it (``read`` delivers it)."""
+        if self.eof:
+            raise ConnectionError("control channel closed")
         rid = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
@@ -56,6 +59,7 @@ class Channel:
             except (ConnectionError, ValueError):   # ValueError: a line over LINE_LIMIT
                 line = b""
             if not line:
+                self.eof = True
                 for fut in self._waiting.values():
                     if not fut.done():
                         fut.set_exception(ConnectionError("control channel closed"))

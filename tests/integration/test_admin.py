@@ -148,6 +148,19 @@ def test_metrics_sum_both_workers_and_admin_routes(pki: TestPki, dovecot: Doveco
     assert total(m, "sniproxy_config_generation") == 2
     # counters survive the reload (workers keep running)
     assert total(m, "sniproxy_connections_total") == 17
+    # an invalid config is refused with sniproxy check's file:line errors; generation 2 keeps serving
+    text = proxy.config.read_text()
+    proxy.config.write_text(text.replace("profile: production", "profile: prod"))
+    status, body = admin(aport, "POST", "/reload")
+    answer = json.loads(body)
+    assert status == 422 and answer["ok"] is False and answer["generation"] == 2, body
+    assert answer["errors"] and answer["errors"][0].startswith(f"{proxy.config}:"), answer
+    assert "profile" in answer["errors"][0]
+    proxy.config.write_text(text)
+    m = scrape(aport)
+    assert total(m, "sniproxy_reloads_total", result="failed") == 1
+    assert total(m, "sniproxy_config_generation") == 2
+    assert connect(port, pki, "fort-liberal")
     # the admin port is plain HTTP, never TLS, and a client port never answers HTTP
     with pytest.raises((http.client.HTTPException, OSError)):
         admin(port, "GET", "/healthz")
@@ -156,6 +169,26 @@ def test_metrics_sum_both_workers_and_admin_routes(pki: TestPki, dovecot: Doveco
     assert status == 503 and "draining" in body
     assert proxy.proc.wait(timeout=40) == 0
     assert not run.exists() or not any(run.iterdir())       # the run's metric files are removed at exit
+
+
+def test_admin_port_busy_stops_the_start_with_its_line(pki: TestPki, dovecot: Dovecot, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    from sniproxy.democonf import write_config
+
+    cfg, _, aport = make_config(pki, dovecot, tmp_path / "state")
+    path = write_config(cfg, tmp_path / "busy.yaml")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", aport))
+        holder.listen(1)
+        r = subprocess.run([sys.executable, "-m", "sniproxy", "run", "-c", str(path)], capture_output=True,
+                           text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    line = next(n for n, t in enumerate(path.read_text().splitlines(), 1) if f"127.0.0.1:{aport}" in t)
+    assert f"{path}:{line}: admin.bind: cannot listen on 127.0.0.1:{aport} (admin endpoint)" in r.stderr, r.stderr
+    assert '"event": "serving"' not in r.stderr
 
 
 def test_readyz_false_while_a_required_crl_is_stale(crl_http: CrlHttpServer, fort: Fort, pki: TestPki,  # noqa: F811
@@ -219,3 +252,38 @@ def test_one_download_per_crl_per_refresh_with_two_workers(crl_http: CrlHttpServ
     reasons = [e["reason"] for e in proxy.connection_events()[before:]]
     assert reasons == ["revoked"] * 8, reasons
     assert len(proxy.log_text().split('"crl_updated"')) - 1 >= 1
+
+
+def test_a_killed_workers_open_connections_leave_the_active_gauge(pki: TestPki, dovecot: Dovecot,
+                                                                 start_proxy: StartProxy, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from tests.integration.lifecycle_kit import worker_pids
+
+    cfg, port, aport = make_config(pki, dovecot, tmp_path / "state")
+    proxy = start_proxy(cfg)
+    old = worker_pids(proxy, 2)
+    wait_admin(aport)
+    held = [tls_connect(port, pki, "fort-liberal", SNI) for _ in range(4)]
+    try:
+        for s in held:
+            assert s.recv(64).startswith(b"* OK")
+        wait_until(lambda: total(scrape(aport), "sniproxy_connections_active") == 4, 10, "4 active")
+        for pid in old:
+            os.kill(pid, signal.SIGKILL)      # the workers this test's proxy started, by pid
+        # the supervisor restarts them and forgets the dead ones' open connections
+        wait_until(lambda: len([e for e in proxy._snapshot_events() if e.get("event") == "ready"]) >= 4, 30,
+                   "two new workers")
+        wait_until(lambda: total(scrape(aport), "sniproxy_connections_active") == 0, 10, "0 active",
+                   lambda: scrape(aport).get("sniproxy_connections_active"))
+        wait_until(lambda: admin(aport, "GET", "/readyz")[0] == 200, 20, "ready again")
+        assert connect(port, pki, "cps-2ter")
+        # counters of the dead workers still count (their 4 connections ended without an event: not counted)
+        wait_until(lambda: total(scrape(aport), "sniproxy_connections_total") >= 1, 10, "the new connection ended")
+        m = scrape(aport)
+        assert total(m, "sniproxy_connections_total") == 1
+        assert total(m, "sniproxy_connections_active") == 0
+    finally:
+        for s in held:
+            s.close()

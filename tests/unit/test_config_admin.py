@@ -30,6 +30,7 @@ def test_admin_ipv6_bind(work: Work) -> None:
     path = work.write(BASE, {STATE_LINE: STATE_LINE + "admin:\n  bind: \"[::1]:9100\"\n"})
     admin = load(path).config.admin
     assert admin is not None and admin.bind == Address("::1", 9100)
+    assert admin.line == line_of(work.text, "[::1]:9100")      # a bind failure at start names it
 
 
 def test_admin_bad_address_names_its_line(work: Work) -> None:
