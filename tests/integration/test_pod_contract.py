@@ -177,6 +177,10 @@ def test_the_deployment_runs_as_specified(pki: TestPki, dovecot: Dovecot, tmp_pa
                 assert time.monotonic() < deadline, (tmp_path / "pod.log").read_text()[-3000:]
                 time.sleep(0.3)
             assert http_status(probe("livenessProbe")) == 200
+            # the process the kubelet would signal is sniproxy itself, as the pod's user
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            uid_line = next(ln for ln in status.splitlines() if ln.startswith("Uid:"))
+            assert uid_line.split()[1:] == [user.split(":")[0]] * 4, uid_line
 
             # a revoked card is refused: the CRLs from the mounted ConfigMap are in force
             with pytest.raises((ssl.SSLError, OSError, imaplib.IMAP4.error)):
@@ -229,6 +233,7 @@ def test_the_deployment_runs_as_specified(pki: TestPki, dovecot: Dovecot, tmp_pa
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
+            log.close()
     text = (tmp_path / "pod.log").read_text()
     # nothing written outside the volumes: a write to the read-only root would have failed loudly
     assert "Read-only file system" not in text, text[-3000:]
