@@ -45,5 +45,7 @@ if [[ ${SKIP_PIP:-0} != 1 ]]; then
     ./scripts/venv.sh test
     # sslyze in its own virtualenv: it pins an older cryptography (see the script)
     ./scripts/install-sslyze.sh
+    # helm, kubernetes-validate, hadolint, buildah/podman/debootstrap: the packaging tests (tests/deploy)
+    ./scripts/install-deploy-tools.sh
 fi
 echo "install-test-deps: done"

@@ -15,6 +15,17 @@ from typing import Any
 from sniproxy import __version__
 from sniproxy.errors import ConfigError, ConfigErrors
 
+DESCRIPTION = """\
+TLS front door for MSSanté IMAP, SMTP and HTTPS (SOAP web services): terminates STARTTLS and implicit TLS,
+picks a flow (server certificate and accepted card authorities) by SNI, verifies the smart-card client
+certificate against that flow's authorities and CRLs, and forwards plaintext to the unchanged backend
+with the card's identity."""
+
+EPILOG = """\
+exit codes: 0 success, 1 runtime failure, 2 configuration error.
+Start with `sniproxy check -c FILE`, then `sniproxy run -c FILE`; `sniproxy demo` shows it working with a
+generated test PKI. Documentation: README.md and docs/ in the source repository."""
+
 
 def _load(path: str) -> tuple[object, list[str]]:
     from sniproxy.config.load import load
@@ -66,7 +77,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if unchecked:
         # Cards of these sets are never checked for revocation: say so on every start.
         log.warning("revocation_not_checked", authorities=unchecked)
-    workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
+    from sniproxy.cpus import available_cpus
+
+    # `auto`: the CPUs this process may use (affinity, cgroup quota), not the node's core count
+    workers = cfg.workers if cfg.workers is not None else available_cpus()
     return app.run(path, text, built, workers)
 
 
@@ -248,7 +262,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by the docs)."""
-    p = argparse.ArgumentParser(prog="sniproxy", description=__doc__)
+    p = argparse.ArgumentParser(prog="sniproxy", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"sniproxy {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="serve with a config file")

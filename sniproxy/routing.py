@@ -38,7 +38,7 @@ class RouteTable:
         """Return the flow name for this SNI, or None when the connection must be refused.
 
         No SNI always gets the default flow: bi-flux requires the legacy flow for clients that
-        send none (DOMAIN.md, notice §4.1).
+        send none (docs/domain.md, notice §4.1).
         """
         if sni is None:
             return self.default

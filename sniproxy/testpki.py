@@ -1,7 +1,7 @@
 """The project's test PKI, generated in code at run time (nothing here is ever committed).
 
 Look-alikes of the IGC CPS and IGC Santé authorities, the operator's two server certificates and a
-set of cards, good and bad, following the DN layouts of DOMAIN.md (notice §3.2) and the real
+set of cards, good and bad, following the DN layouts of docs/domain.md (notice §3.2) and the real
 samples in ``tests/data/samples``. Used by the tests, ``sniproxy demo`` and the benchmarks.
 
 Why look-alikes: the production Fort/Standard chains and every GIP-CPS CA are not public, and

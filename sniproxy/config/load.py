@@ -49,7 +49,7 @@ from sniproxy.config.names import (
 )
 from sniproxy.config.pemfiles import Files, distribution_points, looks_test
 from sniproxy.config.tlspolicy import policy_problems, policy_weaknesses
-from sniproxy.config.yamlloc import LocDict, parse
+from sniproxy.config.yamlloc import PLACEHOLDER_TAG, LocDict, key_paths_by_line, parse_with_placeholders
 from sniproxy.errors import ConfigError, ConfigErrors
 
 TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
@@ -103,7 +103,7 @@ def load(path: Path, *, check_files: bool = True, text: str | None = None) -> Lo
     if text is None:
         text = read_text(path)
     try:
-        data = parse(text)
+        data, placeholders = parse_with_placeholders(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p) or "invalid YAML"
@@ -113,6 +113,7 @@ def load(path: Path, *, check_files: bool = True, text: str | None = None) -> Lo
         raise ConfigErrors([ConfigError(f"YAML syntax: {exc}", file=str(path))]) from exc
     if data is None:
         raise ConfigErrors([ConfigError("the config file is empty", file=str(path))])
+    _warn_placeholders(report, text, data, placeholders)
     base_dir = path.resolve().parent
     top = Section.of(report, data, "", 1, base_dir)
     config = None
@@ -121,6 +122,19 @@ def load(path: Path, *, check_files: bool = True, text: str | None = None) -> Lo
     if report.errors or config is None:
         raise ConfigErrors(report.errors)
     return Loaded(config, tuple(report.warnings))
+
+
+def _warn_placeholders(report: Report, text: str, data: Any, lines: list[int]) -> None:
+    """One warning per ``!fill`` value: a placeholder of a shipped config the operator has not filled yet."""
+    if not lines:
+        return
+    paths = key_paths_by_line(data)
+    source = text.splitlines()
+    for line in lines:
+        # the comment on the placeholder's line says what to put there
+        _, hash_, comment = source[line - 1].partition(PLACEHOLDER_TAG)[2].partition(" #")
+        hint = f": {comment.strip()}" if hash_ and comment.strip() else ""
+        report.warn(line, paths.get(line), f"placeholder still to fill{hint} (then remove `{PLACEHOLDER_TAG}`)")
 
 
 class _Builder:

@@ -11,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode, Node, SequenceNode
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+PLACEHOLDER_TAG = "!fill"
 
 
 class LocDict(dict[Any, Any]):
@@ -52,7 +54,31 @@ def _line(node: Node) -> int:
 
 
 class LocatingLoader(yaml.SafeLoader):
-    """``SafeLoader`` whose mappings and sequences are ``LocDict`` / ``LocList``."""
+    """``SafeLoader`` whose mappings and sequences are ``LocDict`` / ``LocList``.
+
+    ``!fill VALUE`` marks a placeholder the operator still has to fill (shipped configs use it for values only the
+    operator knows): it loads as the plain ``VALUE`` and its line is recorded in ``placeholders``.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.placeholders: list[int] = []
+
+    def construct_placeholder(self, node: Node) -> Any:
+        """The untagged value of a ``!fill`` node; its line goes to ``placeholders``."""
+        self.placeholders.append(_line(node))
+        # A copy with the tag the node would have had untagged: constructing the node itself again would be
+        # taken for a recursive structure.
+        plain: Node
+        if isinstance(node, MappingNode):
+            plain = MappingNode("tag:yaml.org,2002:map", node.value, node.start_mark, node.end_mark)
+        elif isinstance(node, SequenceNode):
+            plain = SequenceNode("tag:yaml.org,2002:seq", node.value, node.start_mark, node.end_mark)
+        else:
+            assert isinstance(node, ScalarNode)
+            tag = self.resolve(ScalarNode, node.value, (node.style is None, False))  # type: ignore[no-untyped-call]
+            plain = ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
+        return self.construct_object(plain, deep=True)
 
     def construct_loc_map(self, node: MappingNode) -> Any:
         """Build a ``LocDict``; yields first so recursive structures (anchors) still work."""
@@ -85,12 +111,34 @@ class LocatingLoader(yaml.SafeLoader):
 
 LocatingLoader.add_constructor("tag:yaml.org,2002:map", LocatingLoader.construct_loc_map)
 LocatingLoader.add_constructor("tag:yaml.org,2002:seq", LocatingLoader.construct_loc_seq)
+LocatingLoader.add_constructor(PLACEHOLDER_TAG, LocatingLoader.construct_placeholder)
 
 
 def parse(text: str) -> Any:
     """Parse one YAML document with ``LocatingLoader``; raises ``yaml.YAMLError`` on bad syntax."""
+    return parse_with_placeholders(text)[0]
+
+
+def parse_with_placeholders(text: str) -> tuple[Any, list[int]]:
+    """Like ``parse``, plus the lines of the ``!fill`` placeholders, in document order."""
     loader = LocatingLoader(text)
     try:
-        return loader.get_single_data()
+        return loader.get_single_data(), sorted(loader.placeholders)
     finally:
         loader.dispose()
+
+
+def key_paths_by_line(data: Any, path: str = "") -> dict[int, str]:
+    """Line -> key path (``a.b[2].c``) of every mapping key and list item; the deepest path wins a line."""
+    found: dict[int, str] = {}
+    if isinstance(data, LocDict):
+        for key, value in data.items():
+            sub = f"{path}.{key}" if path else str(key)
+            found[data.line_of(key)] = sub
+            found.update(key_paths_by_line(value, sub))
+    elif isinstance(data, LocList):
+        for i, value in enumerate(data):
+            sub = f"{path}[{i}]"
+            found[data.line_of(i)] = sub
+            found.update(key_paths_by_line(value, sub))
+    return found

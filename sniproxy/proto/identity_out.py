@@ -6,7 +6,7 @@ card certificate), ``PP2_TYPE_AUTHORITY`` (the SNI) and, on request, application
 identity. Must not do I/O or read certificates: ``CardFacts`` is extracted by the caller once the
 handshake is done (``card_facts``), because the parsed chain is freed right after.
 
-Backend facts (DOMAIN.md): Dovecot 2.3 keeps the SSL bit and the CN only; Dovecot 2.4 trusts the CN
+Backend facts (docs/domain.md): Dovecot 2.3 keeps the SSL bit and the CN only; Dovecot 2.4 trusts the CN
 only with the certificate-present flags and verify = 0; Dovecot 2.3 drops a header over 1500 bytes,
 so the certificate itself is never sent and an optional identity TLV is left out when it would
 push the header over that size.

@@ -1,6 +1,6 @@
 """Normalized identity of a client (card) or server certificate of the IGC CPS and IGC Santé PKIs.
 
-Owns the reading of the two subject DN layouts (DOMAIN.md, notice §3.2) and of the GIP-CPS private
+Owns the reading of the two subject DN layouts (docs/domain.md, notice §3.2) and of the GIP-CPS private
 extensions (1.2.250.1.71.1.2.x). It reads an already verified certificate and never decides
 anything: authorization lives in ``sniproxy.tls.verify``. No I/O, no logging.
 

@@ -51,6 +51,16 @@ def test_version() -> None:
     assert r.stdout.strip() == f"sniproxy {__version__}"
 
 
+def test_help_describes_the_tool_for_a_user() -> None:
+    r = _run("--help", cwd=Path.cwd())
+    assert r.returncode == 0
+    # the user's description and exit codes, not the module's developer docstring
+    assert "TLS front door for MSSanté" in r.stdout and "exit codes: 0 success" in r.stdout
+    assert "argv in, exit code out" not in r.stdout and "The only module that exits" not in r.stdout
+    for command in ("run", "check", "crl", "verify", "demo"):
+        assert re.search(rf"^\s+{command}\s", r.stdout, re.M), command
+
+
 def test_valid_config_ok(pki: TestPki, tmp_path: Path) -> None:
     path = write_config(_config(pki), tmp_path / "ok.yaml")
     r = _check(path)

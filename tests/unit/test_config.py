@@ -642,7 +642,7 @@ def test_shipped_configs_are_valid(name: str) -> None:
     path = REPO / "conf" / name
     loaded = load(path, check_files=False)
     assert loaded.config.profile is Profile.PRODUCTION
-    assert {lr.name for lr in loaded.config.listeners} == {"imap", "submission"}
+    assert {lr.name for lr in loaded.config.listeners} == {"imap", "submission", "ws"}
     admin = loaded.config.admin    # the admin endpoint on loopback (the Helm chart binds the pod IP)
     assert admin is not None and (admin.bind.host, admin.bind.port) == ("127.0.0.1", 9100)
     # With file checks, the only problems are the operator's files not shipped in the repository.
@@ -659,8 +659,10 @@ def test_shipped_bi_flux_matches_the_notice() -> None:
                                       Route("igcsante", ("frontimap-igcsante.mssante.fr",)))
     assert by_name["submission"].routes == (Route("2bis", ("frontsmtp.mssante.fr",)),
                                             Route("igcsante", ("frontsmtp-igcsante.mssante.fr",)))
+    assert by_name["ws"].routes == (Route("2bis", ("mss-msg.mssante.fr", "mss-idp.mssante.fr")),
+                                    Route("igcsante", ("mss-msg-igcsante.mssante.fr", "mss-idp-igcsante.mssante.fr")))
     assert all(lr.default_flow == "2bis" for lr in cfg.listeners)
-    assert {lr.binds[0].port for lr in cfg.listeners} == {143, 587}
+    assert {lr.binds[0].port for lr in cfg.listeners} == {143, 587, 443}
     for flow in cfg.flows.values():
         enabled = [a for a in flow.authorities if cfg.authorities[a].enabled]
         assert enabled == ["igc-cps-2ter", "igc-sante-fort-pp"]

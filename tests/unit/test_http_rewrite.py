@@ -206,7 +206,7 @@ def test_soap_version(headers: list[tuple[bytes, bytes]], version: str | None) -
     assert soap_version(headers) == version
 
 
-@pytest.mark.parametrize(("status", "soap"), itertools.product([400, 403, 421, 502, 504], ["1.1", "1.2", None]))
+@pytest.mark.parametrize(("status", "soap"), list(itertools.product([400, 403, 421, 502, 504], ["1.1", "1.2", None])))
 def test_error_bodies(status: int, soap: str | None) -> None:
     headers, body = error_response(status, "no <card> & more", soap)
     h = dict(headers)

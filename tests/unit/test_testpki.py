@@ -338,3 +338,29 @@ def test_other_layout_version_is_regenerated(tmp_path: Path) -> None:
     build(tmp_path, now=t0)
     assert (tmp_path / "cards" / "fort" / "cert.pem").read_bytes() != fort
     assert json.loads(manifest_path.read_text())["version"] == LAYOUT_VERSION
+
+
+@needs_openssl
+def test_verify_depth_counts_intermediates_as_docs_config_says(pki: TestPki) -> None:
+    """docs/config.md: ``verify_depth: N`` accepts card + N intermediates + root, refuses N + 1 intermediates.
+
+    The ``deep`` card has 5 sub-CAs under the Fort root: depth 5 accepts it, depth 4 refuses it at depth 5
+    (its fifth intermediate); the ordinary card (one intermediate) passes depth 1 and depth 0 refuses it at its
+    intermediate (depth 1): the root is never counted.
+    """
+    assert OPENSSL is not None
+    auth = pki.authorities["igc-sante-fort-pp"]
+
+    def run(card: str, depth: int) -> tuple[bool, str]:
+        kp = pki.cards[card]
+        cmd = [OPENSSL, "verify", "-x509_strict", "-purpose", "sslclient", "-CAfile", str(auth.roots[0]),
+               "-untrusted", str(kp.chain), "-verify_depth", str(depth), str(kp.cert)]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        return res.returncode == 0, res.stdout + res.stderr
+
+    assert run("deep", 5)[0]
+    ok, out = run("deep", 4)
+    assert not ok and "error 22 at 5 " in out, out
+    assert run("fort", 1)[0]
+    ok, out = run("fort", 0)
+    assert not ok and "error 22 at 1 " in out, out

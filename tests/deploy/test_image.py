@@ -1,0 +1,60 @@
+"""The image builds with buildah (no engine) and carries what the Dockerfile promises: non-root user, the exposed
+ports, the entrypoint and command, the healthcheck on the admin endpoint, SIGTERM as stop signal, the volumes a
+read-only root needs. The build is cached between runs (scripts/build-image.sh)."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+
+from tests.deploy.conftest import IMAGE_TAG, REPO, built_image
+
+TAG = IMAGE_TAG
+
+
+@pytest.fixture(scope="session")
+def image() -> dict[str, Any]:
+    """``buildah inspect`` of the image (first build ~6 min, cached ~1 min)."""
+    return built_image()
+
+
+def test_image_runs_as_non_root_with_the_promised_interface(image: dict[str, Any]) -> None:
+    config = image["Docker"]["config"]
+    assert config["User"] == "10001:10001"
+    assert set(config["ExposedPorts"]) == {f"{p}/tcp" for p in (1143, 1587, 1993, 1465, 1443, 9100)}
+    assert config["Entrypoint"] == ["sniproxy"]
+    assert config["Cmd"] == ["run", "-c", "/etc/sniproxy/sniproxy.yaml"]
+    assert config["StopSignal"] == "SIGTERM"
+    assert set(config["Volumes"]) == {"/var/lib/sniproxy", "/tmp"}
+    health = config["Healthcheck"]["Test"]
+    assert health[0] == "CMD" and "http://127.0.0.1:9100/healthz" in " ".join(health)
+    assert "urllib.request" in " ".join(health)
+
+
+def test_image_runs_read_only_as_its_user_with_only_the_locked_packages(image: dict[str, Any]) -> None:
+    from tests.deploy.imageroot import image_root, pod_command
+
+    env = dict(e.split("=", 1) for e in image["Docker"]["config"]["Env"])
+    with image_root(TAG) as root:
+        site = next((root / "opt" / "sniproxy" / "lib").glob("python3*/site-packages"))
+        installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+        lock = (REPO / "requirements.lock").read_text()
+        assert "pip" not in installed and "setuptools" not in installed, installed
+        assert "sniproxy" in installed
+        for name in installed - {"sniproxy"}:
+            assert f"\n{name.replace('_', '-')}==" in lock.lower(), name
+        script = ("import os, pathlib, sys\n"
+                  "print(os.getuid(), os.getgid())\n"
+                  "try:\n    pathlib.Path('/opt/x').write_text('x')\nexcept OSError as e:\n    print('ro', e.errno)\n"
+                  "pathlib.Path('/var/lib/sniproxy/x').write_text('x'); print('state ok')\n")
+        cmd = pod_command(root, ["/opt/sniproxy/bin/python", "-c", script], user="10001:10001", env=env,
+                          binds={}, tmpfs=["/var/lib/sniproxy", "/tmp"])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split("\n")[:3] == ["10001 10001", "ro 30", "state ok"], r.stdout   # 30 = EROFS
+        version = subprocess.run(pod_command(root, ["sniproxy", "--version"], user="10001:10001", env=env,
+                                             binds={}, tmpfs=["/tmp"]),
+                                 capture_output=True, text=True, timeout=60, check=False)
+        assert version.returncode == 0 and version.stdout.startswith("sniproxy "), version.stderr
