@@ -312,3 +312,156 @@ def test_filter_mode_passes_the_greeting_on_implicit_tls() -> None:
 def test_filter_mode_greeting_refused(greeting: bytes, reason: Reason) -> None:
     out = _filter().backend_data(greeting)
     assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is reason
+
+
+# -- mutation testing (issue 11): each test below fails against a mutant that survived the suite before ------
+def _data(r: SmtpRelay) -> None:
+    r.client_data(b"DATA\r\n")
+    assert _to_client(r.backend_data(b"354 go\r\n")) == b"354 go\r\n"
+
+
+def _refused_xclient_after_reply(r: SmtpRelay, out: list[RelayAction]) -> None:
+    """The relay is in command mode: the pipelined XCLIENT is answered 550 here after the data's reply."""
+    assert _to_client(out) == b""
+    assert _to_client(r.backend_data(b"250 2.0.0 Ok: queued\r\n")) == (
+        b"250 2.0.0 Ok: queued\r\n550 5.7.0 XCLIENT is not accepted from clients\r\n")
+
+
+def test_empty_message_end_marker_first_in_a_read_ends_the_data() -> None:
+    """The "." line as the very first bytes after 354 (an empty body): the data ends, and the client's next
+    line is a command (filtered), never message data the backend would read with the proxy's trust."""
+    r = _ready(login=False)
+    _data(r)
+    out = r.client_data(b".\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_end_marker_first_in_a_later_read_ends_the_data() -> None:
+    r = _ready(login=False)
+    _data(r)
+    assert _to_backend(r.client_data(b"body\r\n")) == b"body\r\n"
+    out = r.client_data(b".\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_a_dot_continuing_a_long_message_line_is_not_the_end() -> None:
+    """After a message line over 64 KiB passed in parts, ".\\r\\n" ends that line ("xxx."): Postfix is still
+    in the data, so the proxy must be too; the real end comes later and only then are commands parsed."""
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    _data(r)
+    long_line = b"x" * (LONG_DATA_LINE + 10)
+    assert _to_backend(r.client_data(long_line)) == long_line
+    out = r.client_data(b".\r\nRSET\r\n.\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\nRSET\r\n.\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_long_line_then_its_end_then_the_marker_ends_the_data() -> None:
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    _data(r)
+    r.client_data(b"y" * (LONG_DATA_LINE + 1))
+    assert _to_backend(r.client_data(b"\r\n")) == b"\r\n"
+    out = r.client_data(b".\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_a_message_line_at_the_long_line_limit_waits_for_its_end() -> None:
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    _data(r)
+    assert r.client_data(b"z" * LONG_DATA_LINE) == []               # not over the limit: held whole
+    assert _to_backend(r.client_data(b"\r\n")) == b"z" * LONG_DATA_LINE + b"\r\n"
+
+
+def test_postfix_refusing_xclient_stops_the_relay() -> None:
+    """Without the XCLIENT the session would carry the proxy's own (trusted) address: never forward."""
+    r = SmtpRelay(client_addr=("192.0.2.7", 40000), helo="", hostname="p", consume_greeting=False, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    r.backend_data(POSTFIX_EHLO)
+    out = r.backend_data(b"550 5.7.0 Error: insufficient authorization\r\n")
+    assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is Reason.BACKEND_REFUSED
+    assert "550" in out[0].detail
+    assert not r.ready
+
+
+def test_a_greeting_other_than_220_stops_the_xclient_opening() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    out = r.backend_data(b"554 5.3.2 go away\r\n")
+    assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is Reason.BACKEND_REFUSED
+    assert not r.ready
+
+
+def test_ehlo_refused_during_the_opening_is_a_backend_error() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    (stop,) = r.backend_data(b"502-mx\r\n502 XCLIENT\r\n")
+    assert isinstance(stop, Stop) and stop.reason is Reason.BACKEND_PROTOCOL and not r.ready
+
+
+def test_refused_xclient_login_is_never_235() -> None:
+    r = _ready()
+    _ehlo(r)
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+    out = r.backend_data(b"550 5.7.0 Error: insufficient authorization\r\n")
+    assert _to_client(out) == b"454 4.7.0 Temporary authentication failure\r\n"
+    assert _to_backend(out) == b""                                  # no EHLO: the login did not happen
+    (notice,) = [x for x in out if isinstance(x, Notice)]
+    assert notice.fields["result"] == "backend_refused" and notice.fields["mailbox"] == "alice@example.test"
+    # back in command mode, not authenticated: a second try goes to the backend again
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+
+
+def test_a_second_auth_external_is_refused_after_a_login() -> None:
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL =\r\n")
+    r.backend_data(b"220 mx ESMTP\r\n")
+    assert _to_client(r.backend_data(POSTFIX_EHLO)) == b"235 2.7.0 Authentication successful\r\n"
+    out = r.client_data(b"AUTH EXTERNAL =\r\n")
+    assert _to_client(out) == b"503 5.5.1 Already authenticated\r\n" and _to_backend(out) == b""
+
+
+def test_a_second_auth_external_is_refused_after_the_backends_own_auth() -> None:
+    r = _ready()
+    _ehlo(r)
+    assert _to_backend(r.client_data(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")) == b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
+    assert _to_client(r.backend_data(b"235 2.7.0 Authentication successful\r\n")).startswith(b"235")
+    out = r.client_data(b"AUTH EXTERNAL =\r\n")
+    assert _to_client(out) == b"503 5.5.1 Already authenticated\r\n" and _to_backend(out) == b""
+
+
+def test_a_failed_backend_auth_does_not_authenticate() -> None:
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n")
+    assert _to_client(r.backend_data(b"535 5.7.8 Error: authentication failed\r\n")).startswith(b"535")
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_an_over_long_command_line_stops_the_relay(split: bool) -> None:
+    """A complete line over max_line in one read, or its start without a line end: refused, not forwarded."""
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None,
+                  xclient=False, max_line=64)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    line = b"NOOP " + b"a" * 58 + b"\r\n"                               # 65 bytes
+    out = r.client_data(line[:-2] + b"aa") if split else r.client_data(line)
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.LINE_TOO_LONG
+    assert _to_backend(out) == b""
+
+
+def test_a_command_line_at_max_line_is_forwarded() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None,
+                  xclient=False, max_line=64)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    line = b"NOOP " + b"a" * 57 + b"\r\n"                               # 64 bytes
+    assert r.client_data(line[:-1]) == []                               # 63 bytes, no line end: waits
+    assert _to_backend(r.client_data(b"\n")) == line
