@@ -293,3 +293,18 @@ def test_index_is_immutable() -> None:
     idx = index_of(crl_of([(1, day(1), None)]))
     with pytest.raises(AttributeError):
         idx.der = b""  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("change", [-12, -1, 1, 12])
+def test_map_index_refuses_an_index_of_the_wrong_length(tmp_path: Path, change: int) -> None:
+    """The right magic but a file cut short (a helper killed mid-write) or with bytes after the arrays:
+    mapped as is, its keys and offsets would point at the wrong entries of the CRL."""
+    crl = crl_of([(1, day(1), None), (2, day(2), None)])
+    der = crl.public_bytes(Encoding.DER)
+    (tmp_path / "crl.der").write_bytes(der)
+    write_index(der, tmp_path / "crl.idx", len(crl))
+    whole = (tmp_path / "crl.idx").read_bytes()
+    (tmp_path / "crl.idx").write_bytes(whole[:change] if change < 0 else whole + b"\0" * change)
+    with pytest.raises(CrlRejected) as exc:
+        map_index(tmp_path / "crl.der", tmp_path / "crl.idx")
+    assert exc.value.reason == "parse_error" and "crl.idx" in exc.value.message
