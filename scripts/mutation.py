@@ -161,6 +161,13 @@ def generate(module: str, source: str) -> list[Mutant]:
     skip = _skipped_nodes(tree)
     quiet = _no_mutate_lines(source)
     where = _statements(tree)
+    # A constant passed by keyword is named by it (``frozen=True`` and ``slots=True`` are different mutants).
+    keyword = {id(k.value): k.arg for n in ast.walk(tree) if isinstance(n, ast.Call) for k in n.keywords if k.arg}
+    # A trailing ``return``/``return None`` deleted is the same function: never a mutant.
+    tail = {id(f.body[-1]) for f in ast.walk(tree) if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+            and isinstance(f.body[-1], ast.Return)
+            and (f.body[-1].value is None or (isinstance(f.body[-1].value, ast.Constant)
+                                              and f.body[-1].value.value is None))}
     out: list[Mutant] = []
 
     def add(node: ast.AST, index: int, kind: str, text: str, arg: object = None) -> None:
@@ -191,13 +198,14 @@ def generate(module: str, source: str) -> list[Mutant]:
                                     f"{_BIN_TEXT[_BIN_SWAP[type(node.op)]]}=")
         elif isinstance(node, ast.Constant):
             v = node.value
+            kw = f"{keyword[id(node)]}=" if id(node) in keyword else ""
             if isinstance(v, bool):
-                add(node, index, "const", f"`{v}` -> `{not v}`", not v)
+                add(node, index, "const", f"`{kw}{v}` -> `{kw}{not v}`", not v)
             elif isinstance(v, int):
-                add(node, index, "const", f"`{v}` -> `{v + 1}`", v + 1)
+                add(node, index, "const", f"`{kw}{v}` -> `{kw}{v + 1}`", v + 1)
             elif isinstance(v, str | bytes):
                 new = ("XX" + v) if isinstance(v, str) else (b"XX" + v)
-                add(node, index, "const", f"`{_short(node, 40)}` -> `{_short(ast.Constant(new), 40)}`", new)
+                add(node, index, "const", f"`{kw}{_short(node, 40)}` -> `{kw}{_short(ast.Constant(new), 40)}`", new)
         if isinstance(node, ast.If | ast.While | ast.IfExp) and not (
                 isinstance(node.test, ast.Constant) and node.test.value is True):
             add(node, index, "negate", f"`{_short(node.test)}`: negated")
@@ -209,7 +217,7 @@ def generate(module: str, source: str) -> list[Mutant]:
             if not isinstance(stmts, list):
                 continue
             for pos, stmt in enumerate(stmts):
-                if isinstance(stmt, _DELETABLE) and id(stmt) not in skip:
+                if isinstance(stmt, _DELETABLE) and id(stmt) not in skip and id(stmt) not in tail:
                     add(stmt, index, "delete", f"delete `{_short(stmt)}`", (field_name, pos))
     return out
 

@@ -308,3 +308,22 @@ def test_map_index_refuses_an_index_of_the_wrong_length(tmp_path: Path, change: 
     with pytest.raises(CrlRejected) as exc:
         map_index(tmp_path / "crl.der", tmp_path / "crl.idx")
     assert exc.value.reason == "parse_error" and "crl.idx" in exc.value.message
+
+
+def test_revoked_is_a_value() -> None:
+    """Frozen: a hit can be shared by every handshake that finds it, and kept in sets (hashable)."""
+    hit = Revoked(5, 1.0, 1)
+    assert {hit, Revoked(5, 1.0, 1)} == {hit}
+    with pytest.raises(AttributeError):
+        hit.reason = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("code", "name"), [(None, "unspecified"), (0, "unspecified"), (1, "keyCompromise"),
+                                            (7, "unspecified"), (11, "unspecified"), (8, "removeFromCRL")])
+def test_reason_names_of_codes_rfc5280_does_not_name(code: int | None, name: str) -> None:
+    assert Revoked(1, None, code).reason_name == name
+
+
+def test_empty_index_holds_nothing() -> None:
+    assert len(EMPTY_INDEX) == 0 and EMPTY_INDEX.nbytes() == 0 and EMPTY_INDEX.der_bytes() == 0
+    assert EMPTY_INDEX.lookup(0) is None and EMPTY_INDEX.lookup(2**64 - 1) is None
