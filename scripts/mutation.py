@@ -634,6 +634,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in modules:
             run = run_module(m, works, equivalents, deadline, args.timeout_factor)
             runs.append(run)
+            if args.report:   # after every module: a long run shows its first results early
+                args.report.write_text(report(runs, "(in progress)", args.target, time.monotonic() - started, []))
             print(f"{m}: {len(run.results)} mutants, score {run.score:.1f}%"
                   f"{' ERROR ' + run.error if run.error else ''}", file=sys.stderr, flush=True)
     used = {r.mutant.key for run in runs for r in run.results if r.status == "equivalent"}

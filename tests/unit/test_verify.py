@@ -566,7 +566,18 @@ _CRL_NOW = datetime.now(UTC).replace(microsecond=0)
 _DAY = 86400.0
 
 
+_LOADED: dict[tuple[str, str, tuple[int, ...]], tuple[bytes, IssuerState]] = {}
+
+
 def _loaded(pki: TestPki, kind: str, revoked: list[x509.Certificate]) -> tuple[bytes, IssuerState]:
+    """A CRL of the Fort set's intermediate or root listing ``revoked``, validated and indexed (made once)."""
+    key = (str(pki.root), kind, tuple(c.serial_number for c in revoked))
+    if key not in _LOADED:
+        _LOADED[key] = _make_loaded(pki, kind, revoked)
+    return _LOADED[key]
+
+
+def _make_loaded(pki: TestPki, kind: str, revoked: list[x509.Certificate]) -> tuple[bytes, IssuerState]:
     files = pki.authorities["igc-sante-fort-pp"]
     cert_path, key_path = ((files.intermediates[0], files.intermediate_keys[0]) if kind == "inter"
                            else (files.roots[0], files.root_keys[0]))
@@ -653,3 +664,96 @@ def test_revocation_not_required_or_no_holder_is_not_checked(pki: TestPki, cards
     for state in (_crl_state(pki, [cards["revoked"].leaf], required=False),
                   _crl_state(pki, [cards["revoked"].leaf], holder=False)):
         assert _run_at(state, cards["revoked"], root, None) is True and state.revoked is None
+
+
+# -- more of what mutation testing reported on verify.py ---------------------------------------------------
+@pytest.mark.parametrize(("errno", "reason"), [(18, Reason.SELF_SIGNED), (28, Reason.WRONG_USAGE),
+                                               (8, Reason.BAD_CERTIFICATE), (11, Reason.BAD_CERTIFICATE),
+                                               (23, Reason.BAD_CERTIFICATE), (69, Reason.BAD_CERTIFICATE)])
+def test_every_mapped_openssl_error(trust: dict[str, AuthorityTrust], cards: dict[str, Card],
+                                    errno: int, reason: Reason) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    assert _callback(state, cards["expired"].leaf, errno, 0, 0) is False
+    assert state.reason is reason and f"(X509_V_ERR {errno}) at depth 0" in state.detail
+
+
+@pytest.mark.parametrize("errno", [2, 3, 19, 20, 21, 24, 25])
+def test_every_unknown_issuer_code_tells_test_from_production(trust: dict[str, AuthorityTrust],
+                                                              cards: dict[str, Card], errno: int) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    assert _callback(state, cards["test-fort"].leaf, errno, 0, 0) is False
+    assert state.reason is Reason.TEST_CHAIN
+    state = _state(trust, PRODUCTION_SETS)
+    assert _callback(state, cards["unknown-ca"].leaf, errno, 0, 0) is False
+    assert state.reason is Reason.UNKNOWN_CA
+
+
+def test_callback_refuses_when_authorize_raises(cards: dict[str, Card]) -> None:
+    rules = FlowRules(flow="2bis", profile=Profile.PRODUCTION, authorities=None,  # type: ignore[arg-type]
+                      card_types=frozenset(), refuse_test_cards=True, require_cert=True)
+    state = VerifyState(rules)
+    state.chain[1] = cards["fort"].issuer  # type: ignore[assignment]
+    assert _callback(state, cards["fort"].leaf, 0, 0, 1) is False
+    assert state.reason is Reason.BAD_CERTIFICATE and state.detail == "TypeError at depth 0"
+
+
+def test_weak_crypto_judges_a_lone_card_that_is_not_self_issued(pki: TestPki) -> None:
+    # the top certificate is skipped only when it is self-issued (a trust anchor), not because it is on top
+    sha1_card = _certs(pki.cards["sha1"].cert)[0]
+    assert weak_crypto({0: sha1_card}) == (Reason.WEAK_SIGNATURE, "SHA1 signature at depth 0")
+
+
+def test_authorize_with_no_chain_judges_the_leaf(trust: dict[str, AuthorityTrust], cards: dict[str, Card]) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    assert authorize(state, cards["sha1"].leaf) is False
+    assert state.reason is Reason.WEAK_SIGNATURE
+
+
+def test_weak_dsa_key_is_named() -> None:
+    from cryptography.hazmat.primitives.asymmetric import dsa
+
+    key = dsa.generate_private_key(1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dsa")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    assert weak_crypto({0: cert}) == (Reason.WEAK_KEY, "1024-bit DSA key at depth 0")
+
+
+def test_rsa_and_ec_key_size_limits_are_inclusive() -> None:
+    rsa2048, p256 = rsa.generate_private_key(65537, 2048), ec.generate_private_key(ec.SECP256R1())
+    root = _self_signed(rsa2048, hashes.SHA256(), cn="root")
+    assert weak_crypto({0: _self_signed(p256, hashes.SHA256(), (root.subject, rsa2048)), 1: root}) is None
+    rsa2047 = rsa.generate_private_key(65537, 2047)
+    assert weak_crypto({0: _self_signed(rsa2047, hashes.SHA256(), (root.subject, rsa2048)), 1: root}) == \
+        (Reason.WEAK_KEY, "2047-bit RSA key at depth 0")
+
+
+def test_compiled_authority_defaults_to_no_revocation(roots: dict[str, x509.Certificate]) -> None:
+    from sniproxy.crl.state import RevocationPolicy
+
+    root = roots["igc-sante-fort-pp"]
+    a = compile_authority("a", False, [root], [])
+    assert a.revocation == RevocationPolicy() and a.revocation.required is False
+    assert a.roots == (root,) and a.intermediates == () and a.test is False and a.name == "a"
+    with pytest.raises(AttributeError):
+        a.name = "b"  # type: ignore[misc]
+
+
+def test_authority_without_revocation_policy_is_not_checked_even_with_a_holder(
+        pki: TestPki, cards: dict[str, Card], roots: dict[str, x509.Certificate]) -> None:
+    files = pki.authorities["igc-sante-fort-pp"]
+    state = _crl_state(pki, [cards["revoked"].leaf])
+    fort = compile_authority("igc-sante-fort-pp", False, [c for p in files.roots for c in _certs(p)],
+                             [c for p in files.intermediates for c in _certs(p)])
+    rules = FlowRules(flow="2bis", profile=Profile.PRODUCTION, authorities=(fort,), card_types=frozenset(),
+                      refuse_test_cards=True, require_cert=True, revocation=state.rules.revocation)
+    unchecked = VerifyState(rules)
+    assert _run_at(unchecked, cards["revoked"], roots["igc-sante-fort-pp"], None) is True
+
+
+def test_flow_rules_are_frozen(trust: dict[str, AuthorityTrust]) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    with pytest.raises(AttributeError):
+        state.rules.flow = "other"  # type: ignore[misc]
