@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import os
 import pickle
 import re
@@ -37,8 +36,8 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -285,7 +284,8 @@ def tests_for(module: str) -> list[str]:
     """The unit test files that import ``module`` (``from a.b import c``, ``import a.b.c``, ``from a.b.c import``)."""
     name = dotted(module)
     package, _, leaf = name.rpartition(".")
-    pats = [re.compile(rf"^\s*from {re.escape(name)} import ", re.M), re.compile(rf"^\s*import {re.escape(name)}\b", re.M),
+    pats = [re.compile(rf"^\s*from {re.escape(name)} import ", re.M),
+            re.compile(rf"^\s*import {re.escape(name)}\b", re.M),
             re.compile(rf"^\s*from {re.escape(package)} import [^\n]*\b{leaf}\b", re.M)]
     found = []
     for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
@@ -408,6 +408,174 @@ def _wait(pid: int, timeout: float) -> int | None:
         time.sleep(0.02)
 
 
+# ---------------------------------------------------------------------------------------------- in-session mutants
+def _functions(module: object) -> dict[str, object]:
+    """qualname -> function object, for the module's functions and the methods of its classes."""
+    out: dict[str, object] = {}
+    name = getattr(module, "__name__", "")
+
+    def add(obj: object, qual: str) -> None:
+        if isinstance(obj, staticmethod | classmethod):
+            obj = obj.__func__
+        if isinstance(obj, property):
+            for part, fn in (("fget", obj.fget), ("fset", obj.fset), ("fdel", obj.fdel)):
+                if fn is not None:
+                    out[f"{qual}.{part}"] = fn
+            return
+        if hasattr(obj, "__code__") and getattr(obj, "__module__", None) == name:
+            out[qual] = obj
+
+    def walk(ns: dict[str, object], prefix: str) -> None:
+        for key, obj in list(ns.items()):
+            if isinstance(obj, type) and obj.__module__ == name and obj.__qualname__ == prefix + key:
+                walk(dict(vars(obj)), prefix + key + ".")
+            else:
+                add(obj, prefix + key)
+
+    walk(dict(vars(module)), "")  # type: ignore[arg-type]
+    return out
+
+
+def _exec_source(text: str, module: object) -> dict[str, object]:
+    """``text`` run as a twin of ``module`` (same name, so classes and functions say they belong to it)."""
+    ns: dict[str, object] = {"__name__": getattr(module, "__name__"), "__file__": getattr(module, "__file__"),
+                             "__package__": getattr(module, "__package__"), "__builtins__": __builtins__}
+    exec(compile(text, str(getattr(module, "__file__")), "exec"), ns)  # noqa: S102 (our own mutant)
+    twin = type(sys)("twin")
+    twin.__dict__.update(ns)
+    return _functions(twin)
+
+
+class _Session:
+    """pytest plugin run in one child per module: the baseline with line tracing, then every mutant that
+    only changes function bodies, each in a grandchild forked from this warm session (modules imported,
+    session fixtures set up): the mutated functions' code objects are swapped in place, the tests that
+    reach the mutated statement run, the grandchild exits 1 on a failure."""
+
+    def __init__(self, module: str, source: str, mutants: list[Mutant], jobs: int, deadline: float,
+                 timeout_factor: float) -> None:
+        self.module, self.source, self.mutants = module, source, mutants
+        self.jobs, self.deadline, self.timeout_factor = jobs, deadline, timeout_factor
+        self.current = "<import>"
+        self.lines: dict[int, set[str]] = {}
+        self.durations: dict[str, float] = {}
+        self.baseline_failed: list[str] = []
+        self.fast: dict[int, tuple[str, float]] = {}   # position in ``mutants`` -> status, seconds
+
+    def pytest_configure(self, config: object) -> None:
+        _cache_test_pki(Path(os.environ["SNIPROXY_MUTATION_PKI"]))
+
+    def tracer(self, frame, event, arg):  # type: ignore[no-untyped-def]
+        if frame.f_code.co_filename != self.wanted:
+            return None
+        if event in ("line", "call"):
+            self.lines.setdefault(frame.f_lineno, set()).add(self.current)
+        return self.tracer
+
+    def pytest_runtestloop(self, session: object) -> bool:
+        from _pytest.runner import runtestprotocol
+
+        items = list(session.items)  # type: ignore[attr-defined]
+        for i, item in enumerate(items):
+            self.current = item.nodeid
+            t0 = time.monotonic()
+            nxt = items[i + 1] if i + 1 < len(items) else items[0]
+            reports = runtestprotocol(item, nextitem=nxt, log=False)
+            self.durations[item.nodeid] = time.monotonic() - t0
+            if any(r.failed for r in reports):
+                self.baseline_failed.append(item.nodeid)
+        sys.settrace(None)
+        threading.settrace(None)  # type: ignore[arg-type]
+        if self.baseline_failed:
+            return True
+        target = sys.modules[dotted(self.module)]
+        originals = _functions(target)
+        plain = _exec_source(ast.unparse(ast.parse(self.source)), target)
+        by_id = {i.nodeid: i for i in items}
+        running: dict[int, tuple[int, float, float]] = {}
+        queue = list(enumerate(self.mutants))
+        while queue or running:
+            while queue and len(running) < self.jobs and time.monotonic() < self.deadline:
+                pos, m = queue.pop(0)
+                reached = self.lines.get(m.stmt_line, set())
+                if not m.in_function or not reached or "<import>" in reached:
+                    continue          # left to the caller (fresh process, or uncovered)
+                try:
+                    mutated = _exec_source(apply(self.source, m), target)
+                    swaps = [(originals[q], fn.__code__) for q, fn in mutated.items()  # type: ignore[attr-defined]
+                             if q in originals and q in plain
+                             and fn.__code__ != plain[q].__code__]  # type: ignore[attr-defined]
+                except Exception:
+                    continue          # cannot run as a twin (the mutant fails at import): fresh process
+                chosen = [by_id[n] for n in sorted(reached) if n in by_id]
+                budget = 5.0 + self.timeout_factor * sum(self.durations.get(i.nodeid, 1.0) for i in chosen)
+                pid = os.fork()
+                if pid == 0:
+                    code = 70
+                    try:
+                        os.setpgid(0, 0)
+                        sink = os.open(os.devnull, os.O_WRONLY)
+                        os.dup2(sink, 1)
+                        os.dup2(sink, 2)
+                        for fn, new in swaps:
+                            fn.__code__ = new  # type: ignore[attr-defined]
+                        code = 0
+                        for j, item in enumerate(chosen):
+                            nxt = chosen[j + 1] if j + 1 < len(chosen) else item
+                            if any(r.failed for r in runtestprotocol(item, nextitem=nxt, log=False)):
+                                code = 1
+                                break
+                    finally:
+                        os._exit(code)
+                running[pid] = (pos, time.monotonic(), budget)
+            if not running:
+                break
+            now = time.monotonic()
+            reaped = False
+            for cpid, (pos, started, budget) in list(running.items()):
+                # Only our own grandchildren: tests start processes of their own (the CRL helper).
+                done, status = os.waitpid(cpid, os.WNOHANG)
+                if done:
+                    running.pop(cpid)
+                    code = os.waitstatus_to_exitcode(status)
+                    self.fast[pos] = ("survived" if code == 0 else "killed", now - started)
+                    reaped = True
+                elif now - started > budget:
+                    try:
+                        os.killpg(cpid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                    os.waitpid(cpid, 0)
+                    running.pop(cpid)
+                    self.fast[pos] = ("timeout", now - started)
+            if not reaped:
+                time.sleep(0.01)
+        return True
+
+
+def _session_child(work: Path, tests: list[str], module: str, source: str, mutants: list[Mutant], jobs: int,
+                   deadline: float, timeout_factor: float, out: Path) -> int:
+    os.chdir(work)
+    sys.path.insert(0, str(work))
+    sys.dont_write_bytecode = True
+    sink = os.open(work / "baseline.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    os.dup2(sink, 1)
+    os.dup2(sink, 2)
+    import pytest
+
+    plugin = _Session(module, source, mutants, jobs, deadline, timeout_factor)
+    plugin.wanted = str(work / module)  # type: ignore[attr-defined]
+    sys.settrace(plugin.tracer)
+    threading.settrace(plugin.tracer)
+    code = int(pytest.main(["-q", "-s", "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:anyio",
+                            "--assert=plain", "--no-header", "-o", "addopts=", *tests], plugins=[plugin]))
+    sys.settrace(None)
+    import sniproxy
+    out.write_bytes(pickle.dumps({"code": code, "lines": plugin.lines, "failed": plugin.baseline_failed,
+                                  "fast": plugin.fast, "imported": sniproxy.__file__}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- one module
 @dataclass
 class Result:
@@ -470,23 +638,38 @@ def run_module(module: str, works: list[Path], equivalents: dict[str, str], dead
         return run
     source = (ROOT / module).read_text()
     mutants = generate(module, source)
-    trace = works[0] / "baseline.pickle"
+    trace = works[0] / "session.pickle"
+    todo = [m for m in mutants if m.key not in equivalents]
+    run.results += [Result(m, "equivalent") for m in mutants if m.key in equivalents]
     t0 = time.monotonic()
-    code = _wait(_fork(works[0], run.tests, None, trace, works[0] / module, stop_first=False), 1800)
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            os.setpgid(0, 0)
+            code = _session_child(works[0], run.tests, module, source, todo, len(works), deadline,
+                                  timeout_factor, trace)
+        finally:
+            os._exit(code)
+    code = _wait(pid, max(60.0, deadline - time.monotonic() + 60))
     run.baseline_seconds = time.monotonic() - t0
-    if code != 0 or not trace.exists():
+    got = pickle.loads(trace.read_bytes()) if code == 0 and trace.exists() else None
+    if got is None or got["failed"] or got["code"] not in (0, 5):
         log = (works[0] / "baseline.log").read_text(errors="replace")[-3000:]
-        run.error = f"the unit tests fail without any mutant (exit {code}): {' '.join(run.tests)}\n\n```\n{log}\n```"
+        failed = got["failed"] if got else []
+        run.error = (f"the unit tests fail without any mutant (exit {code}): {' '.join(run.tests)} {failed}"
+                     f"\n\n```\n{log}\n```")
         return run
-    _, lines, imported = pickle.loads(trace.read_bytes())
+    lines, imported = got["lines"], got["imported"]
     if not str(imported).startswith(str(works[0])):
         run.error = f"the tests imported sniproxy from {imported}, not from the copy"
         return run
     timeout = max(10.0, timeout_factor * run.baseline_seconds)
     pending: list[tuple[Mutant, set[str] | None]] = []
-    for m in mutants:
-        if m.key in equivalents:
-            run.results.append(Result(m, "equivalent"))
+    for pos, m in enumerate(todo):
+        if pos in got["fast"]:
+            status_text, secs = got["fast"][pos]
+            run.results.append(Result(m, status_text, secs))
             continue
         reached = lines.get(m.stmt_line, set())
         if not reached:
