@@ -52,6 +52,7 @@ SECURITY_MODULES = (
     "sniproxy/routing.py", "sniproxy/auth/login.py", "sniproxy/auth/sasl.py",
 )
 EQUIVALENTS = ROOT / "tests" / "mutation-equivalents.txt"
+MUST_KILL = ROOT / "tests" / "mutation-must-kill.txt"
 #: Unit tests that exercise a module through the classes built on it, without importing it themselves.
 EXTRA_TESTS: dict[str, tuple[str, ...]] = {
     "sniproxy/proto/pretls.py": ("tests/unit/test_proto_imap.py", "tests/unit/test_proto_smtp.py",
@@ -621,6 +622,37 @@ def load_equivalents(path: Path) -> dict[str, str]:
     return out
 
 
+def load_must_kill(path: Path) -> list[tuple[str, str, str]]:
+    """(module, mutation, why) from the must-kill file: ``module: mutation | why``."""
+    out = []
+    if not path.exists():
+        return out
+    for n, raw in enumerate(path.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        head, sep, why = line.rpartition(" | ")
+        module, colon, text = head.partition(": ")
+        if not sep or not colon:
+            raise SystemExit(f"{path}:{n}: expected 'module: mutation | why'")
+        out.append((module.strip(), text.strip(), why.strip()))
+    return out
+
+
+def must_kill_problems(runs: list[ModuleRun], entries: list[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
+    """(pinned mutants that were not killed, pinned entries matching no mutant of a module that ran)."""
+    failed, stale = [], []
+    for run in runs:
+        for module, text, why in entries:
+            if module != run.module or run.error:
+                continue
+            hits = [r for r in run.results if r.mutant.text == text]
+            if not hits:
+                stale.append(f"{module}: {text}")
+            failed += [f"{r.mutant.key} ({r.status}): {why}" for r in hits if r.status not in ("killed", "timeout")]
+    return failed, stale
+
+
 def make_copy(dest: Path) -> Path:
     """A copy of the working tree (the tests read conf/ and tests/data/) under ``dest``: no git, venv, bytecode."""
     shutil.copytree(ROOT, dest, ignore=shutil.ignore_patterns(
@@ -722,7 +754,8 @@ def run_module(module: str, works: list[Path], equivalents: dict[str, str], dead
 
 
 # ---------------------------------------------------------------------------------------------- report
-def report(runs: list[ModuleRun], command: str, target: float, seconds: float, unused: list[str]) -> str:
+def report(runs: list[ModuleRun], command: str, target: float, seconds: float, unused: list[str],
+           pinned: tuple[list[str], list[str]] = ([], [])) -> str:
     out = ["# Mutation testing report", "",
            f"Produced by `{command}` (scripts/mutation.py; method in docs/decisions/0004-mutation-testing.md),",
            f"in {seconds:.0f} s, at commit `{_git('rev-parse', '--short', 'HEAD')}`"
@@ -758,6 +791,13 @@ def report(runs: list[ModuleRun], command: str, target: float, seconds: float, u
         for x in left:
             text = x.mutant.text.replace("|", "\\|")
             out.append(f"| {x.mutant.line} | {x.status} | {text} |")
+    failed, stale = pinned
+    if failed:
+        out += ["", "## Must-kill mutants that survived (tests/mutation-must-kill.txt): the run fails", ""]
+        out += [f"- `{k}`" for k in failed]
+    if stale:
+        out += ["", "## Must-kill entries matching no mutant (stale: the code changed)", ""]
+        out += [f"- `{k}`" for k in stale]
     if unused:
         out += ["", "## Equivalents not matched (stale entries: the code moved or changed)", ""]
         out += [f"- `{k}`" for k in unused]
@@ -772,10 +812,14 @@ def _git(*args: str) -> str:
 
 
 def changed_modules(rev: str, candidates: tuple[str, ...]) -> list[str]:
-    """The ``candidates`` changed between ``rev`` and the working tree."""
+    """The ``candidates`` changed between ``rev`` and the working tree, or whose unit tests changed (a test
+    removed or weakened lowers the module's protection as surely as a change to the module)."""
     names = set(subprocess.run(["git", "diff", "--name-only", rev, "--"], cwd=ROOT, capture_output=True, text=True,
                                check=True).stdout.split())
-    return [m for m in candidates if m in names]
+    config = {"tests/mutation-equivalents.txt", "tests/mutation-must-kill.txt", "scripts/mutation.py"}
+    if names & config:
+        return list(candidates)
+    return [m for m in candidates if m in names or names.intersection(tests_for(m))]
 
 
 def _warm() -> None:
@@ -799,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-mutant timeout as a multiple of the baseline run (at least 10 s)")
     parser.add_argument("--report", type=Path, default=None, help="markdown report (default: print it)")
     parser.add_argument("--equivalents", type=Path, default=EQUIVALENTS)
+    parser.add_argument("--must-kill", type=Path, default=MUST_KILL,
+                        help="mutants that must be killed whatever the score (default tests/mutation-must-kill.txt)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     deadline = started + args.max_seconds
@@ -824,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     used = {r.mutant.key for run in runs for r in run.results if r.status == "equivalent"}
     unused = [k for k in equivalents if k not in used and k.split(":", 1)[0] in modules]
     command = "python scripts/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(runs, command.strip(), args.target, time.monotonic() - started, unused)
+    pinned = must_kill_problems(runs, load_must_kill(args.must_kill))
+    text = report(runs, command.strip(), args.target, time.monotonic() - started, unused, pinned)
     if args.report:
         args.report.write_text(text)
     else:
@@ -836,6 +883,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     if any(r.count("not run") for r in runs):
         return 2
+    if pinned[0]:
+        print("must-kill mutants survived:\n  " + "\n  ".join(pinned[0]), file=sys.stderr)
+        return 1
     return 0 if all(not r.error and r.score >= args.target for r in runs) else 1
 
 
