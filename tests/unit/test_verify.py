@@ -757,3 +757,49 @@ def test_flow_rules_are_frozen(trust: dict[str, AuthorityTrust]) -> None:
     state = _state(trust, PRODUCTION_SETS)
     with pytest.raises(AttributeError):
         state.rules.flow = "other"  # type: ignore[misc]
+
+
+def test_verify_state_starts_empty(trust: dict[str, AuthorityTrust]) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    assert state.called is False and state.reason is None and state.chain == {} and state.crl_grace == []
+    assert state.authority is None and state.revoked is None and state.detail == ""
+
+
+def test_openssl_error_text_when_the_binding_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from sniproxy.tls.verify import _x509_error
+
+    assert _x509_error(10, 2) == "certificate has expired (X509_V_ERR 10) at depth 2"
+    monkeypatch.setitem(sys.modules, "OpenSSL._util", None)      # the private module gone: still a text
+    assert _x509_error(10, 2) == "verify error (X509_V_ERR 10) at depth 2"
+
+
+def test_authorize_with_no_chain_names_depth_zero(trust: dict[str, AuthorityTrust], cards: dict[str, Card]) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    assert authorize(state, cards["sha1"].leaf) is False
+    assert state.detail == "SHA1 signature at depth 0"
+
+
+def test_a_chain_of_the_card_alone_anchors_nowhere(trust: dict[str, AuthorityTrust], cards: dict[str, Card]) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    state.chain[0] = cards["fort"].leaf
+    assert authorize(state, cards["fort"].leaf) is False
+    assert state.reason is Reason.UNKNOWN_CA and state.detail == "chain anchors in no authority set of this flow"
+
+
+def test_the_card_itself_never_names_the_authority_set(cards: dict[str, Card]) -> None:
+    """Even a set that (wrongly) lists the card among its CAs: only a CA above the card names the set."""
+    leaf = cards["fort"].leaf
+    odd = compile_authority("odd", False, [], [leaf])
+    rules = FlowRules(flow="2bis", profile=Profile.PRODUCTION, authorities=(odd,), card_types=frozenset(),
+                      refuse_test_cards=True, require_cert=True)
+    state = VerifyState(rules)
+    state.chain[0] = leaf
+    assert authorize(state, leaf) is False and state.reason is Reason.UNKNOWN_CA
+
+
+def test_wrong_usage_details(trust: dict[str, AuthorityTrust], cards: dict[str, Card]) -> None:
+    state = _state(trust, PRODUCTION_SETS)
+    assert _run(state, cards["wrong-eku"]) is False
+    assert state.detail == "extended key usage lacks clientAuth"
