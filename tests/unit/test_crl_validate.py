@@ -519,3 +519,9 @@ def test_signed_by_over_the_received_bytes_agrees_with_cryptography(kind: str) -
     tampered = x509.load_der_x509_crl(bytes(bad))
     assert signed_by(tampered, bytes(bad), key.public_key()) is False
     assert tampered.is_signature_valid(key.public_key()) is False
+
+
+def test_crl_meta_is_frozen() -> None:
+    # shared between the CRL manager and every handshake's view (issue 11, mutation testing)
+    with pytest.raises(AttributeError):
+        BASE_META.number = 11  # type: ignore[misc]
