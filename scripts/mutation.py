@@ -439,9 +439,9 @@ def _functions(module: object) -> dict[str, object]:
 
 def _exec_source(text: str, module: object) -> dict[str, object]:
     """``text`` run as a twin of ``module`` (same name, so classes and functions say they belong to it)."""
-    ns: dict[str, object] = {"__name__": getattr(module, "__name__"), "__file__": getattr(module, "__file__"),
-                             "__package__": getattr(module, "__package__"), "__builtins__": __builtins__}
-    exec(compile(text, str(getattr(module, "__file__")), "exec"), ns)  # noqa: S102 (our own mutant)
+    ns: dict[str, object] = {"__name__": module.__name__, "__file__": module.__file__,
+                             "__package__": module.__package__, "__builtins__": __builtins__}
+    exec(compile(text, str(module.__file__), "exec"), ns)  # noqa: S102 (our own mutant)
     twin = type(sys)("twin")
     twin.__dict__.update(ns)
     return _functions(twin)
@@ -506,7 +506,7 @@ class _Session:
                     swaps = [(originals[q], fn.__code__) for q, fn in mutated.items()  # type: ignore[attr-defined]
                              if q in originals and q in plain
                              and fn.__code__ != plain[q].__code__]  # type: ignore[attr-defined]
-                except Exception:
+                except Exception:  # noqa: S112 (reported: the mutant then runs in a fresh process)
                     continue          # cannot run as a twin (the mutant fails at import): fresh process
                 chosen = [by_id[n] for n in sorted(reached) if n in by_id]
                 budget = 5.0 + self.timeout_factor * sum(self.durations.get(i.nodeid, 1.0) for i in chosen)
@@ -685,7 +685,7 @@ def run_module(module: str, works: list[Path], equivalents: dict[str, str], dead
             os._exit(code)
     code = _wait(pid, max(60.0, deadline - time.monotonic() + 60))
     run.baseline_seconds = time.monotonic() - t0
-    got = pickle.loads(trace.read_bytes()) if code == 0 and trace.exists() else None
+    got = pickle.loads(trace.read_bytes()) if code == 0 and trace.exists() else None  # noqa: S301 (our own child wrote it)
     if got is None or got["failed"] or got["code"] not in (0, 5):
         log = (works[0] / "baseline.log").read_text(errors="replace")[-3000:]
         failed = got["failed"] if got else []
@@ -726,7 +726,7 @@ def run_module(module: str, works: list[Path], equivalents: dict[str, str], dead
         finished: list[tuple[int, int | None]] = []
         if pid:
             finished.append((pid, os.waitstatus_to_exitcode(status)))
-        for cpid, (m, _, started) in list(running.items()):
+        for cpid, (_, _, started) in list(running.items()):
             if cpid != pid and now - started > timeout:
                 try:
                     os.killpg(cpid, signal.SIGKILL)
