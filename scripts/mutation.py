@@ -870,7 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     used = {r.mutant.key for run in runs for r in run.results if r.status == "equivalent"}
     unused = [k for k in equivalents if k not in used and k.split(":", 1)[0] in modules]
     command = "python scripts/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    pinned = must_kill_problems(runs, load_must_kill(args.must_kill))
+    must_kill = load_must_kill(args.must_kill)
+    pinned = must_kill_problems(runs, must_kill)
     text = report(runs, command.strip(), args.target, time.monotonic() - started, unused, pinned)
     if args.report:
         args.report.write_text(text)
@@ -881,10 +882,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if any(r.error and "fail without" in r.error for r in runs):
         return 3
+    # A pinned survivor is a finding whatever else happened (even when the budget ran out later).
+    pinned_survivors = [r for run in runs for r in run.results if r.status in ("survived", "uncovered")
+                        and any(m == run.module and t == r.mutant.text for m, t, _ in must_kill)]
+    if pinned_survivors:
+        print("must-kill mutants survived:\n  " + "\n  ".join(pinned[0]), file=sys.stderr)
+        return 1
     if any(r.count("not run") for r in runs):
         return 2
     if pinned[0]:
-        print("must-kill mutants survived:\n  " + "\n  ".join(pinned[0]), file=sys.stderr)
+        print("must-kill mutants not run:\n  " + "\n  ".join(pinned[0]), file=sys.stderr)
         return 1
     return 0 if all(not r.error and r.score >= args.target for r in runs) else 1
 
