@@ -18,13 +18,13 @@ NOOP = {ImapPreTls: b"a NOOP\r\n", SmtpPreTls: b"NOOP\r\n"}
 @pytest.mark.parametrize("factory", DIALOGS)
 @pytest.mark.parametrize("hostname", ["a\rb", "a\nb", "a\0b", "mél.example", "\r", "\n", "\0"])
 def test_hostname_must_be_one_ascii_line(factory: type[PreTlsDialog], hostname: str) -> None:
-    with pytest.raises(ValueError, match="one line of ASCII"):
+    with pytest.raises(ValueError, match="^hostname must be one line of ASCII$"):
         factory(hostname)
 
 
 @pytest.mark.parametrize("factory", DIALOGS)
 def test_a_plain_hostname_is_accepted_and_the_dialog_is_open(factory: type[PreTlsDialog]) -> None:
-    d = factory("mail.example-1.test")
+    d = factory("MX.Mail.example-1.test")                  # capitals included
     assert d.finished is False
 
 
