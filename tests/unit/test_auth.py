@@ -94,7 +94,7 @@ def test_external_refusals(response: str, message: str) -> None:
 def test_plain_response() -> None:
     assert base64.b64decode(plain_response("alice@x", "master", "pw")) == b"alice@x\0master\0pw"
     for args in (("a\0", "b", "c"), ("a", "b\0", "c"), ("a", "b", "c\0")):
-        with pytest.raises(ValueError, match="^NUL in a PLAIN field$"):
+        with pytest.raises(ValueError, match=r"^NUL in a PLAIN field$"):
             plain_response(*args)
 
 

@@ -18,7 +18,7 @@ NOOP = {ImapPreTls: b"a NOOP\r\n", SmtpPreTls: b"NOOP\r\n"}
 @pytest.mark.parametrize("factory", DIALOGS)
 @pytest.mark.parametrize("hostname", ["a\rb", "a\nb", "a\0b", "mél.example", "\r", "\n", "\0"])
 def test_hostname_must_be_one_ascii_line(factory: type[PreTlsDialog], hostname: str) -> None:
-    with pytest.raises(ValueError, match="^hostname must be one line of ASCII$"):
+    with pytest.raises(ValueError, match=r"^hostname must be one line of ASCII$"):
         factory(hostname)
 
 
