@@ -46,6 +46,8 @@ _ERRNO_REASON: dict[int, Reason] = {
 MIN_RSA_BITS = 2048
 MIN_EC_BITS = 256
 _WEAK_DIGESTS = frozenset({"md2", "md4", "md5", "sha1"})
+# cryptography cannot name these signature algorithms (it raises UnsupportedAlgorithm): named by OID.
+_UNNAMED_DIGESTS = {"1.2.840.113549.1.1.2": "md2", "1.2.840.113549.1.1.3": "md4"}   # md2/md4WithRSAEncryption
 _CARD_TYPE_CODES: dict[int, CardType] = {0: CardType.CPS, 1: CardType.CPF, 2: CardType.CPE, 3: CardType.CPA}
 _OID_CARD_TYPE = x509.ObjectIdentifier("1.2.250.1.71.1.2.2")
 _OID_CATEGORY = x509.ObjectIdentifier("1.2.250.1.71.1.2.5")
@@ -160,10 +162,11 @@ def weak_crypto(chain: dict[int, x509.Certificate]) -> tuple[Reason, str] | None
             continue
         try:
             digest = cert.signature_hash_algorithm
-        except UnsupportedAlgorithm:  # a digest cryptography does not know is none of the weak ones it knows
-            digest = None
-        if digest is not None and digest.name in _WEAK_DIGESTS:
-            return Reason.WEAK_SIGNATURE, f"{digest.name.upper()} signature at depth {depth}"
+            name = digest.name if digest is not None else ""
+        except UnsupportedAlgorithm:  # MD2/MD4, or a digest that is none of the weak ones
+            name = _UNNAMED_DIGESTS.get(cert.signature_algorithm_oid.dotted_string, "")
+        if name in _WEAK_DIGESTS:
+            return Reason.WEAK_SIGNATURE, f"{name.upper()} signature at depth {depth}"
     return None
 
 

@@ -293,3 +293,37 @@ def test_index_is_immutable() -> None:
     idx = index_of(crl_of([(1, day(1), None)]))
     with pytest.raises(AttributeError):
         idx.der = b""  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("change", [-12, -1, 1, 12])
+def test_map_index_refuses_an_index_of_the_wrong_length(tmp_path: Path, change: int) -> None:
+    """The right magic but a file cut short (a helper killed mid-write) or with bytes after the arrays:
+    mapped as is, its keys and offsets would point at the wrong entries of the CRL."""
+    crl = crl_of([(1, day(1), None), (2, day(2), None)])
+    der = crl.public_bytes(Encoding.DER)
+    (tmp_path / "crl.der").write_bytes(der)
+    write_index(der, tmp_path / "crl.idx", len(crl))
+    whole = (tmp_path / "crl.idx").read_bytes()
+    (tmp_path / "crl.idx").write_bytes(whole[:change] if change < 0 else whole + b"\0" * change)
+    with pytest.raises(CrlRejected) as exc:
+        map_index(tmp_path / "crl.der", tmp_path / "crl.idx")
+    assert exc.value.reason == "parse_error" and "crl.idx" in exc.value.message
+
+
+def test_revoked_is_a_value() -> None:
+    """Frozen: a hit can be shared by every handshake that finds it, and kept in sets (hashable)."""
+    hit = Revoked(5, 1.0, 1)
+    assert {hit, Revoked(5, 1.0, 1)} == {hit}
+    with pytest.raises(AttributeError):
+        hit.reason = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("code", "name"), [(None, "unspecified"), (0, "unspecified"), (1, "keyCompromise"),
+                                            (7, "unspecified"), (11, "unspecified"), (8, "removeFromCRL")])
+def test_reason_names_of_codes_rfc5280_does_not_name(code: int | None, name: str) -> None:
+    assert Revoked(1, None, code).reason_name == name
+
+
+def test_empty_index_holds_nothing() -> None:
+    assert len(EMPTY_INDEX) == 0 and EMPTY_INDEX.nbytes() == 0 and EMPTY_INDEX.der_bytes() == 0
+    assert EMPTY_INDEX.lookup(0) is None and EMPTY_INDEX.lookup(2**64 - 1) is None

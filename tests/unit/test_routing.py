@@ -132,3 +132,9 @@ def test_single_flow_listener_routes_everything_to_it() -> None:
     assert t.wildcards == {}
     assert t.choose(None) == "only"
     assert t.choose("anything.example") == "only"
+
+
+def test_a_route_table_is_frozen(table: RouteTable) -> None:
+    # shared by every connection of a listener: nothing may change it in place (issue 11, mutation testing)
+    with pytest.raises(AttributeError):
+        table.default = "other"  # type: ignore[misc]

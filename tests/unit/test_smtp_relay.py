@@ -312,3 +312,381 @@ def test_filter_mode_passes_the_greeting_on_implicit_tls() -> None:
 def test_filter_mode_greeting_refused(greeting: bytes, reason: Reason) -> None:
     out = _filter().backend_data(greeting)
     assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is reason
+
+
+# -- mutation testing (issue 11): each test below fails against a mutant that survived the suite before ------
+def _data(r: SmtpRelay) -> None:
+    r.client_data(b"DATA\r\n")
+    assert _to_client(r.backend_data(b"354 go\r\n")) == b"354 go\r\n"
+
+
+def _refused_xclient_after_reply(r: SmtpRelay, out: list[RelayAction]) -> None:
+    """The relay is in command mode: the pipelined XCLIENT is answered 550 here after the data's reply."""
+    assert _to_client(out) == b""
+    assert _to_client(r.backend_data(b"250 2.0.0 Ok: queued\r\n")) == (
+        b"250 2.0.0 Ok: queued\r\n550 5.7.0 XCLIENT is not accepted from clients\r\n")
+
+
+def test_empty_message_end_marker_first_in_a_read_ends_the_data() -> None:
+    """The "." line as the very first bytes after 354 (an empty body): the data ends, and the client's next
+    line is a command (filtered), never message data the backend would read with the proxy's trust."""
+    r = _ready(login=False)
+    _data(r)
+    out = r.client_data(b".\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_end_marker_first_in_a_later_read_ends_the_data() -> None:
+    r = _ready(login=False)
+    _data(r)
+    assert _to_backend(r.client_data(b"body\r\n")) == b"body\r\n"
+    out = r.client_data(b".\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_a_dot_continuing_a_long_message_line_is_not_the_end() -> None:
+    """After a message line over 64 KiB passed in parts, ".\\r\\n" ends that line ("xxx."): Postfix is still
+    in the data, so the proxy must be too; the real end comes later and only then are commands parsed."""
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    _data(r)
+    long_line = b"x" * (LONG_DATA_LINE + 10)
+    assert _to_backend(r.client_data(long_line)) == long_line
+    out = r.client_data(b".\r\nRSET\r\n.\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\nRSET\r\n.\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_long_line_then_its_end_then_the_marker_ends_the_data() -> None:
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    _data(r)
+    r.client_data(b"y" * (LONG_DATA_LINE + 1))
+    assert _to_backend(r.client_data(b"\r\n")) == b"\r\n"
+    out = r.client_data(b".\r\nXCLIENT LOGIN=victim\r\n")
+    assert _to_backend(out) == b".\r\n"
+    _refused_xclient_after_reply(r, out)
+
+
+def test_a_message_line_at_the_long_line_limit_waits_for_its_end() -> None:
+    from sniproxy.proto.smtp_relay import LONG_DATA_LINE
+
+    r = _ready(login=False)
+    _data(r)
+    assert r.client_data(b"z" * LONG_DATA_LINE) == []               # not over the limit: held whole
+    assert _to_backend(r.client_data(b"\r\n")) == b"z" * LONG_DATA_LINE + b"\r\n"
+
+
+def test_postfix_refusing_xclient_stops_the_relay() -> None:
+    """Without the XCLIENT the session would carry the proxy's own (trusted) address: never forward."""
+    r = SmtpRelay(client_addr=("192.0.2.7", 40000), helo="", hostname="p", consume_greeting=False, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    r.backend_data(POSTFIX_EHLO)
+    out = r.backend_data(b"550 5.7.0 Error: insufficient authorization\r\n")
+    assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is Reason.BACKEND_REFUSED
+    assert "550" in out[0].detail
+    assert not r.ready
+
+
+def test_a_greeting_other_than_220_stops_the_xclient_opening() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    out = r.backend_data(b"554 5.3.2 go away\r\n")
+    assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is Reason.BACKEND_REFUSED
+    assert not r.ready
+
+
+def test_ehlo_refused_during_the_opening_is_a_backend_error() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    (stop,) = r.backend_data(b"502-mx\r\n502 XCLIENT\r\n")
+    assert isinstance(stop, Stop) and stop.reason is Reason.BACKEND_PROTOCOL and not r.ready
+
+
+def test_refused_xclient_login_is_never_235() -> None:
+    r = _ready()
+    _ehlo(r)
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+    out = r.backend_data(b"550 5.7.0 Error: insufficient authorization\r\n")
+    assert _to_client(out) == b"454 4.7.0 Temporary authentication failure\r\n"
+    assert _to_backend(out) == b""                                  # no EHLO: the login did not happen
+    (notice,) = [x for x in out if isinstance(x, Notice)]
+    assert notice.fields["result"] == "backend_refused" and notice.fields["mailbox"] == "alice@example.test"
+    # back in command mode, not authenticated: a second try goes to the backend again
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+
+
+def test_a_second_auth_external_is_refused_after_a_login() -> None:
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL =\r\n")
+    r.backend_data(b"220 mx ESMTP\r\n")
+    assert _to_client(r.backend_data(POSTFIX_EHLO)) == b"235 2.7.0 Authentication successful\r\n"
+    out = r.client_data(b"AUTH EXTERNAL =\r\n")
+    assert _to_client(out) == b"503 5.5.1 Already authenticated\r\n" and _to_backend(out) == b""
+
+
+def test_a_second_auth_external_is_refused_after_the_backends_own_auth() -> None:
+    r = _ready()
+    _ehlo(r)
+    assert _to_backend(r.client_data(b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n")) == b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n"
+    assert _to_client(r.backend_data(b"235 2.7.0 Authentication successful\r\n")).startswith(b"235")
+    out = r.client_data(b"AUTH EXTERNAL =\r\n")
+    assert _to_client(out) == b"503 5.5.1 Already authenticated\r\n" and _to_backend(out) == b""
+
+
+def test_a_failed_backend_auth_does_not_authenticate() -> None:
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH PLAIN AGFsaWNlAHdyb25n\r\n")
+    assert _to_client(r.backend_data(b"535 5.7.8 Error: authentication failed\r\n")).startswith(b"535")
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_an_over_long_command_line_stops_the_relay(split: bool) -> None:
+    """A complete line over max_line in one read, or its start without a line end: refused, not forwarded."""
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None,
+                  xclient=False, max_line=64)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    line = b"NOOP " + b"a" * 58 + b"\r\n"                               # 65 bytes
+    out = r.client_data(line[:-2] + b"aa") if split else r.client_data(line)
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.LINE_TOO_LONG
+    assert _to_backend(out) == b""
+
+
+def test_a_command_line_at_max_line_is_forwarded() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None,
+                  xclient=False, max_line=64)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    line = b"NOOP " + b"a" * 57 + b"\r\n"                               # 64 bytes
+    assert r.client_data(line[:-1]) == []                               # 63 bytes, no line end: waits
+    assert _to_backend(r.client_data(b"\n")) == line
+
+
+# -- second round: survivors of the full mutation run of smtp_relay.py (docs/mutation.md) -----------------
+def _notices(out: list[RelayAction]) -> list[tuple[str, dict[str, object]]]:
+    return [(x.event, dict(x.fields)) for x in out if isinstance(x, Notice)]
+
+
+def _logged_in(r: SmtpRelay) -> list[RelayAction]:
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL =\r\n")
+    r.backend_data(b"220 mx ESMTP\r\n")
+    return r.backend_data(POSTFIX_EHLO)
+
+
+def test_auth_notices_name_every_field() -> None:
+    assert _notices(_logged_in(_ready())) == [
+        ("auth", {"mechanism": "EXTERNAL", "result": "ok", "mailbox": "alice@example.test"})]
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL =\r\n")
+    assert _notices(r.backend_data(b"550 5.7.0 no\r\n")) == [
+        ("auth", {"mechanism": "EXTERNAL", "result": "backend_refused", "mailbox": "alice@example.test",
+                  "detail": "550 5.7.0 no"})]
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL =\r\n")
+    r.backend_data(b"220 mx ESMTP\r\n")
+    assert _notices(r.backend_data(b"421 4.3.0 bye\r\n")) == [
+        ("auth", {"mechanism": "EXTERNAL", "result": "backend_refused", "mailbox": "alice@example.test",
+                  "detail": "421 4.3.0 bye"})]
+    r = _ready()
+    _ehlo(r)
+    out = r.client_data(b"AUTH EXTERNAL " + base64.b64encode(b"bob@example.test") + b"\r\n")
+    (event, fields), = _notices(out)
+    assert event == "auth" and fields["mechanism"] == "EXTERNAL" and fields["authzid"] == "bob@example.test"
+    assert fields["result"] == "authzid_not_allowed" and set(fields) == {"mechanism", "result", "authzid", "detail"}
+
+
+def test_a_malformed_external_response_is_501_and_logged() -> None:
+    r = _ready()
+    _ehlo(r)
+    out = r.client_data(b"AUTH EXTERNAL !!notbase64\r\n")
+    assert _to_client(out) == b"501 5.5.2 Cannot decode response\r\n" and _to_backend(out) == b""
+    (event, fields), = _notices(out)
+    assert event == "auth" and fields["mechanism"] == "EXTERNAL" and fields["result"] == "malformed"
+    assert set(fields) == {"mechanism", "result", "detail"}
+
+
+def test_non_ascii_external_responses_are_refused_not_crashing() -> None:
+    r = _ready()
+    _ehlo(r)
+    assert _to_client(r.client_data(b"AUTH EXTERNAL \xc3\xa9\r\n")).startswith(b"501")
+    assert _to_client(r.client_data(b"AUTH EXTERNAL\r\n")) == b"334 \r\n"
+    assert _to_client(r.client_data(b"\xc3\xa9\r\n")).startswith(b"501")
+
+
+def test_cancel_is_its_own_reply_and_returns_to_commands() -> None:
+    r = _ready()
+    _ehlo(r)
+    r.client_data(b"AUTH EXTERNAL\r\n")
+    assert _to_client(r.client_data(b"*\r\n")) == b"501 5.7.0 Authentication canceled\r\n"
+    assert _to_backend(r.client_data(b"NOOP\r\n")) == b"NOOP\r\n"       # a command again, not a response
+
+
+@pytest.mark.parametrize("line", [b"HELO c", b"MAIL FROM:<a@x>", b"RCPT TO:<b@x>", b"RSET", b"NOOP", b"QUIT",
+                                  b"VRFY bob", b"HELP", b"EXPN list", b"ETRN example.test", b"AUTH PLAIN",
+                                  b"AUTH", b"DATA", b"EHLO c"])
+def test_every_submission_verb_is_forwarded(line: bytes) -> None:
+    r = _ready(login=False)
+    assert _to_backend(r.client_data(line + b"\r\n")) == line + b"\r\n"
+
+
+def test_starttls_and_bdat_answered_here() -> None:
+    r = _ready()
+    out = r.client_data(b"STARTTLS\r\n")
+    assert _to_client(out) == b"503 5.5.1 TLS already active\r\n" and _to_backend(out) == b""
+    out = r.client_data(b"BDAT 5 LAST\r\n")
+    assert _to_client(out) == b"502 5.5.1 BDAT is not available through this proxy, use DATA\r\n"
+
+
+@pytest.mark.parametrize("line", [b" NOOP\r\n", b"\r\n", b"\n", b"NO\tOP\r\n"])
+def test_leading_space_or_empty_line_is_a_syntax_error(line: bytes) -> None:
+    r = _ready()
+    out = r.client_data(line)
+    assert _to_client(out) == b"500 5.5.2 Syntax error: control character or leading space in command\r\n"
+
+
+def test_a_command_ending_in_x_is_passed_whole() -> None:
+    r = _ready(login=False)
+    assert _to_backend(r.client_data(b"EHLO ABCX\r\r\n")) == b"EHLO ABCX\r\n"
+
+
+def test_helo_counts_as_ehlo_for_auth_external() -> None:
+    r = _ready()
+    r.client_data(b"HELO c\r\n")
+    assert _to_client(r.backend_data(b"250 mx\r\n")).startswith(b"250")
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"XCLIENT LOGIN=alice@example.test\r\n"
+
+
+def test_ehlo_rewrite_exactly() -> None:
+    r = _ready()
+    r.client_data(b"EHLO c\r\n")
+    backend = (b"250-mx\r\n250-STARTTLS\r\n250-PIPELINING\r\n250-XFORWARD NAME ADDR\r\n250-BINARYMIME\r\n"
+               b"250-AUTH PLAIN LOGIN\r\n250-XCLIENT ADDR\r\n250 CHUNKING\r\n")
+    assert _to_client(r.backend_data(backend)) == b"250-mx\r\n250-PIPELINING\r\n250 AUTH PLAIN LOGIN EXTERNAL\r\n"
+    r = _ready()
+    r.client_data(b"EHLO c\r\n")
+    assert _to_client(r.backend_data(b"250-mx\r\n250 AUTH EXTERNAL PLAIN\r\n")) == (
+        b"250-mx\r\n250 AUTH EXTERNAL PLAIN\r\n")
+    r = _ready(login=False)
+    r.client_data(b"EHLO c\r\n")
+    assert _to_client(r.backend_data(b"250-mx\r\n250 AUTH PLAIN\r\n")) == b"250-mx\r\n250 AUTH PLAIN\r\n"
+
+
+def test_filter_mode_ignores_a_login_rule() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True,
+                  decide=lambda z: decide(RULE, {"idnat_ps": "810001234567"}, z), xclient=False)
+    r.backend_data(b"220 mx ESMTP\r\n")
+    r.client_data(b"EHLO c\r\n")
+    assert _to_client(r.backend_data(b"250-mx\r\n250 PIPELINING\r\n")) == b"250-mx\r\n250 PIPELINING\r\n"
+    assert _to_backend(r.client_data(b"AUTH EXTERNAL =\r\n")) == b"AUTH EXTERNAL =\r\n"
+
+
+def test_xclient_offered_as_the_first_keyword() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx\r\n")
+    assert _to_backend(r.backend_data(b"250-mx\r\n250 XCLIENT ADDR\r\n")).startswith(b"XCLIENT ADDR=")
+
+
+def test_refusals_of_the_opening_say_why() -> None:
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx\r\n")
+    r.backend_data(POSTFIX_EHLO)
+    (stop,) = r.backend_data(b"550-5.7.0 not\r\n550 5.7.0 authorized\r\n220 late\r\n")   # nothing after the Stop
+    assert isinstance(stop, Stop) and stop.detail == "XCLIENT refused: 550 5.7.0 not 5.7.0 authorized"
+    r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True, decide=None)
+    r.backend_data(b"220 mx\r\n")
+    (stop,) = r.backend_data(b"250 mx\r\n")
+    assert isinstance(stop, Stop) and stop.detail == (
+        "backend does not offer XCLIENT to the proxy (smtpd_authorized_xclient_hosts)")
+
+
+def test_multiline_replies_are_passed_whole() -> None:
+    r = _ready(consume=False, login=False)
+    r.client_data(b"HELP\r\n")
+    assert _to_client(r.backend_data(b"214-a\r\n214 b\r\n")) == b"214-a\r\n214 b\r\n"
+    r.client_data(b"DATA\r\n")
+    assert _to_client(r.backend_data(b"554-no\r\n554 data\r\n")) == b"554-no\r\n554 data\r\n"
+    r.client_data(b"AUTH PLAIN\r\n")
+    assert _to_client(r.backend_data(b"535-no\r\n535 auth\r\n")) == b"535-no\r\n535 auth\r\n"
+    r2 = SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=False, decide=None)
+    r2.backend_data(b"220 mx\r\n")
+    r2.backend_data(POSTFIX_EHLO)
+    assert _to_client(r2.backend_data(b"220-mx\r\n220 again\r\n")) == b"220-mx\r\n220 again\r\n"
+
+
+def test_a_sasl_response_is_passed_and_holds_what_follows() -> None:
+    r = _ready(login=False)
+    r.client_data(b"AUTH LOGIN\r\n")
+    r.backend_data(b"334 VXNlcm5hbWU6\r\n")
+    assert _to_backend(r.client_data(b"dXNlcg==\r\nNOOP\r\n")) == b"dXNlcg==\r\n"
+    assert _to_backend(r.backend_data(b"334 UGFzc3dvcmQ6\r\n")) == b"NOOP\r\n"   # Postfix read NOOP as the answer
+
+
+def test_backend_line_limits() -> None:
+    r = _ready()
+    assert r.backend_data(b"2" * 8192) == []                               # max_line bytes, no LF yet: waits
+    (stop,) = _ready().backend_data(b"2" * 8193)
+    assert isinstance(stop, Stop) and stop.reason is Reason.BACKEND_PROTOCOL and stop.detail == "reply line too long"
+    (stop,) = _ready().backend_data(b"\n")
+    assert isinstance(stop, Stop) and stop.reason is Reason.BACKEND_PROTOCOL
+
+
+def test_a_reply_of_exactly_64_kib_is_accepted_and_one_byte_more_refused() -> None:
+    def reply(size: int) -> bytes:
+        body = b"250-" + b"x" * 1000 + b"\r\n"
+        lines = [body] * (size // len(body))
+        rest = size - len(lines) * len(body)
+        last = b"250 " + b"y" * (rest - 6) + b"\r\n"
+        return b"".join(lines) + last
+
+    for first in (False, True):
+        r = _ready(login=False)
+        if first:                                                  # the size counter restarts for each reply
+            r.client_data(b"NOOP\r\n")
+            r.backend_data(b"250 ok\r\n")
+        r.client_data(b"HELP\r\n")
+        assert _to_client(r.backend_data(reply(65536))).startswith(b"250-")
+        r.client_data(b"HELP\r\n")
+        out = r.backend_data(reply(65537))
+        assert isinstance(out[-1], Stop) and out[-1].reason is Reason.BACKEND_PROTOCOL
+
+
+def test_client_hold_limit_is_one_mib() -> None:
+    r = _ready(login=False)
+    r.client_data(b"DATA\r\n")
+    assert r.client_data(b"x" * 1048576) == []
+    out = r.client_data(b"x")
+    assert isinstance(out[-1], Stop) and out[-1].detail == "client sent too much while its command was pending"
+
+
+def test_default_command_line_limit_is_8192() -> None:
+    r = _ready(login=False)
+    line = b"NOOP " + b"a" * (8192 - 7) + b"\r\n"
+    assert _to_backend(r.client_data(line)) == line
+    out = _ready(login=False).client_data(b"NOOP " + b"a" * (8192 - 6) + b"\r\n")
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.LINE_TOO_LONG
+
+
+def test_message_data_edges() -> None:
+    r = _ready(login=False)
+    _data(r)
+    assert _to_backend(r.client_data(b"\n")) == b"\r\n"                      # an empty line, LF only
+    assert _to_backend(r.client_data(b"line\r\npart")) == b"line\r\n"         # the partial line waits
+    assert _to_backend(r.client_data(b"ial\r\n")) == b"partial\r\n"
+    long_x = b"X" * 65546
+    assert _to_backend(r.client_data(long_x + b"\r")) == long_x                # trailing CR held, X's passed
+    assert _to_backend(r.client_data(b"\n.\r\n")) == b"\r\n.\r\n"
+
+
+def test_long_data_line_limit_is_64_kib() -> None:
+    r = _ready(login=False)
+    _data(r)
+    assert r.client_data(b"z" * 65536) == []
+    assert _to_backend(r.client_data(b"z")) == b"z" * 65537
