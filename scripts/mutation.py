@@ -757,7 +757,7 @@ def run_module(module: str, works: list[Path], equivalents: dict[str, str], dead
 def report(runs: list[ModuleRun], command: str, target: float, seconds: float, unused: list[str],
            pinned: tuple[list[str], list[str]] = ([], [])) -> str:
     out = ["# Mutation testing report", "",
-           f"Produced by `{command}` (scripts/mutation.py; method in docs/decisions/0004-mutation-testing.md),",
+           f"Produced by `{command}` (scripts/mutation.py; method in docs/decisions/0006-mutation-testing.md),",
            f"in {seconds:.0f} s, at commit `{_git('rev-parse', '--short', 'HEAD')}`"
            f"{' with uncommitted changes' if _git('status', '--porcelain', '--untracked-files=no') else ''}.",
            "",
