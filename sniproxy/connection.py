@@ -724,6 +724,10 @@ class ClientConnection(asyncio.Protocol):
         if self._phase == _CONNECTING:
             self._backend_failed(Reason.BACKEND_REFUSED, "closed before greeting")
             return
+        filt = self._backend_filter
+        if filt is not None and self._tls is not None and filt.owes_goodbye():
+            # An IMAP backend that went away without a BYE (Dovecot stopping): the client is told why.
+            self._send_plain(imap_unavailable("Backend closed the connection"))
         self._finish(Reason.OK, "backend closed" if exc is None else f"backend reset: {exc}")
 
     # ------------------------------------------------------------------ flow control

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -54,7 +55,7 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
-def _add_pid(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     # Workers share one log: which process wrote an event (a CRL installed, a connection) must show.
     event.setdefault("pid", _pid)
     return event
