@@ -87,7 +87,7 @@ def smtp_open(port: int, src: str, pki: TestPki, card: str | None, sni: str | No
         raw.close()
         raise
     s = smtplib.SMTP(timeout=TIMEOUT)
-    s._host = sni  # type: ignore[assignment]  # smtplib passes self._host as server_hostname
+    s._host = sni  # type: ignore[attr-defined]  # smtplib passes self._host as server_hostname
     s.sock, s.file = sock, None   # what SMTP.connect does, on a socket bound to ``src``
     try:
         code, msg = s.getreply()

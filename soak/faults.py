@@ -83,8 +83,10 @@ class FaultRunner:
     """Applies the windows on time (one thread per track) and records what was done."""
 
     def __init__(self, stack: Stack, log: Path, t0: float, windows: list[Window], revoke_at: float,
-                 stop: threading.Event, reload: Callable[[bool], dict[str, Any]] | None = None) -> None:
+                 stop: threading.Event, reload: Callable[[bool], dict[str, Any]] | None = None,
+                 gone_at: float | None = None) -> None:
         self.stack, self.log, self.t0, self.windows, self.revoke_at = stack, log, t0, windows, revoke_at
+        self.gone_at = gone_at
         self.stop = stop
         self.reload = reload
         self._lock = threading.Lock()
@@ -103,9 +105,19 @@ class FaultRunner:
             t = threading.Thread(target=self._track, args=(ws,), name=f"faults-{name}", daemon=True)
             t.start()
             self.threads.append(t)
-        t = threading.Thread(target=self._revoke, name="faults-revoke", daemon=True)
-        t.start()
-        self.threads.append(t)
+        for fn in (self._revoke, self._gone):
+            t = threading.Thread(target=fn, name=f"faults-{fn.__name__}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _gone(self) -> None:
+        """The Standard CA's CRL source answers 500 from now on: its cached CRL serves until nextUpdate."""
+        if self.gone_at is None or not self._sleep_until(self.gone_at):
+            return
+        started = time.time()
+        self.stack.crl.publish("standard-inter.crl", b"", mode="error500")
+        self._write({"name": "crl_source_gone", "track": "stale", "start": started, "end": time.time(),
+                     "stale_at": self.stack.crls.stale_at})
 
     def _sleep_until(self, offset: float) -> bool:
         """Wait until ``offset`` s into the load; False when the run is stopping."""

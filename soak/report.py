@@ -153,6 +153,9 @@ class Analysis:
                 else None
         if kind == "slow":
             return "slow client" if reason == "timeout" else None
+        if drv == "stale" and reason == "crl_stale":
+            stale_at = float(self.meta.get("stale_at", 0))
+            return "stale CRL, fail closed" if a["t0"] >= stale_at - 1 else None
         if drv == "probe" or (drv == "held" and reason == "revoked"):
             if reason == "revoked":
                 in_force = self.delta_in_force().get(int(ev.get("pid", 0)))
@@ -311,7 +314,9 @@ class Analysis:
         if out["delta_published"] is not None and missing:
             viol.append(f"workers {missing} never installed the delta CRL")
         probes = [a for a in self.attempts if a.get("driver") == "probe"]
-        after_ok, before_refused, first_refused = [], [], {}
+        after_ok: list[str] = []
+        before_refused: list[str] = []
+        first_refused: dict[int, float] = {}
         for a in probes:
             ev = a.get("event") or {}
             pid = int(ev.get("pid", 0))
@@ -328,6 +333,27 @@ class Analysis:
         out["probe_attempts"] = len(probes)
         out["probe_first_refused"] = {str(p): t for p, t in first_refused.items()}
         out["probe_by_outcome"] = dict(Counter(a.get("outcome") for a in probes))
+        # the CA whose CRL source went away: cached CRL until its nextUpdate, then fail closed
+        stale_at = self.meta.get("stale_at")
+        stale = [a for a in self.attempts if a.get("driver") == "stale"]
+        gone = next((f["start"] for f in self.faults if f["name"] == "crl_source_gone"), None)
+        if stale_at is not None and gone is not None:
+            late_ok = [a for a in stale if a["t0"] > stale_at + 1 and a.get("outcome") == "accepted"]
+            early_no = [a for a in stale if a["t0"] < stale_at - 1 and (a.get("event") or {}).get("reason") != "ok"
+                        and a.get("outcome") != "accepted"]
+            viol += [f"card of a stale CRL accepted at +{a['t0'] - self.t0:.1f}s" for a in late_ok]
+            viol += [f"card of a cached, current CRL refused at +{a['t0'] - self.t0:.1f}s: {a.get('detail')}"
+                     for a in early_no]
+            not_ready = {int(e.get("pid", 0)) for e in self.events if e.get("event") == "crl_not_ready"
+                         and e["_t"] >= stale_at - 1}
+            out["stale"] = {"source_gone": gone - self.t0, "next_update": stale_at - self.t0,
+                            "accepted_while_cached": sum(1 for a in stale if gone <= a["t0"] < stale_at - 1
+                                                         and a.get("outcome") == "accepted"),
+                            "refused_after": sum(1 for a in stale if a["t0"] > stale_at + 1
+                                                 and (a.get("event") or {}).get("reason") == "crl_stale"),
+                            "attempts": len(stale), "workers_not_ready_after": sorted(not_ready)}
+            if stale_at - 1 < float(self.meta.get("load_end", 0)) and set(pids) - not_ready:
+                viol.append(f"workers {sorted(set(pids) - not_ready)} never said crl_not_ready after nextUpdate")
         held = [a for a in self.attempts if a.get("driver") == "held"]
         out["held_session"] = [{"outcome": a.get("outcome"), "detail": a.get("detail"),
                                 "from": a["t0"] - self.t0, "to": a.get("t1", a["t0"]) - self.t0} for a in held]
@@ -530,7 +556,10 @@ def render(an: Analysis, v: dict[str, Any], mem_svg: str, lat_svg: str) -> str:
           f"{json.dumps(rv['probe_first_refused'])}; probes {json.dumps(rv['probe_by_outcome'])}.",
           f"- The session of that card opened before the delta and held in IDLE: {json.dumps(rv['held_session'])} "
           "(the proxy checks cards at the handshake: a session already open goes on).",
-          "- Stale policy: not exercised (every CRL's nextUpdate is 7 days away, beyond any run).", "",
+          f"- Stale policy (Standard set, fail closed, no grace): its CRL source answers 500 from "
+          f"+{_fmt((rv.get('stale') or {}).get('source_gone'), 's')}, its cached CRL's nextUpdate is at "
+          f"+{_fmt((rv.get('stale') or {}).get('next_update'), 's')}: {json.dumps(rv.get('stale'))} "
+          "(`standard-cpe` accepted on the cached CRL, refused `crl_stale` after nextUpdate).", "",
           "CRL faults and what each worker logged (`crl_rejected` reasons) during the window:", "",
           "| fault | window (s) | per worker | workers with the expected reason | note |", "|---|---|---|---|---|"]
     for r in rv["crl_faults"]:

@@ -78,7 +78,10 @@ def run(minutes: float, out: Path, seed: int, workers: int = 2) -> int:
     stop = threading.Event()
     rec = traffic.Recorder(work / "attempts.jsonl")
     try:
-        st = stack.start(work, workers)
+        # The Standard CRL expires at 70 % of the load (setup takes a few seconds: about there)
+        stale_at = time.time() + 8 + BASELINE + 0.7 * load_seconds
+        st = stack.start(work, stale_at, workers)
+        meta["stale_at"] = st.crls.stale_at
         assert st.proxy is not None
         meta["ports"] = st.ports.__dict__
         meta["urls"] = st.urls
@@ -95,7 +98,8 @@ def run(minutes: float, out: Path, seed: int, workers: int = 2) -> int:
         sampler.phase = "load"
         idle_hold = min(240.0, max(20.0, load_seconds / 6))
         ctx = traffic.Ctx(st, rec, stop, seed, idle_hold)
-        runner = faults.FaultRunner(st, work / "faults.jsonl", t0, windows, revoke_at, stop)
+        runner = faults.FaultRunner(st, work / "faults.jsonl", t0, windows, revoke_at, stop,
+                                    gone_at=0.35 * load_seconds)
         runner.start()
         threads = traffic.start(ctx)
         stop.wait(load_seconds)

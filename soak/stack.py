@@ -15,7 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,8 @@ from tests.integration.crlpeers import CrlHttpServer, Slapd, start_http_server, 
 from tests.integration.httppeers import ROOT, HttpBackend
 from tests.integration.peers import Dovecot, Postfix, start_dovecot, start_postfix
 
-FORT, CPS = "igc-sante-fort-pp", "igc-cps-2ter"
+FORT, CPS, STANDARD = "igc-sante-fort-pp", "igc-cps-2ter", "igc-sante-standard-pp"
+STALE_CARD = "standard-cpe"              # its issuer's CRL source goes away mid-run, then the CRL expires
 #: Card -> its CN (IdNat_PS) and the one mailbox the proxy-side EXTERNAL login maps it to.
 CARDS = {"cps-2ter": ("810001234567", "alice@example.test"), "fort": ("810009876543", "bob@example.test"),
          "fort-liberal": ("810005556667", "alice@example.test")}
@@ -62,10 +65,14 @@ class CrlSet:
     forged: bytes
     cps_inter: bytes
     cps_root: bytes
+    standard_inter: bytes
+    stale_at: float                      # the Standard intermediate CRL's nextUpdate (epoch seconds)
 
 
-def make_crls(pki: TestPki) -> CrlSet:
-    """Sign every CRL of the run with the test PKI's CA keys (the forged one with a stranger's key)."""
+def make_crls(pki: TestPki, stale_at: float) -> CrlSet:
+    """Sign every CRL of the run with the test PKI's CA keys (the forged one with a stranger's key).
+
+    The Standard intermediate's CRL has its nextUpdate at ``stale_at``: the run outlives it."""
     def ca(name: str, kind: str) -> tuple[Any, Any]:
         files = pki.authorities[name]
         cert = files.intermediates[0] if kind == "inter" else files.roots[0]
@@ -76,6 +83,8 @@ def make_crls(pki: TestPki) -> CrlSet:
     fr, frk = ca(FORT, "root")
     ci, cik = ca(CPS, "inter")
     cr, crk = ca(CPS, "root")
+    si, sik = ca(STANDARD, "inter")
+    next_update = datetime.fromtimestamp(int(stale_at), UTC)
     revoked = [revoke(pki.cards["revoked"].cert)]
     stranger = rsa.generate_private_key(65537, 2048)
     return CrlSet(
@@ -89,6 +98,9 @@ def make_crls(pki: TestPki) -> CrlSet:
         forged=make_crl(fi, stranger, number=BASE_NUMBER + 5),
         cps_inter=make_crl(ci, cik, number=BASE_NUMBER),
         cps_root=make_crl(cr, crk, number=BASE_NUMBER),
+        standard_inter=make_crl(si, sik, number=BASE_NUMBER, this_update=next_update - timedelta(hours=1),
+                                next_update=next_update),
+        stale_at=float(int(stale_at)),
     )
 
 
@@ -210,17 +222,18 @@ class Stack:
 
     def stop(self) -> None:
         """Stop everything, each step bounded and independent of the others."""
-        for step in (lambda: self.proxy.stop() if self.proxy else None, self.http.stop, self.crl.stop,
-                     self.slapd.stop, self.postfix.stop, self.dovecot.stop):
+        steps: list[Callable[[], object]] = [lambda: self.proxy.stop() if self.proxy else None, self.http.stop,
+                                             self.crl.stop, self.slapd.stop, self.postfix.stop, self.dovecot.stop]
+        for step in steps:
             with contextlib.suppress(Exception):
                 step()
 
 
-def start(work: Path, workers: int = 2) -> Stack:
+def start(work: Path, stale_at: float, workers: int = 2) -> Stack:
     """Build the PKI and CRLs, start every peer, write the config and start the proxy."""
     work.mkdir(parents=True, exist_ok=True)
     pki = build(work / "pki")
-    crls = make_crls(pki)
+    crls = make_crls(pki, stale_at)
     started: list[Any] = []
     try:
         dovecot = start_dovecot()
@@ -249,6 +262,7 @@ def start(work: Path, workers: int = 2) -> Stack:
     urls = {
         "fort_inter": crl.url("fort-inter.crl"),
         "fort_root": crl.url("fort-root.crl"),
+        "standard_inter": crl.url("standard-inter.crl"),
         "fort_delta": slapd.url("Fort Delta", "deltaRevocationList;binary"),
         "cps_inter": slapd.url("CPS Inter"),
         "cps_root": slapd.url("CPS Root"),
@@ -258,6 +272,7 @@ def start(work: Path, workers: int = 2) -> Stack:
     try:
         stack.publish_fort_inter("ok")
         crl.publish("fort-root.crl", crls.fort_root)
+        crl.publish("standard-inter.crl", crls.standard_inter)
         slapd.put("Fort Delta", delta=crls.delta_empty)
         slapd.put("CPS Inter", base=crls.cps_inter)
         slapd.put("CPS Root", base=crls.cps_root)
@@ -278,7 +293,8 @@ def proxy_config(s: Stack, workers: int) -> dict[str, Any]:
     secret.write_text(s.dovecot.master_users["proxy-master"] + "\n")
     secret.chmod(0o600)
     p = s.ports
-    cfg = config_dict(s.pki, DemoPorts(imap=p.imap, smtp=p.smtp, imaps=p.imaps, smtps=p.smtps))
+    cfg = config_dict(s.pki, DemoPorts(imap=p.imap, smtp=p.smtp, imaps=p.imaps, smtps=p.smtps),
+                      standard_enabled=True)
     imap_backend = {"address": f"127.0.0.1:{s.dovecot.imap_port}", "identity": "none",
                     "login": {"mapping": str(mapping), "master_user": "proxy-master",
                               "master_password_file": str(secret)}}
@@ -297,6 +313,8 @@ def proxy_config(s: Stack, workers: int) -> dict[str, Any]:
     u = s.urls
     cfg["authorities"][FORT]["crl"] = [u["fort_inter"], u["fort_root"], u["fort_delta"]]
     cfg["authorities"][CPS]["crl"] = [u["cps_inter"], u["cps_root"]]
+    # fail closed (no grace): once its CRL is past nextUpdate, the Standard set's cards are refused
+    cfg["authorities"][STANDARD]["crl"] = {"sources": [u["standard_inter"]], "check": "leaf"}
     cfg["workers"] = workers
     cfg["state_dir"] = str(s.work / "state")
     # Sources are fetched every few seconds so that each fault window sees fetches from both workers.

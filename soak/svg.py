@@ -26,7 +26,7 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     mag = 10 ** len(str(int(raw))) / 10 if raw >= 1 else 1.0
     step = next((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), raw)
     start = (lo // step) * step
-    out = []
+    out: list[float] = []
     v = start
     while v <= hi + 1e-9 and len(out) < 20:
         if v >= lo - 1e-9:
