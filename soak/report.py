@@ -417,6 +417,13 @@ class Analysis:
                     w.setdefault("least", {})[k] = {"before": b, "after": a}
                     if b is not None and a is not None and a != b:
                         viol.append(f"pid {pid}: {k} {b} before the load, {a} after")
+                fb = next((s.get("fd_detail") for s in base if s.get("fds") == min(x["fds"] for x in base)), None)
+                fa = next((s.get("fd_detail") for s in after if s.get("fds") == min(x["fds"] for x in after)), None)
+                if fb is not None and fa is not None:
+                    gained = sorted((Counter(fa) - Counter(fb)).elements())
+                    lost_fds = sorted((Counter(fb) - Counter(fa)).elements())
+                    if gained or lost_fds:
+                        w["fd_diff"] = {"gained": gained, "lost": lost_fds}
             workers[str(pid)] = w
         if not workers:
             viol.append("no samples")
@@ -582,6 +589,11 @@ def render(an: Analysis, v: dict[str, Any], mem_svg: str, lat_svg: str) -> str:
     for pid, w in sd["workers"].items():
         L.append(f"| {pid} | {json.dumps(w.get('baseline'))} | {json.dumps(w.get('after'))} | "
                  f"{json.dumps(w.get('rss_last_two_thirds_kib'))} | {w.get('rss_peak_kib')} |")
+    L += ["", "Least fds and tasks of each phase (CRL refreshes add some for a moment): " + "; ".join(
+        f"pid {pid}: {json.dumps(w.get('least'))}" for pid, w in sd["workers"].items())]
+    for pid, w in sd["workers"].items():
+        if w.get("fd_diff"):
+            L.append(f"- pid {pid} descriptors after vs before the load: {json.dumps(w['fd_diff'])}")
     if sd["violations"]:
         L += ["", "**Steady-state violations**:", *_list(sd["violations"])]
     # latency
