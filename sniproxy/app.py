@@ -1,9 +1,16 @@
-"""Process lifecycle: listeners, worker processes, signals, drain.
+"""The supervisor: worker processes, signals (also as PID 1), reload, scheduled cutovers, drain.
 
-``workers: 1`` serves in this process. ``workers: N`` or ``auto`` forks N workers that each bind
-every listener with SO_REUSEPORT (the kernel spreads connections) and run their own uvloop event
-loop; the supervisor restarts a worker that dies and stops them all on SIGTERM/SIGINT.
-SIGTERM drains: stop accepting, let connections finish for ``drain_seconds``, then exit.
+Every ``workers`` value forks: the supervisor never serves, it runs an asyncio loop that owns the
+signals, watches its children and talks to each over a control channel (JSON lines on a
+socketpair; docs/decisions/0003-process-model.md). Workers bind every listener with SO_REUSEPORT.
+
+- SIGHUP (or ``sniproxy reload``, or ``Control.reload``): re-read the file, validate it exactly as
+  ``sniproxy check`` does (off the loop), then every worker compiles the same text and swaps;
+  connections keep the snapshot they started with. A refused config changes nothing.
+- A ``cutover`` entry's instant: a new generation in every worker, no reload needed.
+- SIGTERM/SIGINT: drain (stop accepting, let connections end up to ``drain.timeout``, then
+  protocol goodbyes), exit 0. A second one forces the goodbyes at once.
+Implements ``sniproxy.control.Control`` for the admin endpoint.
 """
 
 from __future__ import annotations
@@ -16,36 +23,39 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from sniproxy.config.model import HttpMode, Protocol
-from sniproxy.connection import STATS, ClientConnection
-from sniproxy.crl.manager import CrlManager
+from sniproxy.config.load import load, read_text
+from sniproxy.config.model import Address, HttpMode, Protocol
+from sniproxy.connection import ClientConnection
+from sniproxy.control import ReloadResult
+from sniproxy.crl.state import RevocationHolder
+from sniproxy.errors import ConfigError, ConfigErrors
 from sniproxy.http_connection import HttpsConnection
+from sniproxy.lifecycle.build import Built, addresses, bind_error, build, compile_at, error_lines, pack
+from sniproxy.lifecycle.channel import Channel
+from sniproxy.lifecycle.pidfile import PidFile
+from sniproxy.lifecycle.watch import fingerprint, watched_files
 from sniproxy.observability.log import get_logger
 from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
-DRAIN_SECONDS = 30.0
-
-
-def _use_uvloop() -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)
+KILL_GRACE = 10.0          # after the drain time, workers still alive are killed
+# Settings a running process cannot change: a reload warns, a restart applies them.
+RESTART_ONLY = ("workers", "state_dir", "log_level", "log_format")
 
 
 async def start_listeners(holder: SnapshotHolder, *, reuse_port: bool = False) -> list[asyncio.Server]:
-    """Bind every listener address of the current snapshot; the servers accept at once."""
+    """Bind every listener address of the current snapshot in this process (the demo's in-process proxy)."""
     loop = asyncio.get_running_loop()
     servers: list[asyncio.Server] = []
     try:
         for lr in holder.current.listeners.values():
             name = lr.listener.name
             http = lr.listener.http
-            # https in mode http parses and rewrites requests; in mode tcp it is a plain TLS relay.
             cls = (HttpsConnection if lr.listener.protocol is Protocol.HTTPS and http is not None
                    and http.mode is HttpMode.HTTP else ClientConnection)
             for addr in lr.listener.binds:
@@ -61,52 +71,6 @@ async def start_listeners(holder: SnapshotHolder, *, reuse_port: bool = False) -
     return servers
 
 
-async def serve(holder: SnapshotHolder, *, reuse_port: bool = False,
-                drain_seconds: float = DRAIN_SECONDS) -> None:
-    """Serve until SIGTERM/SIGINT, then drain."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGUSR1, log_stats)
-    snapshot = holder.current
-    crl: CrlManager | None = None
-    crl_task: asyncio.Task[None] | None = None
-    if snapshot.revocation is not None:
-        crl = CrlManager(snapshot.config, snapshot.revocation)
-        # The cache (and a first fetch of what it lacks) is in force before any listener accepts.
-        await crl.start()
-        crl_task = loop.create_task(crl.run())
-    servers = await start_listeners(holder, reuse_port=reuse_port)
-    addrs = [f"{s.sockets[0].getsockname()[0]}:{s.sockets[0].getsockname()[1]}" for s in servers if s.sockets]
-    _log.info("ready", pid=os.getpid(), listening=addrs, crl_ready=crl.ready if crl is not None else True)
-    await stop.wait()
-    for srv in servers:
-        srv.close()
-    if crl_task is not None:
-        crl_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await crl_task
-    deadline = loop.time() + drain_seconds
-    _log.info("draining", active=STATS.active, seconds=drain_seconds)
-    # Polling a counter keeps the per-connection path free of any drain bookkeeping.
-    while STATS.active > 0 and loop.time() < deadline:  # noqa: ASYNC110
-        await asyncio.sleep(0.1)
-    _log.info("stopped", pid=os.getpid(), left=STATS.active)
-
-
-def log_stats() -> None:
-    """Log a ``stats`` event (SIGUSR1): connection counters, tasks and open file descriptors.
-
-    What an operator (or a test) reads to see that a flood or a wave of resets left nothing behind.
-    """
-    try:
-        fds: int | None = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        fds = None
-    _log.info("stats", pid=os.getpid(), tasks=len(asyncio.all_tasks()), open_fds=fds, **STATS.report())
-
-
 def raise_fd_limit() -> int:
     """Raise the soft open-files limit to the hard one (each connection holds two descriptors)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -119,95 +83,418 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def run_worker(holder: SnapshotHolder, reuse_port: bool) -> int:
-    """Run one event loop serving the snapshot; returns the process exit code."""
-    _use_uvloop()
-    try:
-        asyncio.run(serve(holder, reuse_port=reuse_port))
-    except OSError as exc:
-        _log.error("listen_failed", error=str(exc))
-        return 1
-    return 0
-
-
-def _check_binds(snapshot: Snapshot) -> None:
-    """Bind and release every address once, so a busy port fails the supervisor, not N workers."""
-    for lr in snapshot.listeners.values():
-        for addr in lr.listener.binds:
-            family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+def probe_binds(built: Built, only: set[Address] | None = None) -> list[str]:
+    """Bind (without SO_REUSEPORT) and release each address: a port another process listens on fails
+    here, even when that process set SO_REUSEPORT (a second instance would otherwise share it)."""
+    errors = []
+    for addr in addresses(built.snapshot.config):
+        if only is not None and addr not in only:
+            continue
+        family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
+        try:
             with socket.socket(family, socket.SOCK_STREAM) as s:
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # TIME_WAIT is no conflict
                 s.bind((addr.host, addr.port))
+        except OSError as exc:
+            errors.append(bind_error(built.snapshot.config, addr, exc))
+    return errors
 
 
-def run(snapshot: Snapshot, workers: int) -> int:
-    """Serve with ``workers`` processes (1: in this process)."""
-    holder = SnapshotHolder(snapshot)
+@dataclass(eq=False)
+class WorkerHandle:
+    """One worker process as the supervisor sees it."""
+
+    proc: asyncio.subprocess.Process
+    channel: Channel
+    started: float
+    generation: int = 0
+    watcher: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        """The worker's process id."""
+        return self.proc.pid
+
+
+class Supervisor:
+    """Runs the workers; implements ``sniproxy.control.Control``."""
+
+    def __init__(self, source: Path, text: str, built: Built, workers: int,
+                 pidfile: PidFile | None = None) -> None:
+        self.source = source
+        self._text = text
+        self._built = built
+        self._as_of = time.time()
+        self._generation = built.snapshot.generation
+        self._nworkers = workers
+        self._pidfile = pidfile
+        self._workers: list[WorkerHandle] = []
+        self._draining = False
+        self._forced = False
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._exit_code = 0
+        self._quick_deaths = 0
+        self._cutover_timer: asyncio.TimerHandle | None = None
+        self._kill_timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.revocation = RevocationHolder()   # the supervisor's view (the admin endpoint's CRL readiness)
+        self.reloads_ok = 0
+        self.reloads_failed = 0
+        self._admin: Any = None
+
+    # ------------------------------------------------------------------ Control
+    @property
+    def generation(self) -> int:
+        """The config generation every worker serves."""
+        return self._generation
+
+    @property
+    def draining(self) -> bool:
+        """True from the first instant of a drain."""
+        return self._draining
+
+    @property
+    def snapshot(self) -> Snapshot:
+        """The current compiled config."""
+        return self._built.snapshot
+
+    def workers_ready(self) -> bool:
+        """Every worker is up on the current generation with its listeners bound."""
+        return (not self._draining and len(self._workers) == self._nworkers
+                and all(w.generation == self._generation for w in self._workers))
+
+    async def reload(self) -> ReloadResult:
+        """Re-read, validate and install the config file in every worker; refused configs change nothing."""
+        async with self._lock:
+            if self._draining:
+                return self._refused(("draining: no reload while shutting down",))
+            loop = asyncio.get_running_loop()
+            gen = self._generation + 1
+            as_of = time.time()
+            try:
+                text = await loop.run_in_executor(None, read_text, self.source)
+                built = await loop.run_in_executor(None, build, self.source, text, gen, as_of, self.revocation)
+            except (ConfigErrors, ConfigError) as exc:
+                return self._refused(error_lines(exc))
+            held = set(addresses(self.snapshot.config))
+            probe = probe_binds(built, set(addresses(built.snapshot.config)) - held)
+            if probe:
+                return self._refused(tuple(probe))
+            old_cfg, new_cfg = self.snapshot.config, built.snapshot.config
+            for key in RESTART_ONLY:
+                if getattr(old_cfg, key) != getattr(new_cfg, key):
+                    _log.warning("reload_needs_restart", key=key, hint="takes effect at the next start")
+            errors = await self._install_all(pack(built.config), gen, as_of)
+            if errors:
+                # Some workers may have swapped: put every one back on the config still in force.
+                self._generation = gen
+                await self._install_all(pack(self._built.config), gen + 1, self._as_of)
+                self._generation = gen + 1
+                return self._refused(tuple(errors))
+            prev = self._built
+            self._text, self._built, self._as_of, self._generation = text, built, as_of, gen
+            self.reloads_ok += 1
+            _log.info("reload", generation=gen, warnings=len(built.warnings),
+                      listeners=sorted(ls.name for ls in new_cfg.listeners),
+                      listeners_removed=sorted({ls.name for ls in old_cfg.listeners}
+                                               - {ls.name for ls in new_cfg.listeners}))
+            self._log_cutovers(prev, built, at_start=False)
+            self._write_status(ReloadResult(True, gen))
+            self._schedule_cutover()
+            return ReloadResult(True, gen)
+
+    def _refused(self, errors: tuple[str, ...]) -> ReloadResult:
+        self.reloads_failed += 1
+        result = ReloadResult(False, self._generation, errors)
+        _log.error("reload_failed", generation=self._generation, errors=list(errors),
+                   reloads_failed=self.reloads_failed)
+        self._write_status(result)
+        return result
+
+    def drain(self) -> None:
+        """Start the graceful drain (SIGTERM does the same)."""
+        if self._draining:
+            return
+        self._draining = True
+        timeout = self.snapshot.config.drain_timeout
+        _log.info("draining", pid=os.getpid(), seconds=timeout, workers=[w.pid for w in self._workers])
+        if self._cutover_timer is not None:
+            self._cutover_timer.cancel()
+        for w in self._workers:
+            w.channel.send({"op": "drain", "timeout": timeout})
+        loop = asyncio.get_running_loop()
+        self._kill_timer = loop.call_later(timeout + KILL_GRACE, self._kill_all)
+        if not self._workers:
+            self._stop.set()
+
+    def force(self) -> None:
+        """A second stop signal: goodbyes now, exit."""
+        if self._forced:
+            return
+        self._forced = True
+        _log.warning("forced_stop", pid=os.getpid(), workers=[w.pid for w in self._workers])
+        for w in self._workers:
+            w.channel.send({"op": "force"})
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_timer = asyncio.get_running_loop().call_later(3.0, self._kill_all)
+
+    def _kill_all(self) -> None:
+        for w in self._workers:
+            _log.error("worker_killed", pid=w.pid, reason="did not exit in time")
+            with contextlib.suppress(ProcessLookupError):
+                w.proc.kill()
+        self._exit_code = 1
+
+    # ------------------------------------------------------------------ workers
+    async def _spawn(self) -> WorkerHandle:
+        parent, child = socket.socketpair()
+        try:
+            cfg = self.snapshot.config
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sniproxy.lifecycle.worker", str(child.fileno()), str(os.getpid()),
+                cfg.log_level, cfg.log_format, pass_fds=(child.fileno(),))
+        finally:
+            child.close()
+        handle = WorkerHandle(proc, await Channel.open(parent), time.monotonic())
+        self._workers.append(handle)
+        handle.watcher = asyncio.get_running_loop().create_task(self._watch(handle))
+        return handle
+
+    async def _start_worker(self) -> str | None:
+        """Spawn one worker and give it the config in force; the error if it cannot serve it."""
+        handle = await self._spawn()
+        errors = await self._install(handle, pack(self._built.config), self._generation, self._as_of, first=True)
+        return "; ".join(errors) if errors else None
+
+    async def _install(self, w: WorkerHandle, config: str, gen: int, as_of: float, *,
+                       first: bool = False) -> list[str]:
+        try:
+            reply = await w.channel.request({"op": "load", "config": config, "generation": gen, "as_of": as_of,
+                                             "first": first}, WORKER_ANSWER)
+        except (ConnectionError, TimeoutError) as exc:
+            return [f"worker {w.pid}: no answer ({type(exc).__name__})"]
+        if reply.get("ok"):
+            w.generation = gen
+            return []
+        return [str(e) for e in reply.get("errors", [])] or [f"worker {w.pid}: refused"]
+
+    async def _install_all(self, config: str, gen: int, as_of: float) -> list[str]:
+        results = await asyncio.gather(*(self._install(w, config, gen, as_of) for w in list(self._workers)))
+        # The same error from every worker is one error.
+        return list(dict.fromkeys(e for errs in results for e in errs))
+
+    async def _watch(self, w: WorkerHandle) -> None:
+        """Deliver the worker's replies; when it exits, restart it unless we are stopping."""
+        while await w.channel.read() is not None:
+            pass
+        code = await w.proc.wait()
+        w.channel.close()
+        if w in self._workers:
+            self._workers.remove(w)
+        if self._draining or self._stop.is_set():
+            _log.info("worker_exited", pid=w.pid, exit=code)
+            if code != 0:
+                self._exit_code = 1
+            if not self._workers:
+                self._stop.set()
+            return
+        self._quick_deaths = self._quick_deaths + 1 if time.monotonic() - w.started < 5.0 else 0
+        _log.error("worker_died", pid=w.pid, exit=code)
+        if self._quick_deaths >= 5:
+            _log.error("giving_up", reason="workers die at start")
+            self._exit_code = 1
+            self.drain()
+            return
+        async with self._lock:   # not in the middle of a reload: the new worker gets the config in force
+            if self._draining:
+                return
+            error = await self._start_worker()
+        if error is not None:
+            _log.error("worker_failed", error=error)
+
+    # ------------------------------------------------------------------ cutovers
+    def _schedule_cutover(self) -> None:
+        if self._cutover_timer is not None:
+            self._cutover_timer.cancel()
+            self._cutover_timer = None
+        at = self._built.next_cutover
+        if at is None or self._draining:
+            return
+        loop = asyncio.get_running_loop()
+        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._spawn_task, self._cutover(at))
+
+    def _spawn_task(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cutover(self, at: float) -> None:
+        async with self._lock:
+            if self._draining:
+                return
+            if time.time() < at:   # the timer fired early (clock adjustment): wait for the instant
+                self._schedule_cutover()
+                return
+            loop = asyncio.get_running_loop()
+            gen = self._generation + 1
+            as_of = max(time.time(), at)
+            try:
+                built = await loop.run_in_executor(None, compile_at, self._built.config, self._built.warnings, gen,
+                                                   as_of, self.revocation)
+            except (ConfigErrors, ConfigError) as exc:
+                # A file of the entry changed since the reload that validated it: the old config stays.
+                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)))
+                return
+            errors = await self._install_all(pack(built.config), gen, as_of)
+            if errors:
+                _log.error("cutover_failed", generation=gen, errors=errors)
+            prev = self._built
+            self._built, self._as_of, self._generation = built, as_of, gen
+            self._log_cutovers(prev, built, at_start=False)
+            self._write_status(None)
+            self._schedule_cutover()
+
+    def _log_cutovers(self, prev: Built | None, built: Built, *, at_start: bool) -> None:
+        before = set(prev.applied) if prev is not None else set()
+        for c in built.applied:
+            if c not in before:
+                _log.info("cutover_applied", generation=built.snapshot.generation, at=c.at_text, change=c.describe(),
+                          line=c.line, late=at_start)
+
+    # ------------------------------------------------------------------ reload.watch
+    async def _watch_files(self) -> None:
+        """Reload when the watched files' content changes (``reload.watch``); each change is tried once."""
+        loop = asyncio.get_running_loop()
+        # What the config in force was built from: its text as read, the other files as they are now.
+        seen: str | None = await loop.run_in_executor(None, self._fingerprint, True)
+        reloads = self.reloads_ok + self.reloads_failed
+        while not self._draining:
+            interval = self.snapshot.config.reload_watch
+            if interval is None:
+                seen = None
+                await asyncio.sleep(5.0)   # the setting may be turned on by a reload
+                continue
+            # The files of the config being edited: a new CA file it now names counts too.
+            now = await loop.run_in_executor(None, self._fingerprint, False)
+            done = self.reloads_ok + self.reloads_failed
+            if done != reloads:           # a reload by other means already took these files
+                seen, reloads = now, done
+            if seen is not None and now != seen and not self._draining:
+                _log.info("config_changed", source=str(self.source))
+                await self.reload()
+                reloads = self.reloads_ok + self.reloads_failed
+            seen = now
+            await asyncio.sleep(interval)
+
+    def _fingerprint(self, in_force: bool) -> str:
+        config = self._built.config        # as validated: the base certificates, not a cutover's
+        paths = watched_files(config)
+        if in_force:
+            return fingerprint(paths, {config.source: self._text.encode()})
+        try:
+            paths += watched_files(load(self.source, check_files=False).config)
+        except (ConfigErrors, ConfigError):
+            pass   # the config file's own bytes are in the fingerprint already
+        return fingerprint(list(dict.fromkeys(paths)))
+
+    # ------------------------------------------------------------------ main
+    def _write_status(self, last: ReloadResult | None) -> None:
+        if self._pidfile is None:
+            return
+        status: dict[str, Any] = {"pid": os.getpid(), "generation": self._generation,
+                                  "reloads_ok": self.reloads_ok, "reloads_failed": self.reloads_failed}
+        if last is not None:
+            status["last_reload"] = {"ok": last.ok, "generation": last.generation, "errors": list(last.errors)}
+        with contextlib.suppress(OSError):
+            self._pidfile.write_status(status)
+
+    def _signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Installed explicitly: as PID 1 the kernel ignores every signal without a handler.
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn_task(self.reload()))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_stop)
+        loop.add_signal_handler(signal.SIGUSR1, self._forward, signal.SIGUSR1)
+
+    def _on_stop(self) -> None:
+        if self._draining:
+            self.force()
+        else:
+            self.drain()
+
+    def _forward(self, sig: int) -> None:
+        for w in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w.pid, sig)
+
+    async def run(self) -> int:
+        """Start the workers, serve until drained; the process exit code."""
+        self._signals()
+        _log.info("supervisor", pid=os.getpid(), workers=self._nworkers, generation=self._generation)
+        self._log_cutovers(None, self._built, at_start=True)
+        async with self._lock:   # a SIGHUP during the start waits for it
+            errors = await asyncio.gather(*(self._start_worker() for _ in range(self._nworkers)))
+        failed = [e for e in errors if e is not None]
+        if failed:
+            _log.error("listen_failed", errors=list(dict.fromkeys(failed)))
+            self._draining = True
+            for w in self._workers:
+                w.channel.send({"op": "force"})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 10)
+            return 1
+        if self._draining:   # SIGTERM during the start: workers spawned after it must hear it too
+            for w in self._workers:
+                w.channel.send({"op": "drain", "timeout": self.snapshot.config.drain_timeout})
+        _log.info("serving", pid=os.getpid(), generation=self._generation, workers=[w.pid for w in self._workers])
+        self._write_status(None)
+        self._admin = None  # ADMIN HOOK (i13b): await admin.start(self.snapshot.config.admin, self) when set
+        self._schedule_cutover()
+        watcher = asyncio.get_running_loop().create_task(self._watch_files())
+        await self._stop.wait()
+        watcher.cancel()
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        _log.info("exited", pid=os.getpid(), code=self._exit_code)
+        return self._exit_code
+
+
+def run(source: Path, text: str, built: Built, workers: int) -> int:
+    """Serve ``built`` (compiled from ``text``, the content of ``source``) with ``workers`` processes."""
+    from sniproxy.lifecycle.pidfile import AlreadyRunning, runtime_dir
+
+    config = built.snapshot.config
     nofile = raise_fd_limit()
-    limits = snapshot.config.limits
+    limits = config.limits
     if 2 * limits.max_connections + 64 > nofile:
         _log.warning("fd_limit_low", open_files_limit=nofile, max_connections=limits.max_connections,
                      hint="each connection holds two descriptors: raise the limit (ulimit -n) or lower "
                           "limits.max_connections")
-    if workers <= 1:
-        return run_worker(holder, reuse_port=False)
+    pidfile = PidFile(runtime_dir(config))
     try:
-        _check_binds(snapshot)
-    except OSError as exc:
-        _log.error("listen_failed", error=str(exc))
+        pidfile.acquire()
+    except AlreadyRunning as exc:
+        _log.error("already_running", error=str(exc), other_pid=exc.pid)
         return 1
-    return _supervise(holder, workers)
+    except OSError as exc:
+        _log.error("pid_file_failed", error=str(exc), path=str(pidfile.path))
+        return 1
+    try:
+        errors = probe_binds(built)
+        if errors:
+            _log.error("listen_failed", errors=errors)
+            return 1
+        _use_uvloop()
+        return asyncio.run(Supervisor(source, text, built, workers, pidfile).run())
+    finally:
+        pidfile.release()
 
 
-def _spawn(holder: SnapshotHolder) -> int:
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - child
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        code = run_worker(holder, reuse_port=True)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return pid
-
-
-def _supervise(holder: SnapshotHolder, workers: int) -> int:
-    stopping = False
-    children: dict[int, float] = {}
-
-    def on_stop(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for pid in list(children):
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    signal.signal(signal.SIGTERM, on_stop)
-    signal.signal(signal.SIGINT, on_stop)
-    for _ in range(workers):
-        children[_spawn(holder)] = time.monotonic()
-    _log.info("supervisor", pid=os.getpid(), workers=workers)
-    quick_deaths = 0
-    while children:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries, kept for clarity
-            continue
-        started = children.pop(pid, time.monotonic())
-        if stopping:
-            continue
-        code = os.waitstatus_to_exitcode(status)
-        quick_deaths = quick_deaths + 1 if time.monotonic() - started < 1.0 else 0
-        _log.error("worker_died", pid=pid, exit=code)
-        if quick_deaths >= 5:
-            _log.error("giving_up", reason="workers die at start")
-            on_stop(signal.SIGTERM, None)
-            stopping = True
-            continue
-        children[_spawn(holder)] = time.monotonic()
-    return 0
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())

@@ -43,30 +43,73 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Load, compile, then serve until SIGTERM/SIGINT."""
-    from sniproxy import app
-    from sniproxy.observability.log import configure, get_logger
-    from sniproxy.tls.contexts import Snapshot
+    """Load, compile, then serve until SIGTERM/SIGINT (SIGHUP reloads)."""
+    import time
 
+    from sniproxy import app
+    from sniproxy.config.load import read_text
+    from sniproxy.lifecycle.build import build
+    from sniproxy.observability.log import configure, get_logger
+
+    path = Path(args.config)
     try:
-        snapshot, warnings = _load(args.config)
+        text = read_text(path)
+        built = build(path, text, 1, time.time())
     except (ConfigErrors, ConfigError) as exc:
-        errors = exc.errors if isinstance(exc, ConfigErrors) else [exc]
-        for err in errors:
-            print(f"error: {err}", file=sys.stderr)
-        return 2
-    assert isinstance(snapshot, Snapshot)
-    cfg = snapshot.config
+        return _config_failed(exc)
+    cfg = built.snapshot.config
     configure(cfg.log_level, cfg.log_format)
     log = get_logger("sniproxy.cli")
-    for w in warnings:
+    for w in built.warnings:
         log.warning("config_warning", warning=w)
     unchecked = sorted(n for n, a in cfg.authorities.items() if a.enabled and not a.revocation_required)
     if unchecked:
         # Cards of these sets are never checked for revocation: say so on every start.
         log.warning("revocation_not_checked", authorities=unchecked)
     workers = cfg.workers if cfg.workers is not None else (os.cpu_count() or 1)
-    return app.run(snapshot, workers)
+    return app.run(path, text, built, workers)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Signal the running instance (found by its pid file) to reload, and print its verdict."""
+    import signal
+    import time
+
+    from sniproxy.config.load import load
+    from sniproxy.lifecycle.pidfile import PidFile, read_pid, read_status, runtime_dir
+
+    try:
+        # Structure only: where the instance keeps its pid file. The instance validates the whole.
+        config = load(Path(args.config), check_files=False).config
+    except (ConfigErrors, ConfigError) as exc:
+        return _config_failed(exc)
+    pidfile = PidFile(runtime_dir(config))
+    pid = read_pid(pidfile.path)
+    if pid is None:
+        print(f"error: no running sniproxy for {args.config} (no pid file {pidfile.path})", file=sys.stderr)
+        return 1
+    before = read_status(pidfile.status_path) or {}
+    count = before.get("reloads_ok", 0) + before.get("reloads_failed", 0)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"error: sniproxy pid {pid} (from {pidfile.path}) is not running", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        status = read_status(pidfile.status_path) or {}
+        if status.get("reloads_ok", 0) + status.get("reloads_failed", 0) > count:
+            last = status.get("last_reload") or {}
+            if last.get("ok"):
+                print(f"reloaded: generation {last.get('generation')}")
+                return 0
+            for err in last.get("errors", []):
+                print(f"error: {err}", file=sys.stderr)
+            print(f"refused: generation {last.get('generation')} still serving", file=sys.stderr)
+            return 2
+        time.sleep(0.05)
+    print(f"error: sniproxy pid {pid} did not report the reload within {args.timeout:g}s", file=sys.stderr)
+    return 1
 
 
 def _crl_manager(path: str) -> tuple[Any, Any]:
@@ -204,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="serve with a config file")
     r.add_argument("-c", "--config", required=True)
     r.set_defaults(func=cmd_run)
+    rl = sub.add_parser("reload", help="make the running instance reload its config (as SIGHUP does)")
+    rl.add_argument("-c", "--config", required=True)
+    rl.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the verdict")
+    rl.set_defaults(func=cmd_reload)
     c = sub.add_parser("check", help="validate a config file, print errors and warnings")
     c.add_argument("-c", "--config", required=True)
     c.set_defaults(func=cmd_check)

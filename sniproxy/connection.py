@@ -86,6 +86,28 @@ def _dec(table: dict[str, int], key: str) -> None:
 
 
 STATS = Stats()
+# Every connection not yet finished, so a drain can say goodbye to each (a worker-wide set: one
+# pointer per connection, no per-connection task).
+LIVE: set[ClientConnection] = set()
+
+
+class Drain:
+    """Worker-wide drain state: set once by the worker's drain, read by connections."""
+
+    active = False
+
+
+_IMAP_PROTOCOLS = (Protocol.IMAP, Protocol.IMAPS)
+_SMTP_PROTOCOLS = (Protocol.SMTP, Protocol.SMTPS)
+
+
+def _is_idle_command(data: bytes) -> bool:
+    """One whole ``<tag> IDLE`` command line (RFC 2177): clients send it as one small write.
+
+    Only the last client chunk is looked at, so a session is "in IDLE" from that line until the
+    client's next bytes (its ``DONE``): no IMAP parsing on the relay path.
+    """
+    return len(data) < 80 and data[-7:].upper() == b" IDLE\r\n" and data.count(b"\n") == 1
 # Called with every connection event (the same dict that is logged). The demo and the metrics
 # layer subscribe here; an observer must be quick and must not raise.
 OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
@@ -143,6 +165,7 @@ class ClientConnection(asyncio.Protocol):
         "_hello",
         "_hello_buf",
         "_identity",
+        "_idling",
         "_in_pending",
         "_ip",
         "_last_io",
@@ -210,6 +233,7 @@ class ClientConnection(asyncio.Protocol):
         self._started = 0.0
         self._reason: Reason | None = None
         self._detail = ""
+        self._idling = False                   # IMAP: the client's last line was IDLE (drain says BYE at once)
 
     # ------------------------------------------------------------------ lifecycle
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -224,6 +248,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(local, tuple):
             self._local_addr = (str(local[0]), int(local[1]))
         self._started = time.monotonic()
+        LIVE.add(self)
         STATS.accepted += 1
         STATS.active += 1
         STATS.pending += 1
@@ -545,6 +570,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _client_plaintext(self, data: bytes) -> None:
         """Client plaintext during the relay: through the two-sided dialog if any, else straight on."""
+        if self._lr.listener.protocol in _IMAP_PROTOCOLS:
+            self._idling = _is_idle_command(data)
+            if self._idling and Drain.active:
+                # Draining: answer a new IDLE with the goodbye rather than start hours of waiting.
+                self.goodbye()
+                return
         if self._relay is not None:
             self._relay_actions(self._relay.client_data(data))
             return
@@ -753,10 +784,39 @@ class ClientConnection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    # ------------------------------------------------------------------ drain
+    def drain_begin(self) -> None:
+        """The worker started draining: say goodbye now where waiting cannot help (IMAP in IDLE)."""
+        if self._phase == _RELAY and self._idling:
+            self.goodbye()
+
+    def goodbye(self) -> None:
+        """End the session for a drain with the protocol's own goodbye, then close.
+
+        IMAP ``* BYE [UNAVAILABLE]`` (RFC 9051 §7.1.5: the client reconnects), SMTP ``421 4.3.2``
+        (RFC 3463: system not accepting messages); before TLS on a STARTTLS listener, in clear.
+        """
+        if self._phase == _CLOSED:
+            return
+        ls = self._lr.listener
+        if ls.protocol in _IMAP_PROTOCOLS:
+            msg = imap_unavailable("Server shutting down, please reconnect")
+        elif ls.protocol in _SMTP_PROTOCOLS:
+            msg = f"421 4.3.2 {ls.hostname} Service shutting down, try again later\r\n".encode()
+        else:
+            msg = b""
+        if msg:
+            if self._tls is not None and self._tls.established:
+                self._send_plain(msg)
+            elif self._phase == _PRETLS:
+                self._write_raw(msg)
+        self._finish(Reason.SHUTDOWN, "drain")
+
     # ------------------------------------------------------------------ end
     def _finish(self, reason: Reason, detail: str = "") -> None:
         if self._phase == _CLOSED:
             return
+        LIVE.discard(self)
         phase = self._phase
         self._phase = _CLOSED
         self._reason, self._detail = reason, detail

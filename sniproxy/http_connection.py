@@ -22,7 +22,7 @@ from typing import Any, cast
 import h11
 
 from sniproxy.config.model import Address, HttpOptions
-from sniproxy.connection import _CLOSED, _PENDING_MAX, _RELAY, _WRITE_HIGH, ClientConnection
+from sniproxy.connection import _CLOSED, _PENDING_MAX, _RELAY, _WRITE_HIGH, ClientConnection, Drain
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.proto.http_rewrite import (
@@ -479,6 +479,9 @@ class HttpsConnection(ClientConnection):
         key = str(event.status_code)
         self._statuses[key] = self._statuses.get(key, 0) + 1
         headers = without_hop_by_hop(event.headers.raw_items(), strict=False)
+        if Drain.active:
+            # Draining: this response is the connection's last; the client opens a new one elsewhere.
+            headers.append((b"connection", b"close"))
         return self._http.response(event.status_code, headers, bytes(event.reason))
 
     def _response_end(self, bk: _BackendConn, out: list[bytes]) -> None:
@@ -563,6 +566,13 @@ class HttpsConnection(ClientConnection):
         if bk is not None and bk.paused and bk.transport is not None and not bk.transport.is_closing():
             bk.paused = False
             bk.transport.resume_reading()
+
+    # ------------------------------------------------------------------ drain
+    def drain_begin(self) -> None:
+        """Between requests a keep-alive connection owes nothing: close it now (RFC 9112 §9.6)."""
+        if (self._phase == _RELAY and self._http is not None and self._bk is None and self._bk_task is None
+                and not self._http.waiting and self._http.buffered == 0):
+            self._finish(Reason.SHUTDOWN, "drain")
 
     # ------------------------------------------------------------------ end
     def _finish(self, reason: Reason, detail: str = "") -> None:

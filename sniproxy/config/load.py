@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from sniproxy.config.backendconf import read_backend
+from sniproxy.config.cutoverconf import read_cutovers
 from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.httpconf import read_http
 from sniproxy.config.model import (
@@ -51,7 +52,7 @@ from sniproxy.config.yamlloc import LocDict, parse
 from sniproxy.errors import ConfigError, ConfigErrors
 
 TOP_KEYS = ("profile", "workers", "log", "state_dir", "crl", "limits", "secret_files", "authorities", "flows",
-            "listeners")
+            "listeners", "drain", "cutover", "reload")
 LIMIT_KEYS = ("max_connections", "max_per_ip", "max_pending", "max_pending_per_ip")
 CRL_TOP_KEYS = ("cache_dir", "refresh_max", "retry_min", "timeout", "max_bytes")
 CRL_SET_KEYS = ("sources", "from_certificates", "check", "stale")
@@ -78,18 +79,27 @@ class Loaded:
     warnings: tuple[str, ...]
 
 
-def load(path: Path, *, check_files: bool = True) -> Loaded:
+def read_text(path: Path) -> str:
+    """The config file's text (what a reload validates once and hands to every worker)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigErrors([ConfigError(f"cannot read config file: {exc}", file=str(path))]) from exc
+
+
+def load(path: Path, *, check_files: bool = True, text: str | None = None) -> Loaded:
     """Read, validate and map the YAML config at ``path``.
 
     Raises ``ConfigErrors`` holding every ``ConfigError`` found (file, line, key path). With
     ``check_files=False`` the PEM files named by the config are not opened (structure only).
+    ``text``: the file's content already read (a reload compiles in every worker exactly the text
+    the supervisor validated, even if the file changes meanwhile); relative paths still resolve
+    against ``path``'s folder.
     """
     path = Path(path)
     report = Report(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigErrors([ConfigError(f"cannot read config file: {exc}", file=str(path))]) from exc
+    if text is None:
+        text = read_text(path)
     try:
         data = parse(text)
     except yaml.MarkedYAMLError as exc:
@@ -140,6 +150,8 @@ class _Builder:
         state_path = top.resolve(state_dir) if isinstance(state_dir, str) else None
         crl = self._crl_settings(state_path)
         limits = self._limits()
+        drain = self._drain()
+        watch = self._reload()
         self._authorities()
         with_crl = sorted(n for n, a in self.authorities.items() if a.enabled and a.revocation_required)
         if with_crl and crl.cache_dir is None:
@@ -147,6 +159,7 @@ class _Builder:
                                    "or `crl.cache_dir` (the CRL cache that survives a restart)")
         self._flows()
         listeners = self._listeners()
+        cutovers = read_cutovers(self.r, top, self.flows, listeners, self.files, self._server_files)
         for name in sorted(self.flow_names - self.used_flows):
             top.report.warn(self._flows_section_line(name), f"flows.{name}", "flow used by no listener")
         if self.r.errors or self.profile is None:
@@ -154,7 +167,8 @@ class _Builder:
         return Config(
             source=self.source, profile=self.profile, authorities=self.authorities, flows=self.flows,
             listeners=tuple(listeners), workers=workers, log_level=level, log_format=fmt,
-            state_dir=state_path, crl=crl, limits=limits,
+            state_dir=state_path, crl=crl, limits=limits, drain_timeout=drain, cutover=cutovers,
+            reload_watch=watch,
         )
 
     def _flows_section_line(self, name: str) -> int:
@@ -194,6 +208,24 @@ class _Builder:
         if limits.max_pending_per_ip > limits.max_pending:
             sec.warn("max_pending_per_ip", "larger than max_pending: one address can take every handshake slot")
         return limits
+
+    def _drain(self) -> float:
+        """``drain.timeout``: how long SIGTERM lets connections finish before the goodbyes."""
+        sec = self.top.section("drain")
+        if sec is None:
+            return 25.0
+        sec.check_keys(("timeout",))
+        return sec.duration("timeout", 25.0)
+
+    def _reload(self) -> float | None:
+        """``reload.watch`` (reload when the files change, polled every ``reload.interval``)."""
+        sec = self.top.section("reload")
+        if sec is None:
+            return None
+        sec.check_keys(("watch", "interval"))
+        watch = sec.boolean("watch", False)
+        interval = sec.duration("interval", 5.0)
+        return interval if watch is True else None
 
     def _crl_settings(self, state_dir: Path | None) -> CrlSettings:
         sec = self.top.section("crl")
@@ -457,7 +489,7 @@ class _Builder:
                 sec.error("name", f"listener name {name!r} already used (line {names[name]})")
             else:
                 names[name] = sec.line("name")
-        addresses = self._binds(sec, binds)
+        addresses, bind_lines = self._binds(sec, binds)
         protocol = sec.enum("protocol", Protocol, required=True)
         hostname = sec.string("hostname", "sniproxy")
         if isinstance(hostname, str) and "hostname" in sec.data:
@@ -482,6 +514,7 @@ class _Builder:
             name=name, binds=tuple(addresses), protocol=protocol, backend=backend, routes=routes,
             default_flow=default_flow, unknown_sni=unknown_sni, hostname=hostname, timeouts=timeouts,
             max_line=max_line, max_pretls_commands=max_cmds, proxy_protocol_from=proxy_from, http=http,
+            bind_lines=tuple(bind_lines),
         )
 
     def _proxy_from(self, sec: Section) -> tuple[IPv4Network | IPv6Network, ...]:
@@ -495,13 +528,14 @@ class _Builder:
                 self.r.error(line, path, f"expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32: {exc}")
         return tuple(out)
 
-    def _binds(self, sec: Section, seen: list[tuple[Address, int]]) -> list[Address]:
+    def _binds(self, sec: Section, seen: list[tuple[Address, int]]) -> tuple[list[Address], list[int]]:
         items = sec.list_of("bind", required=True, scalar_ok=True)
         if items is None:
-            return []
+            return [], []
         if not items:
             sec.error("bind", "at least one address is required")
         out = []
+        lines: list[int] = []
         for value, line, path in items:
             if not isinstance(value, str):
                 self.r.error(line, path, f"expected \"IPv4:port\" or \"[IPv6]:port\", got {value!r}")
@@ -516,7 +550,8 @@ class _Builder:
                 self.r.error(line, path, f"address {addr} is already bound by a listener (line {clash})")
             seen.append((addr, line))
             out.append(addr)
-        return out
+            lines.append(line)
+        return out, lines
 
     def _flow_ref(self, sec: Section, value: Any, line: int, path: str) -> str | None:
         if not isinstance(value, str):
@@ -582,4 +617,4 @@ class _Builder:
         return Timeouts(**{k: sec.duration(k, getattr(default, k)) for k in TIMEOUT_KEYS})
 
 
-__all__ = ["Loaded", "load"]
+__all__ = ["Loaded", "load", "read_text"]

@@ -255,6 +255,7 @@ class Listener:
     # Peers (L4 load balancers) that must open with a PROXY v1/v2 header; everyone else must not.
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
     http: HttpOptions | None = None               # ``https`` listeners only
+    bind_lines: tuple[int, ...] = ()              # config line of each ``binds`` item (bind errors name it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +286,27 @@ class CrlSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Cutover:
+    """A scheduled change (the ``cutover`` list): at ``at``, a flow's certificate and key switch, or
+    a listener's ``default_flow`` (the no-SNI flow) does. Applied by the running proxy by itself."""
+
+    at: float                                    # epoch seconds (written as an RFC 3339 instant)
+    at_text: str                                 # as written, for logs
+    line: int                                    # config line of the entry
+    flow: str | None = None
+    certificate: Path | None = None
+    key: Path | None = None
+    listener: str | None = None
+    default_flow: str | None = None
+
+    def describe(self) -> str:
+        """One line for logs: what the entry changes."""
+        if self.flow is not None:
+            return f"flow {self.flow} certificate -> {self.certificate}"
+        return f"listener {self.listener} default_flow -> {self.default_flow}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole validated configuration (before TLS compilation)."""
 
@@ -299,3 +321,6 @@ class Config:
     state_dir: Path | None = None
     crl: CrlSettings = field(default_factory=CrlSettings)
     limits: Limits = field(default_factory=Limits)
+    drain_timeout: float = 25.0                   # SIGTERM: longest wait for connections (under k8s' 30 s grace)
+    cutover: tuple[Cutover, ...] = ()             # in instant order (stable for equal instants)
+    reload_watch: float | None = None             # reload.watch: poll interval (s) of the files, None = off

@@ -8,6 +8,8 @@ they were, and a normal client served while the attack ran.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import ssl
@@ -320,13 +322,19 @@ def test_reset_in_the_accept_queue_is_logged_as_such(proxy: tuple[ProxyProcess, 
     p, ports = proxy
     assert ports.imap is not None and ports.imaps is not None
     before = stats(p, idle)
-    p.proc.send_signal(signal.SIGSTOP)
+    # every process that may accept: the supervisor (workers: 1 serves in it) and its workers, if any
+    pids = [p.proc.pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in open(f"/proc/{p.proc.pid}/task/{p.proc.pid}/children").read().split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         for port in (ports.imap, ports.imaps):
             reset(connect_from("127.0.3.1", port))
         time.sleep(0.2)
     finally:
-        p.proc.send_signal(signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         events = [e for e in p.connection_events() if e.get("detail") == "reset in the accept queue"]

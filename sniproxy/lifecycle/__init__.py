@@ -1,0 +1,1 @@
+"""Process lifecycle: the supervisor, its workers, the channel between them, the pid file, cutovers."""
