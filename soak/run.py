@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sniproxy.democonf import write_config
 from soak import faults, report, stack, traffic
 from soak.sampler import Sampler
 
@@ -89,7 +91,9 @@ def run(minutes: float, out: Path, seed: int, workers: int = 2) -> int:
         sampler = Sampler(st.proxy, work / "samples.jsonl")
         sampler.start()
         time.sleep(BASELINE)
-        windows, revoke_at = faults.plan(load_seconds, minutes)
+        reloads = supports_reload()
+        meta["reloads"] = reloads
+        windows, revoke_at = faults.plan(load_seconds, minutes, reloads=reloads)
         t0 = time.time()
         meta["load_start"] = t0
         meta["plan"] = [{"name": w.name, "track": w.track, "start": t0 + w.start, "end": t0 + w.end}
@@ -99,7 +103,7 @@ def run(minutes: float, out: Path, seed: int, workers: int = 2) -> int:
         idle_hold = min(240.0, max(20.0, load_seconds / 6))
         ctx = traffic.Ctx(st, rec, stop, seed, idle_hold)
         runner = faults.FaultRunner(st, work / "faults.jsonl", t0, windows, revoke_at, stop,
-                                    gone_at=0.35 * load_seconds)
+                                    reload=make_reload(st) if reloads else None, gone_at=0.35 * load_seconds)
         runner.start()
         threads = traffic.start(ctx)
         stop.wait(load_seconds)
@@ -149,6 +153,49 @@ def run(minutes: float, out: Path, seed: int, workers: int = 2) -> int:
         (work / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
     verdicts = report.write(work, out)
     return 0 if verdicts.get("pass") else 1
+
+
+def supports_reload() -> bool:
+    """True when this sniproxy reloads its config on SIGHUP (the supervisor of issue 13)."""
+    import importlib.util
+
+    return importlib.util.find_spec("sniproxy.control") is not None
+
+
+def make_reload(st: stack.Stack) -> Callable[[bool], dict[str, Any]]:
+    """A reload fault: a valid change (a limit) or an invalid file, then SIGHUP to the supervisor.
+
+    An invalid file is put back right after the refusal: the running config never changed."""
+    count = [0]
+    good_text = st.config_path.read_text()
+
+    def reload(valid: bool) -> dict[str, Any]:
+        assert st.proxy is not None
+        count[0] += 1
+        seen = len(st.proxy.events())
+        if valid:
+            cfg = json.loads(json.dumps(st.config))
+            cfg.setdefault("limits", {})["max_connections"] = 10000 - count[0]   # harmless, and a change
+            write_config(cfg, st.config_path)
+        else:
+            st.config_path.write_text(good_text.replace("workers: 2", "workers: 2\nlimits: {max_connections: lots}"))
+        sent = time.time()
+        os.kill(st.proxy.proc.pid, signal.SIGHUP)
+        out: dict[str, Any] = {"valid": valid, "result": "timeout"}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            new = [e for e in st.proxy.events()[seen:] if e.get("event") in ("reload", "reload_failed")]
+            if new:
+                ev = new[0]
+                out = {"valid": valid, "result": ev["event"], "generation": ev.get("generation"),
+                       "errors": ev.get("errors"), "seconds": round(time.time() - sent, 2)}
+                break
+            time.sleep(0.2)
+        if not valid:
+            st.config_path.write_text(good_text)
+        return out
+
+    return reload
 
 
 def _versions() -> dict[str, str]:

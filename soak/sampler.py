@@ -94,14 +94,19 @@ class Sampler:
     def sample(self) -> None:
         """Take one sample of every worker now."""
         now = time.time()
+        forwards = self.proxy.supervisor_forwards_usr1()
+        if forwards:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proxy.proc.pid, signal.SIGUSR1)
         with open(self.path, "a") as fh:
             for pid in self.proxy.workers():
                 rec = {"t": now, "pid": pid, "phase": self.phase, "rss_kib": rss_kib(pid), "fds": open_fds(pid)}
                 if self.phase != "load":   # what the descriptors are, where their count is compared
                     rec["fd_detail"] = fd_detail(pid)
                 fh.write(json.dumps(rec) + "\n")
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGUSR1)
+                if not forwards:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGUSR1)
 
     def _run(self) -> None:
         while not self._stop.is_set():

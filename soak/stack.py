@@ -127,12 +127,24 @@ class Proxy:
         return read_events(self.log)
 
     def workers(self) -> list[int]:
-        """The worker pids (children of the supervisor)."""
+        """The worker pids: children of the supervisor that logged ``ready`` (not any other helper child)."""
         pid = self.proc.pid
         try:
-            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
         except OSError:
             return []
+        ready = {e.get("pid") for e in self.events() if e.get("event") == "ready"}
+        return [c for c in children if c in ready] or children
+
+    def supervisor_forwards_usr1(self) -> bool:
+        """True when the supervisor catches SIGUSR1 (and passes it on); else it must go to the workers only."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & (1 << (signal.SIGUSR1 - 1)))
+        except OSError:
+            pass
+        return False
 
     def stop(self, timeout: float = 45.0) -> int | None:
         """SIGTERM (the workers drain), bounded wait, then SIGKILL."""
