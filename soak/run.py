@@ -63,6 +63,7 @@ def _idle_workers(proxy: stack.Proxy, sampler: Sampler, timeout: float) -> bool:
 
 def run(minutes: float, out: Path, seed: int, workers: int = 2) -> int:
     """Run the soak; returns 0 when every verdict of the report passes."""
+    out = out.resolve()   # the config names its files absolutely: the loader reads paths against its folder
     work = out.with_name(out.stem + "-data")
     if work.exists():
         import shutil
