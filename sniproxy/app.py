@@ -2,7 +2,7 @@
 
 Every ``workers`` value forks: the supervisor never serves, it runs an asyncio loop that owns the
 signals, watches its children and talks to each over a control channel (JSON lines on a
-socketpair; docs/decisions/0003-process-model.md). Workers bind every listener with SO_REUSEPORT.
+socketpair; docs/decisions/0005-process-model.md). Workers bind every listener with SO_REUSEPORT.
 
 - SIGHUP (or ``sniproxy reload``, or ``Control.reload``): re-read the file, validate it exactly as
   ``sniproxy check`` does (off the loop), then every worker compiles the same text and swaps;
@@ -43,6 +43,8 @@ from sniproxy.tls.contexts import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
 WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)
+REAP_EVERY = 2.0           # as PID 1: how often exited orphans are reaped
+CUTOVER_RETRY = 30.0       # a cutover whose files became unusable is tried again this often
 KILL_GRACE = 10.0          # after the drain time, workers still alive are killed
 # Settings a running process cannot change: a reload warns, a restart applies them.
 RESTART_ONLY = ("workers", "state_dir", "log_level", "log_format")
@@ -323,7 +325,11 @@ class Supervisor:
         if at is None or self._draining:
             return
         loop = asyncio.get_running_loop()
-        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._spawn_task, self._cutover(at))
+        self._cutover_timer = loop.call_later(max(0.0, at - time.time()), self._fire_cutover, at)
+
+    def _fire_cutover(self, at: float) -> None:
+        # The coroutine is made only when the timer fires: a cancelled timer leaves none unawaited.
+        self._spawn_task(self._cutover(at))
 
     def _spawn_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -344,8 +350,11 @@ class Supervisor:
                 built = await loop.run_in_executor(None, compile_at, self._built.config, self._built.warnings, gen,
                                                    as_of, self.revocation)
             except (ConfigErrors, ConfigError) as exc:
-                # A file of the entry changed since the reload that validated it: the old config stays.
-                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)))
+                # A file of the entry changed since the reload that validated it: the old config stays,
+                # and the entry is tried again (the operator may put the file back) until a reload.
+                _log.error("cutover_failed", generation=self._generation, errors=list(error_lines(exc)),
+                           retry_in=CUTOVER_RETRY)
+                self._cutover_timer = loop.call_later(CUTOVER_RETRY, self._fire_cutover, at)
                 return
             errors = await self._install_all(pack(built.config), gen, as_of)
             if errors:
@@ -362,6 +371,37 @@ class Supervisor:
             if c not in before:
                 _log.info("cutover_applied", generation=built.snapshot.generation, at=c.at_text, change=c.describe(),
                           line=c.line, late=at_start)
+
+    # ------------------------------------------------------------------ PID 1 duties
+    async def _reap_adopted(self) -> None:
+        """As PID 1 (a container without an init), orphans of the namespace become our children: reap
+        the ones that exit (a killed worker's CRL helper), or they stay zombies for the pod's life."""
+        while True:
+            await asyncio.sleep(REAP_EVERY)
+            self.reap_adopted()
+
+    def reap_adopted(self) -> list[int]:
+        """Reap exited children we did not start ourselves; their pids."""
+        import multiprocessing
+
+        ours = {w.pid for w in self._workers} | {p.pid for p in multiprocessing.active_children()
+                                                 if p.pid is not None}
+        me = str(os.getpid())
+        reaped = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in ours:
+                continue
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and fields[1] == me:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry), os.WNOHANG)
+                    reaped.append(int(entry))
+        if reaped:
+            _log.info("reaped_orphans", pids=reaped)
+        return reaped
 
     # ------------------------------------------------------------------ reload.watch
     async def _watch_files(self) -> None:
@@ -453,6 +493,8 @@ class Supervisor:
         self._admin = None  # ADMIN HOOK (i13b): await admin.start(self.snapshot.config.admin, self) when set
         self._schedule_cutover()
         watcher = asyncio.get_running_loop().create_task(self._watch_files())
+        if os.getpid() == 1:
+            self._spawn_task(self._reap_adopted())
         await self._stop.wait()
         watcher.cancel()
         if self._kill_timer is not None:

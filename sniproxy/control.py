@@ -2,7 +2,7 @@
 
 Owns: the ``Control`` protocol the supervisor implements and the ``ReloadResult`` it reports.
 Must not: import the supervisor, the admin endpoint or anything that opens sockets, so either side
-can depend on it without a cycle (docs/decisions/0003-process-model.md).
+can depend on it without a cycle (docs/decisions/0005-process-model.md).
 """
 
 from __future__ import annotations

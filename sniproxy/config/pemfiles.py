@@ -8,6 +8,7 @@ Must not: build OpenSSL contexts (that is ``sniproxy.tls.contexts``) or decide a
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import stat
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
 from sniproxy.config.fields import Report
+
+# Keys already parsed and validated in this process, by content digest: the RSA consistency check
+# costs about 50 ms a key, and a running proxy re-validates the same keys on every reload.
+_KEYS: dict[bytes, PrivateKeyTypes] = {}
+_KEYS_MAX = 64
 
 #: A server certificate expiring sooner than this gives a warning.
 EXPIRY_WARNING = dt.timedelta(days=30)
@@ -108,12 +114,21 @@ class Files:
             mode = 0
         if mode & (stat.S_IRGRP | stat.S_IROTH):
             self.report.exposed_secret(line, key, path, stat.S_IMODE(mode))
+        digest = hashlib.sha256(data).digest()
+        cached = _KEYS.get(digest)
+        if cached is not None:
+            return cached
         try:
-            return serialization.load_pem_private_key(data, password=None)
+            loaded = serialization.load_pem_private_key(data, password=None)
         except TypeError:
             self.report.error(line, key, f"{path}: encrypted private keys are not supported")
         except (ValueError, UnicodeError) as exc:
             self.report.error(line, key, f"not a PEM private key: {path} ({exc})")
+        else:
+            if len(_KEYS) >= _KEYS_MAX:
+                _KEYS.pop(next(iter(_KEYS)))
+            _KEYS[digest] = loaded
+            return loaded
         return None
 
     def check_server_chain(self, certs: list[x509.Certificate], path: Path, line: int, key: str) -> None:

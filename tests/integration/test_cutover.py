@@ -77,14 +77,16 @@ def test_cutover_and_rollback_switch_the_certificate_at_their_instants(pki: Test
 
 def test_no_sni_default_flow_cutover(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy) -> None:
     cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
-    t0 = dt.datetime.now(dt.UTC)
-    at = t0 + dt.timedelta(seconds=6)          # the proxy starts within it, the entry is still ahead
-    cfg["cutover"] = [{"at": at.isoformat(), "listener": "imaps", "default_flow": "igcsante"}]
     proxy = start_proxy(cfg)
     pids = worker_pids(proxy, 2)
     assert ports.imaps is not None
-    assert time.time() < at.timestamp(), "the proxy took too long to start for this test"
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=4)
+    scheduled = copy.deepcopy(cfg)
+    scheduled["cutover"] = [{"at": at.isoformat(), "listener": "imaps", "default_flow": "igcsante"}]
+    rewrite(proxy, scheduled)
+    reload_and_wait(proxy)
     _all_see(pki, ports.imaps, IMAP_2BIS)
+    assert time.time() < at.timestamp(), "too slow to check before the instant"
     ev = proxy.wait_log("cutover_applied", timeout=15)
     assert time.time() >= at.timestamp() and ev["change"] == "listener imaps default_flow -> igcsante"
     _every_worker_on(proxy, pids, ev["generation"])
@@ -120,3 +122,27 @@ def test_past_entry_is_in_force_at_start(pki: TestPki, dovecot: Dovecot, start_p
     assert ev["late"] is True and ev["generation"] == 1
     assert ports.imaps is not None
     _all_see(pki, ports.imaps, IMAP_SANTE)
+
+
+def test_cutover_whose_files_vanished_keeps_the_config_in_force(pki: TestPki, dovecot: Dovecot, tmp_path: Any,
+                                                                start_proxy: StartProxy) -> None:
+    import shutil
+
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    proxy = start_proxy(cfg)
+    worker_pids(proxy, 2)
+    assert ports.imaps is not None
+    chain, key = tmp_path / "next-chain.pem", tmp_path / "next-key.pem"
+    shutil.copy(pki.servers["igcsante"].chain, chain)
+    shutil.copy(pki.servers["igcsante"].key, key)
+    key.chmod(0o600)
+    at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=3)
+    scheduled = copy.deepcopy(cfg)
+    scheduled["cutover"] = [{"at": at.isoformat(), "flow": "2bis", "certificate": str(chain), "key": str(key)}]
+    rewrite(proxy, scheduled)
+    assert reload_and_wait(proxy)["generation"] == 2
+    chain.unlink()                              # gone before the instant
+    ev = proxy.wait_log("cutover_failed", timeout=15)
+    assert any(str(chain) in e for e in ev["errors"]), ev
+    assert ev["generation"] == 2 and _events(proxy, "cutover_applied") == []
+    _all_see(pki, ports.imaps, IMAP_2BIS)

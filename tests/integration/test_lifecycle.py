@@ -148,6 +148,13 @@ def test_workers_1_survives_sighup(pki: TestPki, dovecot: Dovecot, start_proxy: 
     assert ports.imap is not None and served_cn(pki, ports.imap) == IMAP_2BIS
 
 
+def _cmdline(pid: str) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return ""
+
+
 def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_path: Any) -> None:
     """As PID 1 of a PID namespace (a container) the kernel drops signals without a handler."""
     from sniproxy.democonf import write_config
@@ -157,8 +164,9 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
         fail_or_skip("a PID namespace needs root (unshare --pid)")
     cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=1)
     path = write_config(cfg, tmp_path / "pid1.yaml")
-    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", sys.executable, "-m", "sniproxy",
-                              "run", "-c", str(path)], stderr=subprocess.PIPE, text=True,
+    # --mount-proc: the namespace's own /proc, as a container has (PID 1 finds its adopted zombies there).
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", sys.executable, "-m",
+                              "sniproxy", "run", "-c", str(path)], stderr=subprocess.PIPE, text=True,
                              env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
         lines: list[str] = []
@@ -178,6 +186,13 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
                 break
         assert any('"event": "reload"' in ln for ln in lines), "".join(lines[-20:])
         assert ports.imap is not None and served_cn(pki, ports.imap) == IMAP_2BIS
+        # An orphan of the namespace (its parent exits at once) is adopted by PID 1, which must reap it.
+        subprocess.run(["nsenter", "--target", str(inner), "--pid", "--", "sh", "-c", "sleep 1.2718 & exit 0"],
+                       check=True, timeout=10)
+        orphans = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x001.2718\x00"]
+        assert orphans, "the orphan was not found"
+        # A zombie stays in /proc until its parent reaps it.
+        wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in orphans), 10, "PID 1 to reap the orphan")
         os.kill(inner, signal.SIGTERM)
         assert outer.wait(timeout=30) == 0
     finally:
@@ -281,3 +296,31 @@ def test_reload_watch_reloads_changed_files_once(pki: TestPki, dovecot: Dovecot,
     time.sleep(1.5)                                                      # several more polls
     assert len([e for e in list(proxy.events) if e.get("event") == "reload_failed"]) == 1
     assert served_cn(pki, ports.imaps, starttls=None) == IMAP_SANTE
+
+
+def test_reload_rebinds_a_listener_to_a_new_port(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy) -> None:
+    import imaplib
+
+    from tests.conftest import free_port
+    from tests.integration.clients import client_context
+
+    cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
+    proxy = start_proxy(cfg)
+    worker_pids(proxy, 2)
+    assert ports.imaps is not None
+    old = imaplib.IMAP4_SSL("127.0.0.1", ports.imaps, ssl_context=client_context(pki, "fort"), timeout=15)
+    try:
+        old.login("alice@example.test", "alicepw")
+        moved = free_port()
+        cfg2 = {**cfg, "listeners": [dict(ls, bind=f"127.0.0.1:{moved}") if ls["name"] == "imaps" else ls
+                                     for ls in cfg["listeners"]]}
+        rewrite(proxy, cfg2)
+        assert reload_and_wait(proxy)["generation"] == 2
+        assert served_cn(pki, moved, starttls=None) == IMAP_2BIS         # the new address serves
+        with pytest.raises(ConnectionRefusedError):                      # the old one takes no one new
+            socket.create_connection(("127.0.0.1", ports.imaps), timeout=5).close()
+        assert old.noop()[0] == "OK"                                     # ... and its session carries on
+        old.logout()
+    finally:
+        if old.state != "LOGOUT":
+            old.shutdown()

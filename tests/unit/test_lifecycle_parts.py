@@ -98,3 +98,24 @@ async def test_channel_matches_replies_and_reads_other_messages() -> None:
     finally:
         left.close()
         right.close()
+
+
+def test_reload_command_without_a_running_instance(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sniproxy import cli
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""profile: production
+state_dir: {tmp_path / 'state'}
+flows:
+  f: {{certificate: c.pem, key: k.pem, client_auth: none}}
+listeners:
+  - {{name: t, bind: "127.0.0.1:1", protocol: tls, backend: "127.0.0.1:2", flow: f}}
+""")
+    assert cli.main(["reload", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"no running sniproxy for {cfg} (no pid file {tmp_path / 'state' / 'sniproxy.pid'})" in err, err
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "sniproxy.pid").write_text("999999999\n")     # stale: that process is gone
+    assert cli.main(["reload", "-c", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "pid 999999999" in err and "is not running" in err, err
