@@ -7,6 +7,6 @@ cd "$(dirname "$0")/.."
 PY=${SNIPROXY_VENV:-$PWD/.venv}/bin/python
 [[ -x $PY ]] || { echo "test.sh: no $PY: run ./scripts/install-test-deps.sh first" >&2; exit 1; }
 export PATH="$(dirname "$PY"):$PATH"
-echo "== ruff"; "$PY" -m ruff check sniproxy tests bench fuzz
+echo "== ruff"; "$PY" -m ruff check sniproxy tests bench fuzz soak
 echo "== mypy --strict"; "$PY" -m mypy
 echo "== pytest"; "$PY" -m pytest -q -ra "$@"

@@ -46,7 +46,10 @@ _ALERT_UNRECOGNIZED_NAME = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
 _ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
 
 _PROXY, _PRETLS, _HELLO, _HANDSHAKE, _CONNECTING, _RELAY, _CLOSED = range(7)
-_PHASE_NAMES = ("proxy_header", "pretls", "client_hello", "handshake", "backend_connect", "relay", "closed")
+# _ACCEPT only names the event of a connection that died in the accept queue: no code path compares it.
+_ACCEPT = 7
+_PHASE_NAMES = ("proxy_header", "pretls", "client_hello", "handshake", "backend_connect", "relay", "closed",
+                "accept")
 
 
 class Stats:
@@ -252,6 +255,13 @@ class ClientConnection(asyncio.Protocol):
         STATS.active += 1
         STATS.pending += 1
         self._in_pending = True
+        if peer is None:
+            # Reset while still in the kernel's accept queue: the socket has no peer any more. Without
+            # this the event read peer "None", phase "pretls" and counted a greeting never delivered.
+            self.peer = "unknown"
+            self._phase = _ACCEPT
+            self._finish(Reason.CLIENT_RESET, "reset in the accept queue")
+            return
         ls = self._lr.listener
         ACTIVE.inc(ls.name, ls.protocol.value)
         if ls.proxy_protocol_from and self._trusted_balancer():
@@ -750,6 +760,10 @@ class ClientConnection(asyncio.Protocol):
         if self._phase == _CONNECTING:
             self._backend_failed(Reason.BACKEND_REFUSED, "closed before greeting")
             return
+        filt = self._backend_filter
+        if filt is not None and self._tls is not None and filt.owes_goodbye():
+            # An IMAP backend that went away without a BYE (Dovecot stopping): the client is told why.
+            self._send_plain(imap_unavailable("Backend closed the connection"))
         self._finish(Reason.OK, "backend closed" if exc is None else f"backend reset: {exc}")
 
     # ------------------------------------------------------------------ flow control

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -43,6 +44,23 @@ def _line_logger_factory(*_args: Any) -> LineLogger:
     return LineLogger(sys.stderr.fileno())
 
 
+_pid = os.getpid()
+
+
+def _after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+def _add_pid(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # Workers share one log: which process wrote an event (a CRL installed, a connection) must show.
+    event.setdefault("pid", _pid)
+    return event
+
+
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog for the whole process (idempotent)."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -50,6 +68,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
+            _add_pid,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,
         ],

@@ -183,8 +183,8 @@ class ImapBackendFilter:
     most one line (``max_line`` bytes) is buffered, a longer line is passed through unchanged.
     """
 
-    __slots__ = ("_auth", "_closed", "_consume", "_continued", "_greeting_done", "_head", "_line", "_literal",
-                 "_long", "_max_line", "_tail")
+    __slots__ = ("_auth", "_bye", "_closed", "_consume", "_continued", "_greeting_done", "_head", "_line",
+                 "_literal", "_long", "_max_line", "_tail")
 
     def __init__(self, consume_greeting: bool = True, max_line: int = 65536, auth: AuthWatcher | None = None
                  ) -> None:
@@ -193,6 +193,7 @@ class ImapBackendFilter:
         self._max_line = max_line
         self._greeting_done = False
         self._closed = False
+        self._bye = False             # the backend said BYE: it owes the client no other goodbye
         self._line = bytearray()      # the unterminated line being assembled
         self._literal = 0             # literal bytes still to pass through
         self._continued = False       # the current line continues a response after a literal
@@ -203,6 +204,16 @@ class ImapBackendFilter:
     def detach_auth(self) -> None:
         """Stop reporting lines to the login dialog (it is done: the client is logged in)."""
         self._auth = None
+
+    def owes_goodbye(self) -> bool:
+        """True when the backend's stream stopped between two responses without a ``* BYE``.
+
+        Dovecot closes its sessions at shutdown without one; RFC 9051 §7.1.5 has the server send BYE
+        before it closes, so the proxy says it instead. Never in the middle of a response (a line or a
+        literal cut short): a BYE there would be read as part of it.
+        """
+        return (self._greeting_done and not self._closed and not self._bye and not self._line
+                and not self._literal and not self._long and not self._continued)
 
     @property
     def greeting_done(self) -> bool:
@@ -257,6 +268,9 @@ class ImapBackendFilter:
                 if refused is not None:
                     return refused
             elif len(line) > self._max_line or self._continued:
+                out.append(line)
+            elif line[:6].upper() == b"* BYE ":
+                self._bye = True
                 out.append(line)
             elif self._auth is not None:
                 self._auth.backend_line(line)

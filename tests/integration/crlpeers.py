@@ -29,7 +29,8 @@ HOST = "127.0.0.1"
 @dataclass
 class _Served:
     body: bytes
-    mode: str = "ok"          # ok | html | error500 | truncate | oversize | trickle
+    mode: str = "ok"          # ok | html | error500 | truncate | oversize | trickle | zeros
+    size: int = 0             # zeros: how many zero bytes the body claims and streams
 
 
 @dataclass
@@ -41,6 +42,9 @@ class CrlHttpServer:
     files: dict[str, _Served] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    sent: dict[str, int] = field(default_factory=dict)      # body bytes written per path (zeros mode)
+    handler: type[BaseHTTPRequestHandler] | None = None
+    down: bool = False
 
     @property
     def port(self) -> int:
@@ -49,20 +53,40 @@ class CrlHttpServer:
     def url(self, path: str) -> str:
         return f"http://{HOST}:{self.port}/{path.lstrip('/')}"
 
-    def publish(self, path: str, body: bytes, mode: str = "ok") -> str:
-        """Serve ``body`` at ``path`` (replacing what was there); returns the URL."""
+    def publish(self, path: str, body: bytes, mode: str = "ok", size: int = 0) -> str:
+        """Serve ``body`` at ``path`` (replacing what was there); returns the URL.
+
+        ``mode="zeros"`` answers ``size`` zero bytes instead (a CA server gone mad, or a disk image)."""
         with self.lock:
-            self.files["/" + path.lstrip("/")] = _Served(body, mode)
+            self.files["/" + path.lstrip("/")] = _Served(body, mode, size)
         return self.url(path)
+
+    def go_down(self) -> None:
+        """Stop listening (connections are refused) but keep what is published: ``come_up()`` resumes."""
+        if not self.down:
+            self.down = True
+            self.server.shutdown()
+            self.server.server_close()
+            self.thread.join(timeout=5)
+
+    def come_up(self) -> None:
+        """Listen again on the same port after ``go_down()``."""
+        if self.down:
+            assert self.handler is not None
+            port = self.port
+            self.server = ThreadingHTTPServer((HOST, port), self.handler)
+            self.server.daemon_threads = True
+            self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.1},
+                                           daemon=True)
+            self.thread.start()
+            self.down = False
 
     def hits(self, path: str) -> list[dict[str, Any]]:
         with self.lock:
             return [r for r in self.requests if r["path"] == "/" + path.lstrip("/")]
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        self.go_down()
 
 
 def start_http_server(port: int = 0) -> CrlHttpServer:
@@ -95,6 +119,9 @@ def start_http_server(port: int = 0) -> CrlHttpServer:
             if mode == "error500":
                 self.send_error(500)
                 return
+            if mode == "zeros":
+                self._zeros(srv, served.size)
+                return
             if mode == "html":
                 body = b"<html><body><h1>Maintenance</h1></body></html>"
             if mode == "oversize":
@@ -121,10 +148,26 @@ def start_http_server(port: int = 0) -> CrlHttpServer:
                 return
             self.wfile.write(body)
 
+        def _zeros(self, srv: CrlHttpServer, size: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/pkix-crl")
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            chunk, n = bytes(1 << 20), 0
+            try:
+                while n < size:
+                    n += self.wfile.write(chunk[: size - n]) or 0
+            except OSError:
+                pass   # the client gave up: how far it read is what the caller wants to know
+            finally:
+                with srv.lock:
+                    srv.sent[self.path] = srv.sent.get(self.path, 0) + n
+            self.close_connection = True
+
     server = ThreadingHTTPServer((HOST, port), Handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
-    srv = CrlHttpServer(server, thread)
+    srv = CrlHttpServer(server, thread, handler=Handler)
     holder["srv"] = srv
     thread.start()
     return srv
@@ -175,10 +218,14 @@ class Slapd:
     def stop(self) -> None:
         terminate(self.proc)
 
+    def restart(self) -> None:
+        """Start slapd again after ``stop()``: same port, config and database."""
+        self.stop()
+        self.proc = _launch_slapd(self.directory, self.port)
+
 
 def start_slapd(directory: Path) -> Slapd:
     """Start slapd in the foreground (``-d 0``) on a free loopback port from its own config."""
-    slapd = shutil.which("slapd") or "/usr/sbin/slapd"
     slapadd = shutil.which("slapadd") or "/usr/sbin/slapadd"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "db").mkdir(exist_ok=True)
@@ -205,16 +252,21 @@ access to * by * read
     if r.returncode != 0:
         raise SlapdStartError(f"slapadd failed: {r.stderr.strip()}")
     port = free_port()
-    log = open(directory / "slapd.log", "wb")
-    proc = subprocess.Popen([slapd, "-f", str(conf), "-h", f"ldap://{HOST}:{port}/", "-d", "0"],
-                            stdout=log, stderr=subprocess.STDOUT)
+    return Slapd(directory, port, _launch_slapd(directory, port))
+
+
+def _launch_slapd(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    slapd = shutil.which("slapd") or "/usr/sbin/slapd"
+    with open(directory / "slapd.log", "ab") as log:
+        proc = subprocess.Popen([slapd, "-f", str(directory / "slapd.conf"), "-h", f"ldap://{HOST}:{port}/",
+                                 "-d", "0"], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SlapdStartError(f"slapd exited {proc.returncode}: {(directory / 'slapd.log').read_text()[-2000:]}")
         try:
             with socket.create_connection((HOST, port), timeout=0.5):
-                return Slapd(directory, port, proc)
+                return proc
         except OSError:
             time.sleep(0.05)
     proc.kill()

@@ -19,12 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 class HttpBackend:
     """A running SOAP echo service: ``port``, ``requests()`` (every head it received), ``stop()``."""
 
-    def __init__(self, log: Path) -> None:
+    def __init__(self, log: Path, module: str = "tests.integration.httpbackend", args: tuple[str, ...] = ()) -> None:
         self.log = log
         self.port = free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.integration.httpbackend", "--port",
-                                      str(self.port), "--log", str(log)], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", module, "--port",
+                                      str(self.port), "--log", str(log), *args], cwd=ROOT, env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -254,6 +254,22 @@ class Dovecot:
         """Stop the master and every child, bounded in time; remove the directory. Idempotent.
 
         ``graceful=False`` SIGKILLs the whole process group at once (a crash, and no 1 s shutdown)."""
+        self.halt(graceful=graceful)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """Start the master again after ``halt()``: same config, ports and mailboxes (a backend restart)."""
+        self.halt()
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.config_path)], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = self.proc
+        if not _wait_until(lambda: proc.poll() is not None or (_greeting(self.imap_port, b"* OK")
+                                                               and _greeting(self.lmtp_port, b"220")),
+                           START_TIMEOUT) or proc.poll() is not None:
+            raise PeerStartError(f"dovecot did not restart (exit {proc.poll()}); log:\n{self.read_log()[-3000:]}")
+
+    def halt(self, *, graceful: bool = True) -> None:
+        """Stop the master and every child, bounded in time, keeping the directory (``restart()`` resumes)."""
         if self.proc is not None:
             if graceful and self.proc.poll() is None:
                 self.proc.terminate()
@@ -264,7 +280,6 @@ class Dovecot:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=STOP_TIMEOUT)
             self.proc = None
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _read_passwd(path: Path) -> dict[str, str]:
@@ -543,6 +558,19 @@ class Postfix:
         """``postfix stop`` (bounded), then SIGKILL the master's process group; remove the directory.
 
         Idempotent. ``graceful=False`` SIGKILLs the group at once."""
+        self.halt(graceful=graceful)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def restart(self) -> None:
+        """``postfix start`` again after ``halt()``: same config, port and queue (a backend restart)."""
+        self.halt()
+        (self.queue_dir / "quick-start").touch()
+        r = self.postfix("start", timeout=START_TIMEOUT)
+        if r.returncode != 0 or not _wait_until(lambda: _greeting(self.smtp_port, b"220"), START_TIMEOUT):
+            raise PeerStartError(f"postfix did not restart: {r.stdout}{r.stderr}\n{self.read_log()[-3000:]}")
+
+    def halt(self, *, graceful: bool = True) -> None:
+        """Stop the master and its children, bounded in time, keeping the queue (``restart()`` resumes)."""
         pid = self.master_pid()
         if pid is not None and pid_alive(pid):
             if graceful:
@@ -551,7 +579,6 @@ class Postfix:
                 _wait_dead(pid)
             _kill_group(pid)  # children (smtpd, qmgr, ...) left behind, or a master that did not stop
             _wait_dead(pid)
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _postfix_main_cf(p: Postfix) -> str:

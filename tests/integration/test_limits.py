@@ -8,6 +8,8 @@ they were, and a normal client served while the attack ran.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import ssl
@@ -310,3 +312,39 @@ def test_a_client_that_never_reads_does_not_grow_proxy_memory(pki: TestPki, star
         raw.close()
         srv.close()
         pusher.join(timeout=5)
+
+
+def test_reset_in_the_accept_queue_is_logged_as_such(proxy: tuple[ProxyProcess, DemoPorts]) -> None:
+    """A client that resets before the proxy accepts: one client_reset event, no made-up peer or greeting.
+
+    The soak (issue 17) saw these logged with peer "None", phase "pretls" and the IMAP greeting counted
+    as sent. The proxy is stopped (SIGSTOP) so the connections wait in the kernel's accept queue."""
+    p, ports = proxy
+    assert ports.imap is not None and ports.imaps is not None
+    before = stats(p, idle)
+    # every process that may accept: the supervisor (workers: 1 serves in it) and its workers, if any
+    pids = [p.proc.pid]
+    with contextlib.suppress(OSError):
+        pids += [int(c) for c in open(f"/proc/{p.proc.pid}/task/{p.proc.pid}/children").read().split()]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for port in (ports.imap, ports.imaps):
+            reset(connect_from("127.0.3.1", port))
+        time.sleep(0.2)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        events = [e for e in p.connection_events() if e.get("detail") == "reset in the accept queue"]
+        if len(events) >= 2:
+            break
+        time.sleep(0.05)
+    assert sorted(e["listener"] for e in events) == ["imap", "imaps"], p.connection_events()
+    for ev in events:
+        assert (ev["reason"], ev["outcome"], ev["phase"], ev["peer"], ev["bytes_out"]) == \
+            ("client_reset", "closed", "accept", "unknown", 0), ev
+    assert not [e for e in p.connection_events() if e["peer"] == "None"]
+    after = stats(p, idle)
+    assert idle(after) and after["open_fds"] == before["open_fds"], (before, after)

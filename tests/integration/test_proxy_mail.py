@@ -12,7 +12,7 @@ import smtplib
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from tests.integration.clients import (
     smtp_starttls,
     tls_connect,
 )
+from tests.integration.conftest import private_dovecot
 from tests.integration.peers import Dovecot, Postfix
 from tests.integration.proxyproc import ProxyProcess
 
@@ -465,3 +466,39 @@ def test_commands_sent_before_client_eof_still_reach_the_backend(biflux: tuple[P
     assert b"b OK" in answer and b"c OK" in answer, answer
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "ok", ev
+
+
+@pytest.fixture
+def own_dovecot() -> Iterator[Dovecot]:
+    """A Dovecot of this test alone: it is stopped in the middle of the test."""
+    yield from private_dovecot()
+
+
+def test_backend_stopping_without_bye_still_says_goodbye(pki: TestPki, own_dovecot: Dovecot,
+                                                         start_proxy: StartProxy) -> None:
+    """Dovecot closes IDLE sessions at shutdown without a BYE; the client gets one from the proxy.
+
+    Found by the soak (issue 17): sessions held in IDLE across a Dovecot restart ended in a bare EOF."""
+    (imaps,) = free_ports(1)
+    start_proxy(config_dict(pki, DemoPorts(imaps=imaps, imap_backend=f"127.0.0.1:{own_dovecot.imap_port}")))
+    with tls_connect(imaps, pki, "cps-2ter", IMAP_2BIS) as s:
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"* OK")
+        s.sendall(b"a LOGIN alice@example.test alicepw\r\n")
+        got = b""
+        while b"a OK" not in got:
+            got += s.recv(4096)
+        s.sendall(b"b SELECT INBOX\r\nc IDLE\r\n")
+        while b"+ idling" not in got:
+            got += s.recv(4096)
+        own_dovecot.halt()
+        tail = read_all(s)
+    assert tail.startswith(b"* BYE [UNAVAILABLE]"), tail
+    # a backend that says BYE itself (LOGOUT) gets no second one
+    own_dovecot.restart()
+    with tls_connect(imaps, pki, "cps-2ter", IMAP_2BIS) as s:
+        s.settimeout(10)
+        s.recv(4096)
+        s.sendall(b"a LOGIN alice@example.test alicepw\r\nb LOGOUT\r\n")
+        tail = read_all(s)
+    assert tail.count(b"* BYE") == 1 and b"b OK" in tail, tail

@@ -314,3 +314,20 @@ def test_property_backend_filter(lines: list[bytes], noise: bytes, consume: bool
     assert len(f._line) <= 64
     assert len(whole[0]) <= len(data)
     assert whole[1] == []
+
+
+@pytest.mark.parametrize(("stream", "owed"), [
+    (b"", False),                                                    # no greeting yet: the connect path says it
+    (GREETING, True),
+    (GREETING + b"+ idling\r\n", True),                              # Dovecot stopped during IDLE
+    (GREETING + b"* BYE Server shutting down.\r\n", False),          # the backend said it itself
+    (GREETING + b"* bye logging out\r\na OK Logout completed.\r\n", False),
+    (GREETING + b"* 1 FETCH (BODY[] {10}\r\n01234", False),           # cut inside a literal
+    (GREETING + b"* 1 FETCH (BODY[] {5}\r\n01234", False),            # the response goes on after it
+    (GREETING + b"* 1 FETCH (BODY[] {5}\r\n01234)\r\n", True),
+    (GREETING + b"* 3 EXI", False),                                  # cut inside a line
+])
+def test_backend_owes_a_goodbye_only_between_responses(stream: bytes, owed: bool) -> None:
+    f = ImapBackendFilter()
+    f.receive_data(stream)
+    assert f.owes_goodbye() is owed
