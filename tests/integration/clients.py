@@ -48,7 +48,7 @@ def smtp_starttls(port: int, pki: TestPki, card: str | None, sni: str | None,
     s = smtplib.SMTP(host, port, timeout=timeout)
     s.ehlo("client.test")
     if sni is not None:
-        s._host = sni  # smtplib passes self._host as server_hostname
+        s._host = sni  # type: ignore[attr-defined]  # smtplib passes self._host as server_hostname
     s.starttls(context=client_context(pki, card))
     s.ehlo("client.test")
     return s

@@ -204,13 +204,13 @@ class Slapd:
                                 self.admin, self.password, auto_bind=True)
         try:
             dn = self.dn(cn)
-            conn.delete(dn)  # absent the first time: the result code is ignored on purpose
+            conn.delete(dn)  # type: ignore[no-untyped-call]  # absent the first time: the result code is ignored on purpose
             attrs: dict[str, Any] = {"cn": cn}
             if base is not None:
                 attrs["certificateRevocationList;binary"] = base
             if delta is not None:
                 attrs["deltaRevocationList;binary"] = delta
-            if not conn.add(dn, ["cRLDistributionPoint"], attrs):
+            if not conn.add(dn, ["cRLDistributionPoint"], attrs):  # type: ignore[no-untyped-call]
                 raise SlapdStartError(f"ldap add {dn}: {conn.result}")
         finally:
             conn.unbind()
