@@ -30,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from sniproxy.lifecycle.pidfile import pid_alive
 from sniproxy.observability.metrics import REGISTRY, Metric
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -113,21 +114,11 @@ def make_run_dir(state_dir: Path | None) -> Path:
     base = state_dir / "run"
     base.mkdir(parents=True, exist_ok=True)
     for old in base.iterdir():
-        if old.name.isdigit() and (int(old.name) == os.getpid() or not _alive(int(old.name))):
+        if old.name.isdigit() and (int(old.name) == os.getpid() or not pid_alive(int(old.name))):
             shutil.rmtree(old, ignore_errors=True)
     run = base / str(os.getpid())
     run.mkdir()
     return run
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def remove_run_dir(path: Path) -> None:

@@ -23,6 +23,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from sniproxy.lifecycle.pidfile import pid_alive
 from sniproxy.report.aggregate import Aggregate
 from sniproxy.report.html import render_html
 from sniproxy.report.summary import Options, build, iso
@@ -117,16 +118,6 @@ def install(dump_dir: Path) -> None:
     _recorder = rec
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def load_dumps(dump_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
     """The dumps of live workers, and why any other file was skipped."""
     dumps: list[dict[str, Any]] = []
@@ -144,7 +135,7 @@ def load_dumps(dump_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
             skipped.append(f"{path.name}: not a live dump")
             continue
         pid = state.get("pid")
-        if isinstance(pid, int) and not _alive(pid):
+        if isinstance(pid, int) and not pid_alive(pid):
             skipped.append(f"{path.name}: process {pid} is gone")
             continue
         dumps.append(state)

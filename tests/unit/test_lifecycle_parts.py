@@ -4,6 +4,7 @@ framing and reply matching, bind error wording."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from dataclasses import replace
 from pathlib import Path
@@ -119,3 +120,14 @@ listeners:
     assert cli.main(["reload", "-c", str(cfg)]) == 1
     err = capsys.readouterr().err
     assert "pid 999999999" in err and "is not running" in err, err
+
+
+def test_pid_alive_tells_a_live_process_from_a_reaped_one() -> None:
+    import subprocess
+
+    from sniproxy.lifecycle.pidfile import pid_alive
+
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen(["true"])
+    child.wait()   # reaped: its pid no longer exists (until reused, which a test this short does not meet)
+    assert not pid_alive(child.pid)
