@@ -6,6 +6,7 @@ Also runnable alone on a finished run's data: ``python -m soak.report DATA_DIR O
 
 from __future__ import annotations
 
+import bisect
 import json
 import statistics
 import sys
@@ -24,6 +25,21 @@ RSS_GROWTH_PCT, RSS_GROWTH_FLOOR_KIB = 5.0, 4096
 #: A refusal is explained by a fault if it happened from shortly before the window to shortly after (the
 #: backend restart, then the connect timeout of connections begun in the window).
 MARGIN_BEFORE, MARGIN_AFTER = 2.0, 8.0
+#: An event's timestamp and an attempt's start come from the same clock, the attempt's a moment earlier.
+CLOCK_SLACK = 0.05
+#: An accept-queue reset is logged when a worker's accept() meets the reset connection: at once unless the
+#: worker is busy. Farther apart than this, an event and an attempt are not the same connection.
+ACCEPT_RESET_BOUND = 1.0
+#: A message found twice in the mailbox is Postfix's at-least-once delivery, not the proxy, when its 250 came
+#: at most this long before a Postfix stop began (or while the stop ran). Postfix removes a queue file only
+#: after LMTP delivery to Dovecot ended; a stop between Dovecot's commit and that removal makes Postfix deliver
+#: the message again after the restart. Here the queue manager is woken at once and LMTP runs over loopback
+#: (tens of ms), and a delivery deferred once is retried within ``maximal_backoff_time = 6s`` (soak/stack.py):
+#: 10 s covers both with a margin, and is under 2 % of the time between two Postfix stops (~590 s), so a
+#: duplicate made by the proxy is still a failure unless it lands next to a stop.
+REDELIVERY_WINDOW = 10.0
+#: From this run length on, the steady-state verdict is part of PASS/FAIL.
+STEADY_JUDGED_FROM_MINUTES = 30.0
 GOOD_DRIVERS = ("imap", "idle", "smtp", "https", "held", "readback")
 
 
@@ -53,6 +69,35 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def _fmt(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:.1f}{unit}"
+
+
+def pair_accept_resets(events: list[dict[str, Any]], attempts: list[dict[str, Any]],
+                       bound: float = ACCEPT_RESET_BOUND) -> None:
+    """Pair accept-queue reset events (no peer address) with reset-at-once attempts by time.
+
+    Pairing by count pairs them in the wrong order as soon as one attempt found its event elsewhere; here the
+    closest pairs (same listener, at most ``bound`` s apart) are taken first, each event and attempt once.
+    Paired items get ``attempt`` / ``event`` keys; the others are left as they are."""
+    pairs = sorted((abs(e["_t"] - a["t0"]), i, j) for i, e in enumerate(events) for j, a in enumerate(attempts)
+                   if e.get("listener") == a.get("listener") and abs(e["_t"] - a["t0"]) <= bound)
+    for _, i, j in pairs:
+        e, a = events[i], attempts[j]
+        if "attempt" not in e and "event" not in a:
+            e["attempt"], a["event"] = a, e
+
+
+def accepted_at(a: dict[str, Any]) -> float | None:
+    """When a submission's 250 after DATA came (wall clock), or None when it never did.
+
+    Runs from before ``accepted_at`` was recorded give it as the start plus the handshake and the transaction
+    (both timed from the start, on the monotonic clock)."""
+    if not a.get("submitted"):
+        return None
+    if a.get("accepted_at") is not None:
+        return float(a["accepted_at"])
+    if a.get("hs_ms") is not None and a.get("req_ms") is not None:
+        return float(a["t0"]) + (float(a["hs_ms"]) + float(a["req_ms"])) / 1000
+    return float(a["t1"]) if a.get("t1") is not None else None
 
 
 class Analysis:
@@ -99,24 +144,32 @@ class Analysis:
         self.missing: list[dict[str, Any]] = []
         self.extra: list[dict[str, Any]] = []
         for peer, atts in attempts_by_peer.items():
-            evs = sorted(by_peer.pop(peer, []), key=lambda e: e["_t"])
-            atts.sort(key=lambda a: a["t0"])
-            for i, a in enumerate(atts):
-                if i < len(evs):
-                    a["event"] = evs[i]
-                    evs[i]["attempt"] = a
-                else:
-                    self.missing.append(a)
-            self.extra += evs[len(atts):]
+            self._pair_peer(atts, sorted(by_peer.pop(peer, []), key=lambda e: e["_t"]))
         self.foreign = [e for evs in by_peer.values() for e in evs]
         # A reset while still in the accept queue leaves the proxy no peer address: such events pair with
-        # reset-at-once attempts that found no event of their own.
+        # reset-at-once attempts that found no event of their own, by time (see ``pair_accept_resets``).
         resets = [a for a in self.missing if a.get("kind") == "reset" and a.get("phase") == "at_once"]
-        for a, ev in zip(resets, self.unknown_peer, strict=False):
-            a["event"] = ev
-            ev["attempt"] = a
+        pair_accept_resets(self.unknown_peer, resets)
         self.missing = [a for a in self.missing if "event" not in a]
         self.unknown_unpaired = [e for e in self.unknown_peer if "attempt" not in e]
+
+    def _pair_peer(self, atts: list[dict[str, Any]], evs: list[dict[str, Any]]) -> None:
+        """Pair one address:port's attempts and events by time, not by rank.
+
+        Over an hour the clients reuse source ports, and an attempt reset in the accept queue has no event at
+        its address: pairing by rank then hands the next connection's event to it. An event is logged when its
+        connection ends, so it belongs to the latest attempt begun before it (connections from one address and
+        port do not overlap)."""
+        atts.sort(key=lambda a: a["t0"])
+        starts = [a["t0"] for a in atts]
+        for ev in evs:
+            i = bisect.bisect_right(starts, ev["_t"] + CLOCK_SLACK) - 1
+            if i < 0 or "event" in atts[i]:
+                self.extra.append(ev)
+            else:
+                atts[i]["event"] = ev
+                ev["attempt"] = atts[i]
+        self.missing += [a for a in atts if "event" not in a]
 
     # ------------------------------------------------------------------ faults
     def fault_windows(self, name: str) -> list[tuple[float, float]]:
@@ -213,8 +266,12 @@ class Analysis:
         v["ok_revocation"] = not v["revocation"]["violations"]
         v["ok_steady"] = not v["steady"]["violations"]
         v["ok_reloads"] = not v["reloads"]["violations"]
+        # Steady state is judged over the last 2/3 of the load: a short run's (CI's 3 minutes) is warm-up and
+        # only shown, an hour's counts (the report said PASS over a steady-state NO before this).
+        v["steady_judged"] = float(self.meta.get("minutes", 0)) >= STEADY_JUDGED_FROM_MINUTES
         v["pass"] = bool(v["ok_unexplained"] and v["ok_no_errors"] and v["ok_nothing_lost"] and v["ok_revocation"]
-                         and v["ok_reloads"] and not v["aborted"] and not v["crash"])
+                         and v["ok_reloads"] and not v["aborted"] and not v["crash"]
+                         and (v["ok_steady"] or not v["steady_judged"]))
         return v
 
     def reloads(self) -> dict[str, Any]:
@@ -248,13 +305,15 @@ class Analysis:
         aborted = [a for a in smtp if a.get("outcome") == "reset_in_data"]
         ours = {a["msg_id"] for a in smtp}
         viol["mail_missing"] = [a["msg_id"] for a in submitted if self.mailbox.get(a["msg_id"], 0) == 0]
-        viol["mail_duplicated"] = [m for m, n in self.mailbox.items() if n > 1]
+        redelivered, viol["mail_duplicated"] = self.duplicates(smtp)
+        out["mail_redelivered_across_stop"] = redelivered
         viol["mail_aborted_but_delivered"] = [a["msg_id"] for a in aborted if self.mailbox.get(a["msg_id"])]
         viol["mail_unknown"] = [m for m in self.mailbox if m not in ours]
         out["mail"] = {"attempts": len(smtp), "submitted": len(submitted), "found": sum(
             1 for a in submitted if self.mailbox.get(a["msg_id"])), "uncertain": len(uncertain),
             "uncertain_found": sum(1 for a in uncertain if self.mailbox.get(a["msg_id"])),
             "reset_in_data": len(aborted), "mailbox_messages": sum(self.mailbox.values()),
+            "redelivered_across_stop": len(redelivered),
             "not_submitted": dict(Counter(a.get("outcome") for a in smtp if not a.get("submitted")))}
         # HTTPS
         reqs = [q for a in self.attempts if a.get("kind") == "https" for q in a.get("requests", [])]
@@ -284,6 +343,30 @@ class Analysis:
                          "accept_queue_resets": len(self.unknown_peer)}
         out["violations"] = {k: v for k, v in viol.items() if v}
         return out
+
+    def duplicates(self, smtp: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+        """Messages found more than once: (redelivered by Postfix across a stop, explained; the others).
+
+        Explained: found exactly twice, and its 250 came from ``REDELIVERY_WINDOW`` s before a ``postfix_down``
+        fault began to the end of that fault (no 250 can come while Postfix is down, so after the start only
+        while the stop runs). Anything else (three copies, a message never acknowledged, far from a stop)
+        stays a loss/duplication failure."""
+        stops = [(f["start"], f.get("end", f["start"])) for f in self.faults if f["name"] == "postfix_down"]
+        by_id = {a["msg_id"]: a for a in smtp if a.get("submitted")}
+        explained: list[str] = []
+        others: list[str] = []
+        for mid, n in self.mailbox.items():
+            if n <= 1:
+                continue
+            a = by_id.get(mid)
+            at = accepted_at(a) if a is not None else None
+            stop = next((st for st, end in stops if at is not None and st - REDELIVERY_WINDOW <= at <= end), None)
+            if n == 2 and at is not None and stop is not None:
+                explained.append(f"{mid}: 250 at +{at - self.t0:.3f}s, Postfix stop began at +{stop - self.t0:.3f}s "
+                                 f"({(at - stop) * 1000:+.0f} ms): redelivered by Postfix across a stop (explained)")
+            else:
+                others.append(mid)
+        return explained, others
 
     def revocation(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -531,9 +614,12 @@ def render(an: Analysis, v: dict[str, Any], mem_svg: str, lat_svg: str) -> str:
           f"({len(v['unexplained_refusals'])} unexplained) |",
           f"| zero internal_error, zero tracebacks | {'yes' if v['ok_no_errors'] else 'NO'} "
           f"({len(v['internal_errors'])} internal_error, {v['tracebacks']} traceback lines) |",
-          f"| nothing lost | {'yes' if v['ok_nothing_lost'] else 'NO'} |",
+          f"| nothing lost | {'yes' if v['ok_nothing_lost'] else 'NO'} "
+          f"({len(v['lost']['mail_redelivered_across_stop'])} message(s) redelivered by Postfix across a stop, "
+          "explained) |",
           f"| revocation held | {'yes' if v['ok_revocation'] else 'NO'} |",
-          f"| steady state within the bound | {'yes' if v['ok_steady'] else 'NO'} |",
+          f"| steady state within the bound | {'yes' if v['ok_steady'] else 'NO'}"
+          f"{'' if v['steady_judged'] else f' (shown only: under {STEADY_JUDGED_FROM_MINUTES:g} min is warm-up)'} |",
           f"| config reloads: valid ones taken, invalid ones refused | "
           f"{('yes' if v['ok_reloads'] else 'NO') if v['reloads']['enabled'] else 'not run'} |", ""]
     if v["crash"]:
@@ -566,7 +652,17 @@ def render(an: Analysis, v: dict[str, Any], mem_svg: str, lat_svg: str) -> str:
           f"- IMAP sessions with an accepted card: {json.dumps(lost['imap'])} (completed = LOGOUT answered; "
           "bye = the server's `* BYE`, e.g. a backend restart).",
           f"- Connection events: {json.dumps(lost['events'])}: every client connection is paired with exactly "
-          "one `connection` event by its address and port (resets in the accept queue by count).", ""]
+          "one `connection` event by its address and port, each event to the latest attempt begun before it; "
+          "a reset in the accept queue (no address) to the nearest reset-at-once attempt of its listener in "
+          f"time, at most {ACCEPT_RESET_BOUND:g} s apart.", ""]
+    red = lost["mail_redelivered_across_stop"]
+    L += [f"Found twice, redelivered by Postfix across a stop (explained): {len(red)}. A duplicate counts as "
+          f"explained only when found exactly twice and its 250 came at most {REDELIVERY_WINDOW:g} s before a "
+          "`postfix_down` fault began (or while the stop ran): Postfix removes a queue file only after the LMTP "
+          "delivery ended, so a stop in between delivers the message again after the restart (at-least-once). "
+          f"Its queue manager delivers at once over loopback and retries within 6 s; {REDELIVERY_WINDOW:g} s is "
+          "under 2 % of the time between two stops. Any other duplicate is listed under `mail_duplicated`.",
+          *_list(red), ""]
     for k, items in lost["violations"].items():
         L += [f"**{k}** ({len(items)}):", *_list(items), ""]
     # revocation

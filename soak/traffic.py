@@ -233,6 +233,7 @@ def _smtp_submission(ctx: Ctx, driver: str, src: str, rng: random.Random, card: 
         r["sending"] = True     # from here a lost reply leaves the message's fate unknown
         s.sendmail(sender, [MAILBOX], _message(mid, sender, rng))
         r["submitted"] = True
+        r["accepted_at"] = time.time()    # the report sets this against the Postfix stops (redelivery)
         r["req_ms"] = (time.monotonic() - t1) * 1000
         stage = "quit"
         s.quit()
