@@ -181,12 +181,14 @@ class Analysis:
                 return str(f["name"])
         return None
 
-    def delta_in_force(self) -> dict[int, float]:
-        """Per worker pid, when the delta CRL revoking the card was installed."""
+    def delta_in_force(self, role: str = "worker") -> dict[int, float]:
+        """Per worker pid, when the delta CRL revoking the card was installed (``role="fetcher"``: when the
+        pod's one CRL fetcher, the supervisor, published it; its ``crl_updated`` says ``role: fetcher``)."""
         out: dict[int, float] = {}
         for ev in self.events:
             if (ev.get("event") == "crl_updated" and ev.get("delta_of") == BASE_NUMBER
-                    and ev.get("crl_number") == BASE_NUMBER + 2):
+                    and ev.get("crl_number") == BASE_NUMBER + 2
+                    and (ev.get("role") == "fetcher") == (role == "fetcher")):
                 out.setdefault(int(ev.get("pid", 0)), ev["_t"])
         return out
 
@@ -410,6 +412,7 @@ class Analysis:
         out["delta_published"] = next((f["start"] - self.t0 for f in self.faults if f["name"] == "delta_revocation"),
                                       None)
         out["delta_in_force"] = {str(p): t - self.t0 for p, t in in_force.items()}
+        out["delta_fetched"] = {str(p): t - self.t0 for p, t in self.delta_in_force("fetcher").items()}
         missing = [p for p in pids if p not in in_force]
         if out["delta_published"] is not None and missing:
             viol.append(f"workers {missing} never installed the delta CRL")

@@ -27,11 +27,20 @@ from sniproxy.crl.validate import (
     signed_by,
     validate,
 )
-from sniproxy.testcrl import load_cert, load_key, make_crl
+from sniproxy.testcrl import load_cert, load_key
+from sniproxy.testcrl import make_crl as _make_crl
 from sniproxy.testpki import TestPki, build
 
 FORT = "igc-sante-fort-pp"
 NOW = datetime.now(UTC).replace(microsecond=0)
+
+
+def make_crl(*args: Any, **kwargs: Any) -> bytes:
+    """``testcrl.make_crl`` dated from this module's NOW, the instant every test validates at: its own
+    default (the real clock at the call) drifted past NOW's skew when the suite ran for over 10 minutes
+    before these tests, and valid CRLs were refused as ``future_this_update``."""
+    kwargs.setdefault("this_update", NOW - timedelta(minutes=5))
+    return _make_crl(*args, **kwargs)
 
 
 @dataclass(frozen=True)

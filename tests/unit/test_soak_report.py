@@ -185,3 +185,19 @@ def test_steady_state_fails_an_hour_run_but_not_a_three_minute_one(tmp_path: Pat
     (long / "meta.json").write_text(json.dumps({"load_start": T0, "minutes": 60}))
     v = Analysis(long).verdicts()
     assert not v["ok_steady"] and v["steady_judged"] and not v["pass"]
+
+
+# ---------------------------------------------------------------------------------------------- revocation
+def test_delta_in_force_counts_workers_not_the_pods_fetcher(tmp_path: Path) -> None:
+    """With one CRL fetcher per pod the supervisor logs the delta first (``role: fetcher``); "in force" is
+    about the workers that map it, so the fetcher's install is reported apart, never as a third worker."""
+    from soak.report import BASE_NUMBER
+
+    def upd(t: float, pid: int, role: str) -> dict[str, Any]:
+        return {"event": "crl_updated", "timestamp": _iso(t), "pid": pid, "role": role,
+                "crl_number": BASE_NUMBER + 2, "delta_of": BASE_NUMBER}
+
+    a = _run(tmp_path, [], events=[upd(T0 + 10, 1, "fetcher"), upd(T0 + 10.5, 2, "follower"),
+                                   upd(T0 + 11, 3, "follower")])
+    assert set(a.delta_in_force()) == {2, 3}
+    assert set(a.delta_in_force("fetcher")) == {1}
