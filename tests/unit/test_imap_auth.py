@@ -376,3 +376,12 @@ def test_a_login_plain_cannot_carry_is_refused_and_never_sent() -> None:
                                    "authzid": "alice@example.test"})]
     # nothing was sent under that tag, so it is free again
     assert a.client_data(b"t1 NOOP\r\n") == [ToBackend(b"t1 NOOP\r\n")]
+
+
+def test_a_line_held_at_login_is_not_read_as_a_command() -> None:
+    """Once logged in, even the half line held from before is passed on unread: no second master login."""
+    a = _auth()
+    a.client_data(b"t1 AUTHENTICATE EXTERNAL =\r\nt2 AUTHENTICATE EXTER")
+    a.backend_line(b"t1 OK Logged in\r\n")
+    assert a.client_data(b"NAL =\r\n") == [ToBackend(b"t2 AUTHENTICATE EXTERNAL =\r\n")]
+    assert a.done
