@@ -754,12 +754,18 @@ def run_module(module: str, works: list[Path], equivalents: dict[str, str], dead
 
 
 # ---------------------------------------------------------------------------------------------- report
+def commit_stamp() -> str:
+    """The commit the run's copy is made from, and whether the tree differed from it."""
+    return (f"`{_git('rev-parse', '--short', 'HEAD')}`"
+            f"{' with uncommitted changes' if _git('status', '--porcelain', '--untracked-files=no') else ''}")
+
+
 def report(runs: list[ModuleRun], command: str, target: float, seconds: float, unused: list[str],
-           pinned: tuple[list[str], list[str]] = ([], [])) -> str:
+           pinned: tuple[list[str], list[str]] = ([], []), at: str | None = None) -> str:
+    """The markdown report; ``at`` is the commit stamp taken when the copy was made (a long run outlives HEAD)."""
     out = ["# Mutation testing report", "",
            f"Produced by `{command}` (scripts/mutation.py; method in docs/decisions/0006-mutation-testing.md),",
-           f"in {seconds:.0f} s, at commit `{_git('rev-parse', '--short', 'HEAD')}`"
-           f"{' with uncommitted changes' if _git('status', '--porcelain', '--untracked-files=no') else ''}.",
+           f"in {seconds:.0f} s, at commit {at or commit_stamp()}.",
            "",
            "Score = (killed + timed out) / (mutants - equivalent). *Uncovered*: survivors on a line no unit test of "
            "the module executes (counted as survived). Equivalent mutants are listed with their reason in "
@@ -859,12 +865,14 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[ModuleRun] = []
     with tempfile.TemporaryDirectory(prefix="sniproxy-mutation-") as tmp:
         os.environ["SNIPROXY_MUTATION_PKI"] = str(Path(tmp) / "pki-cache")
+        at = commit_stamp()     # before the copy: HEAD may move while a long run goes on
         works = [make_copy(Path(tmp) / f"w{i}") for i in range(max(1, args.jobs))]
         for m in modules:
             run = run_module(m, works, equivalents, deadline, args.timeout_factor)
             runs.append(run)
             if args.report:   # after every module: a long run shows its first results early
-                args.report.write_text(report(runs, "(in progress)", args.target, time.monotonic() - started, []))
+                args.report.write_text(report(runs, "(in progress)", args.target, time.monotonic() - started, [],
+                                                at=at))
             print(f"{m}: {len(run.results)} mutants, score {run.score:.1f}%"
                   f"{' ERROR ' + run.error if run.error else ''}", file=sys.stderr, flush=True)
     used = {r.mutant.key for run in runs for r in run.results if r.status == "equivalent"}
@@ -872,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python scripts/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     must_kill = load_must_kill(args.must_kill)
     pinned = must_kill_problems(runs, must_kill)
-    text = report(runs, command.strip(), args.target, time.monotonic() - started, unused, pinned)
+    text = report(runs, command.strip(), args.target, time.monotonic() - started, unused, pinned, at=at)
     if args.report:
         args.report.write_text(text)
     else:

@@ -209,3 +209,179 @@ def test_commands_pipelined_before_login_are_bounded() -> None:
 def test_a_refused_authzid_is_logged_without_control_characters() -> None:
     (_, notice) = _auth().client_data(b"t1 AUTHENTICATE EXTERNAL " + _b64("bob\x1b[31m@example.test") + b"\r\n")
     assert isinstance(notice, Notice) and "\x1b" not in notice.fields["authzid"]
+
+
+# -- what mutation testing of imap_auth.py found untested (issue 11) --------------------------------------
+def _refusing(decision: LoginDecision, *, user: str = "m", max_line: int = 65536) -> ImapExternal:
+    """A dialog whose login rule always answers ``decision``."""
+    return ImapExternal(decide=lambda z: decision, master_user=user, master_password="p", max_line=max_line)
+
+
+@pytest.mark.parametrize("tag", [b"a(", b"a)", b"a{", b"a%", b"a*", b'a"', b"a\\", b"a+"])
+def test_a_tag_with_a_forbidden_character_is_not_a_tag(tag: bytes) -> None:
+    """RFC 9051 tag = 1*<ASTRING-CHAR except "+">: such a line is passed on unread, never tracked."""
+    a = _auth()
+    data = tag + b" NOOP\r\n" + tag + b" NOOP\r\n" + tag + b" AUTHENTICATE EXTERNAL =\r\n"
+    assert a.client_data(data) == [ToBackend(data)]
+
+
+def test_a_tag_with_letters_outside_the_forbidden_set_is_tracked() -> None:
+    a = _auth()
+    assert a.client_data(b"X1 NOOP\r\n") == [ToBackend(b"X1 NOOP\r\n")]
+    assert a.client_data(b"X1 LOGIN u p\r\n") == [ToClient(b"X1 BAD Tag already in use\r\n")]
+
+
+def test_an_answered_tag_can_be_used_again() -> None:
+    a = _auth()
+    a.client_data(b"a NOOP\r\n")
+    a.backend_line(b"a OK NOOP completed\r\n")
+    assert a.client_data(b"a NOOP\r\n") == [ToBackend(b"a NOOP\r\n")]
+
+
+def test_the_default_line_limit_is_64_kib() -> None:
+    a = _auth()
+    line = b"t1 NOOP " + b"x" * (65536 - 10) + b"\r\n"
+    assert len(line) == 65536 and a.client_data(line) == [ToBackend(line)]
+    out = _auth().client_data(b"t1 NOOP " + b"x" * (65537 - 10) + b"\r\n")
+    assert len(out) == 1 and isinstance(out[0], Stop) and out[0].reason is Reason.LINE_TOO_LONG
+
+
+def test_exactly_256_pipelined_commands_are_allowed() -> None:
+    a = _auth()
+    noops = b"".join(b"t%d NOOP\r\n" % i for i in range(256))
+    assert a.client_data(noops) == [ToBackend(noops)]
+    (stop,) = a.client_data(b"t256 NOOP\r\n")
+    assert isinstance(stop, Stop) and stop.reason is Reason.CLIENT_PROTOCOL
+
+
+def test_the_commands_before_the_257th_still_reach_the_backend() -> None:
+    noops = b"".join(b"t%d NOOP\r\n" % i for i in range(256))
+    out = _auth().client_data(noops + b"t256 NOOP\r\n")
+    assert out[0] == ToBackend(noops)
+    assert len(out) == 2 and isinstance(out[1], Stop) and out[1].reason is Reason.CLIENT_PROTOCOL
+
+
+def test_our_own_login_counts_among_the_pipelined_commands() -> None:
+    a = _auth()
+    a.client_data(b"t1 AUTHENTICATE EXTERNAL =\r\n")
+    noops = b"".join(b"n%d NOOP\r\n" % i for i in range(255))
+    assert a.client_data(noops) == [ToBackend(noops)]
+    (stop,) = a.client_data(b"n255 NOOP\r\n")
+    assert isinstance(stop, Stop) and stop.reason is Reason.CLIENT_PROTOCOL
+
+
+def test_the_backend_refusal_notice_carries_the_backends_text() -> None:
+    a = _auth()
+    a.client_data(b"t1 AUTHENTICATE EXTERNAL =\r\n")
+    a.backend_line(b"t1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
+    assert a.take_notices() == [Notice("auth", {
+        "mechanism": "EXTERNAL", "mailbox": "alice@example.test", "result": "backend_refused",
+        "detail": "[AUTHENTICATIONFAILED] Authentication failed."})]
+    assert a.take_notices() == []
+
+
+def test_done_only_once_logged_in_with_nothing_held() -> None:
+    a = _auth()
+    assert not a.done
+    a.client_data(b"t1 AUTHENTICATE EXTERNAL =\r\nt2 SEL")   # half a line held
+    a.backend_line(b"t1 OK Logged in\r\n")
+    assert a.logged_in and not a.done
+    # the held half goes out with the rest of its line, unparsed
+    assert a.client_data(b"ECT inbox\r\n") == [ToBackend(b"t2 SELECT inbox\r\n")]
+    assert a.done
+
+
+def test_a_literal_still_pending_at_login_is_counted_down() -> None:
+    a = _auth()
+    out = a.client_data(b"t1 AUTHENTICATE EXTERNAL =\r\nt2 APPEND box {10}\r\nabc")
+    assert _backend_got(out).endswith(b"t2 APPEND box {10}\r\nabc")
+    a.backend_line(b"t1 OK Logged in\r\n")
+    assert not a.done                       # 7 literal bytes still to come
+    assert a.client_data(b"defghij\r\nt3 NOOP\r\n") == [ToBackend(b"defghij\r\nt3 NOOP\r\n")]
+    assert a.done
+
+
+def test_commands_after_a_literal_and_its_line_are_read_again() -> None:
+    a = _auth()
+    out = a.client_data(b"a APPEND box {3}\r\nabc\r\nb AUTHENTICATE EXTERNAL =\r\n")
+    assert out == [ToBackend(b"a APPEND box {3}\r\nabc\r\n"),
+                   ToBackend(b"b AUTHENTICATE PLAIN " + _plain("alice@example.test") + b"\r\n")]
+
+
+def test_a_bare_newline_line_passes_and_the_next_command_is_read() -> None:
+    out = _auth().client_data(b"\nt1 AUTHENTICATE EXTERNAL =\r\n")
+    assert out == [ToBackend(b"\n"), ToBackend(b"t1 AUTHENTICATE PLAIN " + _plain("alice@example.test") + b"\r\n")]
+
+
+def test_an_unfinished_line_of_exactly_the_limit_waits() -> None:
+    a = _refusing(LoginDecision(None, "x"), max_line=100)
+    assert a.client_data(b"x" * 100) == []
+    (stop,) = a.client_data(b"x")
+    assert isinstance(stop, Stop) and stop.reason is Reason.LINE_TOO_LONG
+
+
+def test_a_complete_line_over_the_limit_stops_after_what_came_before() -> None:
+    a = _refusing(LoginDecision(None, "x"), max_line=100)
+    line = b"t1 NOOP " + b"x" * 90 + b"\r\n"
+    assert len(line) == 100 and a.client_data(line) == [ToBackend(line)]
+    out = a.client_data(b"t2 NOOP\r\nt3 NOOP " + b"x" * 91 + b"\r\n")
+    assert out[0] == ToBackend(b"t2 NOOP\r\n")
+    assert len(out) == 2 and isinstance(out[1], Stop) and out[1].reason is Reason.LINE_TOO_LONG
+
+
+def test_an_unfinished_line_over_the_limit_stops_after_what_came_before() -> None:
+    a = _refusing(LoginDecision(None, "x"), max_line=100)
+    out = a.client_data(b"t0 NOOP\r\n" + b"x" * 200)
+    assert out[0] == ToBackend(b"t0 NOOP\r\n")
+    assert len(out) == 2 and isinstance(out[1], Stop) and out[1].reason is Reason.LINE_TOO_LONG
+
+
+def test_authenticate_without_a_mechanism_is_the_clients_own() -> None:
+    a = _auth()
+    assert a.client_data(b"t1 AUTHENTICATE\r\n") == [ToBackend(b"t1 AUTHENTICATE\r\n")]
+    # until its answer, the next line is a SASL response for the backend
+    assert a.client_data(b"t2 AUTHENTICATE EXTERNAL =\r\n") == [ToBackend(b"t2 AUTHENTICATE EXTERNAL =\r\n")]
+
+
+@pytest.mark.parametrize("extra", [b" x", b" x y"])
+def test_external_with_more_than_one_response_is_a_syntax_error(extra: bytes) -> None:
+    out = _auth().client_data(b"t1 AUTHENTICATE EXTERNAL =" + extra + b"\r\n")
+    assert out == [ToClient(b"t1 BAD Syntax: AUTHENTICATE EXTERNAL [initial-response]\r\n")]
+
+
+def test_the_malformed_response_notice() -> None:
+    from sniproxy.auth.sasl import SaslError, decode_external
+
+    with pytest.raises(SaslError) as exc:
+        decode_external("!!!")
+    out = _auth().client_data(b"t2 AUTHENTICATE EXTERNAL !!!\r\n")
+    assert out == [ToClient(b"t2 BAD Invalid base64 response\r\n"),
+                   Notice("auth", {"mechanism": "EXTERNAL", "result": "malformed", "detail": str(exc.value)})]
+
+
+def test_the_refusal_notice() -> None:
+    a = _refusing(LoginDecision(None, "authzid_not_allowed", "why"))
+    out = a.client_data(b"t1 AUTHENTICATE EXTERNAL " + _b64("bob@example.test") + b"\r\n")
+    assert out == [ToClient(b"t1 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
+                   Notice("auth", {"mechanism": "EXTERNAL", "result": "authzid_not_allowed",
+                                   "authzid": "bob@example.test", "detail": "why"})]
+
+
+def test_a_login_plain_cannot_carry_is_refused_and_never_sent() -> None:
+    """A NUL in the master user (or mailbox) would split the PLAIN fields: refused, the backend sees nothing."""
+    a = _refusing(LoginDecision("alice@example.test", "ok"), user="m\0x")
+    out = a.client_data(b"t1 AUTHENTICATE EXTERNAL " + _b64("alice@example.test") + b"\r\n")
+    assert out == [ToClient(b"t1 NO [AUTHENTICATIONFAILED] Authentication failed\r\n"),
+                   Notice("auth", {"mechanism": "EXTERNAL", "result": "bad_mailbox",
+                                   "authzid": "alice@example.test"})]
+    # nothing was sent under that tag, so it is free again
+    assert a.client_data(b"t1 NOOP\r\n") == [ToBackend(b"t1 NOOP\r\n")]
+
+
+def test_a_line_held_at_login_is_not_read_as_a_command() -> None:
+    """Once logged in, even the half line held from before is passed on unread: no second master login."""
+    a = _auth()
+    a.client_data(b"t1 AUTHENTICATE EXTERNAL =\r\nt2 AUTHENTICATE EXTER")
+    a.backend_line(b"t1 OK Logged in\r\n")
+    assert a.client_data(b"NAL =\r\n") == [ToBackend(b"t2 AUTHENTICATE EXTERNAL =\r\n")]
+    assert a.done

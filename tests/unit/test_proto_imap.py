@@ -331,3 +331,37 @@ def test_backend_owes_a_goodbye_only_between_responses(stream: bytes, owed: bool
     f = ImapBackendFilter()
     f.receive_data(stream)
     assert f.owes_goodbye() is owed
+
+
+# -- what mutation testing of imap.py found untested (issue 11) -------------------------------------------
+class _Watcher:
+    """A stand-in login dialog that records the backend lines it is shown."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+
+    @property
+    def extra_caps(self) -> bytes:
+        return b"AUTH=EXTERNAL"
+
+    def backend_line(self, line: bytes) -> None:
+        self.lines.append(line)
+
+
+def test_a_detached_login_dialog_sees_no_more_lines_and_adds_no_capability() -> None:
+    w = _Watcher()
+    f = ImapBackendFilter(auth=w)
+    f.receive_data(GREETING)
+    assert f.receive_data(b"* CAPABILITY IMAP4rev1\r\n") == [Send(b"* CAPABILITY IMAP4rev1 AUTH=EXTERNAL\r\n")]
+    assert w.lines == [b"* CAPABILITY IMAP4rev1\r\n"]
+    f.detach_auth()
+    assert f.receive_data(b"* CAPABILITY IMAP4rev1\r\n") == [Send(b"* CAPABILITY IMAP4rev1\r\n")]
+    assert w.lines == [b"* CAPABILITY IMAP4rev1\r\n"]
+
+
+def test_a_greeting_text_ending_like_a_literal_is_not_one() -> None:
+    """resp-text never ends in a literal: the next bytes are the next response, not literal data."""
+    f = ImapBackendFilter(consume_greeting=False)
+    assert f.receive_data(b"* OK ready {5}\r\n") == [Send(b"* OK ready {5}\r\n")]
+    assert f.owes_goodbye()
+    assert f.receive_data(b"* CAPABILITY IMAP4rev1 STARTTLS\r\n") == [Send(b"* CAPABILITY IMAP4rev1\r\n")]
