@@ -187,10 +187,13 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
         assert any('"event": "reload"' in ln for ln in lines), "".join(lines[-20:])
         assert ports.imap is not None and served_cn(pki, ports.imap) == IMAP_2BIS
         # An orphan of the namespace (its parent exits at once) is adopted by PID 1, which must reap it.
-        subprocess.run(["nsenter", "--target", str(inner), "--pid", "--", "sh", "-c", "sleep 1.2718 & exit 0"],
+        subprocess.run(["nsenter", "--target", str(inner), "--pid", "--", "sh", "-c", "sleep 4.2718 & exit 0"],
                        check=True, timeout=10)
-        orphans = [p for p in os.listdir("/proc") if p.isdigit() and _cmdline(p) == "sleep\x001.2718\x00"]
-        assert orphans, "the orphan was not found"
+        # the shell's child may not have exec'd sleep yet when nsenter returns (a loaded machine): look again
+        orphans: list[str] = []
+        wait_until(lambda: bool(orphans.extend(p for p in os.listdir("/proc")
+                                               if p.isdigit() and _cmdline(p) == "sleep\x004.2718\x00") or orphans),
+                   3, "the orphan sleep in /proc")
         # A zombie stays in /proc until its parent reaps it.
         wait_until(lambda: not any(os.path.exists(f"/proc/{p}") for p in orphans), 10, "PID 1 to reap the orphan")
         os.kill(inner, signal.SIGTERM)
