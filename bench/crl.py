@@ -19,7 +19,7 @@ Before any load, each target is checked: the ``fort`` card gets the backend's fi
 accepted where the CRLs are empty), an unknown-CA card is refused.
 
 Generated CRLs are cached in ``bench/.cache`` (keyed by the test PKI's intermediate certificate and the
-size); the test PKI is cached there too (``sniproxy.testpki.build`` regenerates it after a day).
+size); the test PKI is cached there too (``sniproxy.demo.pki.build`` regenerates it after a day).
 
 Run: ``python bench/crl.py --out bench/results/crl.json`` (about 5 minutes on 2 cores once the cache
 is warm, plus about 15 s the first time; every load loop bounded in count and time); ``--quick`` for
@@ -304,7 +304,7 @@ class Server:
 
 def sniproxy_server(name: str, pki: Any, hold: int, tmp: Path, crls: list[Path], entries: int,
                     revoked_listed: bool, level: str = "warning", crl_top: dict[str, Any] | None = None) -> Server:
-    from sniproxy.democonf import DemoPorts, config_dict, write_config
+    from sniproxy.demo.conf import DemoPorts, config_dict, write_config
 
     (port,) = core.free_ports(1)
     d = config_dict(pki, DemoPorts(tls=port, imap_backend=f"{HOST}:{hold}"), crls={FORT: crls},
@@ -483,7 +483,7 @@ def manager_load(pki: Any, tmp: Path, big: bytes, big2: bytes, empty_inter: byte
     from sniproxy.crl import validate as crl_validate
     from sniproxy.crl.manager import CrlManager, policy_of, prepare_file
     from sniproxy.crl.state import RevocationHolder, RevocationView, check_chain
-    from sniproxy.democonf import DemoPorts, config_dict, write_config
+    from sniproxy.demo.conf import DemoPorts, config_dict, write_config
     from sniproxy.observability.log import configure
 
     configure("warning", "json")           # keep the manager's info events off the bench output

@@ -33,8 +33,8 @@ import h11
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config  # noqa: E402
-from sniproxy.testpki import build  # noqa: E402
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config  # noqa: E402
+from sniproxy.demo.pki import build  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.httppeers import HttpBackend  # noqa: E402
 

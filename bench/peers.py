@@ -1,7 +1,7 @@
 """Side by side on the data path: sniproxy against HAProxy, nginx and stunnel4, per server CPU-second, one command.
 
 ``python bench/peers.py [--quick] [--rounds N] [--out bench/results/peers.md]`` starts, on 127.0.0.1 with free
-ports, with the same test PKI (``sniproxy.testpki.build``, cached in ``bench/.cache/pki``), the same backends
+ports, with the same test PKI (``sniproxy.demo.pki.build``, cached in ``bench/.cache/pki``), the same backends
 and the same TLS policy (TLS 1.3, mutual TLS with the RSA-2048 ``fort`` card, same server certificate per
 figure), one worker / process / thread each:
 

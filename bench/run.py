@@ -238,7 +238,7 @@ def sniproxy_target(name: str, workers: int | str, pki: Any, backends: dict[str,
                     keys: tuple[str, ...] = ("hold", "source", "sink"),
                     tweak: Callable[[dict[str, Any]], None] | None = None) -> Target:
     """sniproxy with one ``protocol: tls`` listener per backend in ``keys``; ``tweak`` edits the config dict."""
-    from sniproxy.democonf import DemoPorts, config_dict, write_config
+    from sniproxy.demo.conf import DemoPorts, config_dict, write_config
 
     ports = dict(zip(keys, free_ports(len(keys)), strict=True))
     d = config_dict(pki, DemoPorts(tls=ports["hold"], imap_backend=f"{HOST}:{backends['hold']}"))

@@ -315,12 +315,12 @@ class _Select:
 
 
 def _cache_test_pki(cache: Path) -> None:
-    """Make ``sniproxy.testpki.build`` copy one PKI built once instead of generating ~30 RSA keys per run.
+    """Make ``sniproxy.demo.pki.build`` copy one PKI built once instead of generating ~30 RSA keys per run.
 
-    Patched before collection, so the test modules' ``from sniproxy.testpki import build`` get the wrapper.
+    Patched before collection, so the test modules' ``from sniproxy.demo.pki import build`` get the wrapper.
     """
     try:
-        import sniproxy.testpki as testpki
+        import sniproxy.demo.pki as testpki
     except ImportError:
         return
     original = testpki.build

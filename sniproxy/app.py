@@ -42,7 +42,7 @@ from sniproxy.lifecycle.watch import fingerprint, watched_files
 from sniproxy.observability import prom
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import RELOADS
-from sniproxy.tls.contexts import Snapshot, SnapshotHolder
+from sniproxy.runtime.snapshot import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.app")
 WORKER_ANSWER = 120.0      # longest wait for a worker to compile and bind (CRL first fetch included)

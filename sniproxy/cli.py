@@ -29,7 +29,7 @@ generated test PKI. Documentation: README.md and docs/ in the source repository.
 
 def _load(path: str) -> tuple[object, list[str]]:
     from sniproxy.config.load import load
-    from sniproxy.tls.contexts import compile_snapshot
+    from sniproxy.runtime.snapshot import compile_snapshot
 
     loaded = load(Path(path))
     snapshot = compile_snapshot(loaded.config)
@@ -131,7 +131,7 @@ def _crl_manager(path: str) -> tuple[Any, Any]:
     from sniproxy.config.load import load
     from sniproxy.crl.manager import CrlManager
     from sniproxy.crl.state import RevocationHolder
-    from sniproxy.tls.contexts import compile_snapshot
+    from sniproxy.runtime.snapshot import compile_snapshot
 
     loaded = load(Path(path))
     holder = RevocationHolder()
@@ -248,7 +248,7 @@ def _config_failed(exc: ConfigErrors | ConfigError) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Generate the demo PKI, start built-in backends and the proxy, show real connections."""
-    from sniproxy import demo
+    from sniproxy.demo import run as demo
 
     return demo.main(Path(args.state_dir), serve=not args.no_serve, base_port=args.base_port)
 

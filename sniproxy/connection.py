@@ -33,7 +33,7 @@ from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, l
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
 from sniproxy.proto.smtp_relay import SmtpRelay
-from sniproxy.tls.contexts import ListenerRuntime, Snapshot, SnapshotHolder
+from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
 from sniproxy.tls.identity import identity_fields, parse_identity
 from sniproxy.tls.session import TlsFailure, TlsSession
 

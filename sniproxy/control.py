@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from sniproxy.tls.contexts import Snapshot
+    from sniproxy.runtime.snapshot import Snapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,7 +54,7 @@ from sniproxy.proto.http_server import (
     RequestRefused,
     RequestStarted,
 )
-from sniproxy.tls.contexts import SnapshotHolder
+from sniproxy.runtime.snapshot import SnapshotHolder
 
 _log = get_logger("sniproxy.http")
 

@@ -13,7 +13,7 @@ import ssl
 import threading
 from typing import Any
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 from tests.integration.clients import client_context
 
 TIMEOUT = 20.0

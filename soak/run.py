@@ -20,7 +20,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from sniproxy.democonf import write_config
+from sniproxy.demo.conf import write_config
 from soak import faults, report, stack, traffic
 from soak.sampler import Sampler
 

@@ -2,7 +2,7 @@
 
 Dovecot and Postfix (``tests.integration.peers``, restartable in place), the SOAP echo backend with a
 fault switch (``soak.httpbackend``), a CRL HTTP server and slapd (``tests.integration.crlpeers``),
-CRLs signed with the test PKI's keys (``sniproxy.testcrl``), and ``sniproxy run`` with ``workers: 2``
+CRLs signed with the test PKI's keys (``sniproxy.demo.crls``), and ``sniproxy run`` with ``workers: 2``
 writing its JSON events to a file.
 """
 
@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testcrl import load_cert, load_key, make_crl, revoke
-from sniproxy.testpki import TestPki, build
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.crls import load_cert, load_key, make_crl, revoke
+from sniproxy.demo.pki import TestPki, build
 from tests.conftest import free_ports
 from tests.integration.crlpeers import CrlHttpServer, Slapd, start_http_server, start_slapd
 from tests.integration.httppeers import ROOT, HttpBackend

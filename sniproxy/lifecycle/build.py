@@ -17,7 +17,7 @@ from sniproxy.config.model import Address, Config, Cutover
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.errors import ConfigError, ConfigErrors
 from sniproxy.lifecycle.cutover import in_force, next_instant
-from sniproxy.tls.contexts import Snapshot, compile_snapshot
+from sniproxy.runtime.snapshot import Snapshot, compile_snapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,7 @@ from sniproxy.lifecycle.build import Built, addresses, bind_error, compile_at, e
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.procdeath import die_with_parent
 from sniproxy.observability.log import configure, get_logger
-from sniproxy.tls.contexts import Snapshot, SnapshotHolder
+from sniproxy.runtime.snapshot import Snapshot, SnapshotHolder
 
 _log = get_logger("sniproxy.worker")
 

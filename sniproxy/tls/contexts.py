@@ -1,4 +1,4 @@
-"""Compile a validated ``Config`` into an immutable runtime ``Snapshot``.
+"""Build the OpenSSL server context of one flow.
 
 One OpenSSL context per flow, built once, with that flow's own certificate, verify mode, trust
 store and CA-name list. A connection is created directly with its flow's context (the flow is
@@ -15,11 +15,10 @@ from pathlib import Path
 from cryptography import x509
 from OpenSSL import SSL, crypto
 
-from sniproxy.config.model import AuthoritySet, ClientAuth, Config, Flow, Listener, Profile
+from sniproxy.config.model import AuthoritySet, ClientAuth, Flow
 from sniproxy.config.tlspolicy import apply_policy
-from sniproxy.crl.state import RevocationHolder, RevocationPolicy
+from sniproxy.crl.state import RevocationPolicy
 from sniproxy.errors import ConfigError
-from sniproxy.routing import RouteTable
 from sniproxy.tls.alerts import install_verify
 from sniproxy.tls.verify import AuthorityTrust, FlowRules, compile_authority, verify_callback
 
@@ -37,25 +36,6 @@ class FlowRuntime:
     rules: FlowRules
 
 
-@dataclass(frozen=True, slots=True)
-class ListenerRuntime:
-    """A listener's config and its compiled route table."""
-
-    listener: Listener
-    routes: RouteTable
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Everything a connection needs, immutable; a reload builds a new one and swaps it."""
-
-    config: Config
-    flows: dict[str, FlowRuntime]
-    listeners: dict[str, ListenerRuntime]
-    generation: int = 0
-    revocation: RevocationHolder | None = None
-
-
 def read_certs(path: Path) -> list[x509.Certificate]:
     """Every certificate of a PEM file, in file order."""
     try:
@@ -65,7 +45,8 @@ def read_certs(path: Path) -> list[x509.Certificate]:
     return certs
 
 
-def _authority(aset: AuthoritySet) -> AuthorityTrust:
+def authority_trust(aset: AuthoritySet) -> AuthorityTrust:
+    """An enabled authority set's certificates and revocation policy, compiled for verification."""
     roots = [c for p in aset.roots for c in read_certs(p)]
     inter = [c for p in aset.intermediates for c in read_certs(p)]
     policy = RevocationPolicy(required=aset.revocation_required, chain=aset.crl_check == "chain",
@@ -119,47 +100,3 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
     install_verify(ctx, _verify_mode(flow.client_auth), verify_callback)
     ctx.set_verify_depth(flow.verify_depth)
     return ctx
-
-
-def compile_snapshot(config: Config, generation: int = 0, revocation: RevocationHolder | None = None) -> Snapshot:
-    """Build every flow context and route table of a config.
-
-    ``revocation`` is the CRL state the flows consult; it outlives snapshots (a reload keeps the
-    CRLs in force). A new empty one is made when not given: authority sets that name CRL sources
-    then refuse every card (``crl_missing``) until a CRL manager fills it.
-    """
-    if revocation is None:
-        revocation = RevocationHolder()
-    trust = {name: _authority(a) for name, a in config.authorities.items() if a.enabled}
-    flows: dict[str, FlowRuntime] = {}
-    for name, flow in config.flows.items():
-        auths = tuple(trust[a] for a in flow.authorities if a in trust)
-        refuse_test = flow.refuse_test_cards
-        if refuse_test is None:
-            refuse_test = config.profile is Profile.PRODUCTION
-        rules = FlowRules(
-            flow=name,
-            profile=config.profile,
-            authorities=auths,
-            card_types=frozenset(flow.card_types),
-            refuse_test_cards=refuse_test,
-            require_cert=flow.client_auth is ClientAuth.REQUIRED,
-            revocation=revocation,
-        )
-        flows[name] = FlowRuntime(flow, build_flow_context(flow, auths), rules)
-    listeners = {ls.name: ListenerRuntime(ls, RouteTable.from_listener(ls)) for ls in config.listeners}
-    return Snapshot(config, flows, listeners, generation, revocation)
-
-
-class SnapshotHolder:
-    """Holds the current snapshot; a connection reads ``current`` once, at accept, and keeps it."""
-
-    __slots__ = ("current",)
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.current = snapshot
-
-    def swap(self, snapshot: Snapshot) -> Snapshot:
-        """Install a new snapshot (one attribute store: atomic for the event loop) and return the old."""
-        old, self.current = self.current, snapshot
-        return old

@@ -9,7 +9,7 @@ import ssl
 import subprocess
 from pathlib import Path
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 
 
 def server_roots(pki: TestPki) -> Path:

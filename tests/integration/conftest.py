@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sniproxy.testpki import TestPki, build
+from sniproxy.demo.pki import TestPki, build
 from tests.conftest import fail_or_skip
 from tests.integration.peers import Dovecot, PeerStartError, Postfix, start_dovecot, start_postfix
 from tests.integration.proxyproc import ProxyProcess
@@ -92,7 +92,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 @pytest.fixture
 def start_proxy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], ProxyProcess]]:
     """Start ``sniproxy run`` on a config dict; every proxy started is stopped at teardown."""
-    from sniproxy.democonf import write_config
+    from sniproxy.demo.conf import write_config
 
     started: list[ProxyProcess] = []
 

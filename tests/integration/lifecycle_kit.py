@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.pki import TestPki
 from tests.conftest import free_ports
 from tests.integration.clients import s_client, server_roots
 from tests.integration.proxyproc import ProxyProcess

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sniproxy.democonf import DemoPorts, config_dict
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict
+from sniproxy.demo.pki import TestPki
 from tests.conftest import free_ports
 from tests.integration.clients import tls_connect
 from tests.integration.crlpeers import CrlHttpServer, start_http_server
@@ -177,7 +177,7 @@ def test_admin_port_busy_stops_the_start_with_its_line(pki: TestPki, dovecot: Do
     import subprocess
     import sys
 
-    from sniproxy.democonf import write_config
+    from sniproxy.demo.conf import write_config
 
     cfg, _, aport = make_config(pki, dovecot, tmp_path / "state")
     path = write_config(cfg, tmp_path / "busy.yaml")

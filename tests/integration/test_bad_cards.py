@@ -1,6 +1,6 @@
 """The bad-card corpus: every card refusal reason, each proven by a real handshake through a running proxy.
 
-``CORPUS`` is the table: reason -> the card (from ``sniproxy.testpki``) and the proxy set-up that make the
+``CORPUS`` is the table: reason -> the card (from ``sniproxy.demo.pki``) and the proxy set-up that make the
 proxy refuse with that reason. Each row is played over implicit TLS (``imaps``) and over SMTP STARTTLS with
 a real client (the stdlib ``ssl`` module, i.e. OpenSSL), and the test reads the proxy's own ``connection``
 event: the refusal must be the intended one (stable ``reason``, at the handshake), not just "some error",
@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.crls import load_cert, load_key, make_crl, revoke, write_crl_file
+from sniproxy.demo.pki import TestPki
 from sniproxy.errors import Reason
-from sniproxy.testcrl import load_cert, load_key, make_crl, revoke, write_crl_file
-from sniproxy.testpki import TestPki
 from tests.conftest import free_ports
 from tests.integration.clients import server_roots
 from tests.integration.peers import Dovecot, Postfix

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sniproxy import __version__
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.pki import TestPki
 
 
 def _config(pki: TestPki) -> dict[str, Any]:

@@ -21,9 +21,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testcrl import load_cert, load_key, make_crl, revoke
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.crls import load_cert, load_key, make_crl, revoke
+from sniproxy.demo.pki import TestPki
 from tests.conftest import fail_or_skip, free_ports
 from tests.integration.clients import tls_connect
 from tests.integration.conftest import require_binary

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 from tests.integration.lifecycle_kit import (
     IMAP_2BIS,
     IMAP_SANTE,

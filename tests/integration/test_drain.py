@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 from tests.conftest import fail_or_skip, free_port
 from tests.integration.clients import client_context, imap_starttls, smtp_starttls
 from tests.integration.httppeers import HttpBackend

@@ -25,9 +25,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testcrl import write_crls
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.crls import write_crls
+from sniproxy.demo.pki import TestPki
 from tests.conftest import fail_or_skip, free_port
 from tests.integration.clients import client_context, server_roots
 from tests.integration.conftest import require_binary

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sniproxy.democonf import DemoPorts, config_dict
+from sniproxy.demo.conf import DemoPorts, config_dict
+from sniproxy.demo.pki import TestPki
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
@@ -36,7 +37,6 @@ from sniproxy.proto.proxy_protocol import (
     encode_v2,
     parse_ssl_tlv,
 )
-from sniproxy.testpki import TestPki
 from tests.conftest import free_ports
 from tests.integration.clients import client_context, read_all
 from tests.integration.conftest import private_dovecot

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 from tests.integration.clients import imap_starttls
 from tests.integration.lifecycle_kit import (
     IMAP_2BIS,
@@ -157,7 +157,7 @@ def _cmdline(pid: str) -> str:
 
 def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_path: Any) -> None:
     """As PID 1 of a PID namespace (a container) the kernel drops signals without a handler."""
-    from sniproxy.democonf import write_config
+    from sniproxy.demo.conf import write_config
     from tests.conftest import fail_or_skip
 
     if os.geteuid() != 0:
@@ -211,7 +211,7 @@ def _bind_line(path: Any, port: int) -> int:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_port_in_use_names_address_listener_and_config_line(pki: TestPki, dovecot: Dovecot, tmp_path: Any,
                                                             workers: int) -> None:
-    from sniproxy.democonf import write_config
+    from sniproxy.demo.conf import write_config
 
     cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=workers)
     assert ports.imaps is not None
@@ -228,7 +228,7 @@ def test_port_in_use_names_address_listener_and_config_line(pki: TestPki, doveco
 
 
 def test_second_instance_is_refused(pki: TestPki, dovecot: Dovecot, start_proxy: StartProxy, tmp_path: Any) -> None:
-    from sniproxy.democonf import write_config
+    from sniproxy.demo.conf import write_config
 
     cfg, ports = lifecycle_config(pki, dovecot.imap_port, workers=2)
     proxy = start_proxy(cfg)

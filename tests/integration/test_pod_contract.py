@@ -33,8 +33,8 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sniproxy.testcrl import write_crls
-from sniproxy.testpki import TestPki
+from sniproxy.demo.crls import write_crls
+from sniproxy.demo.pki import TestPki
 from tests.deploy.conftest import IMAGE_TAG, built_image, one, render, tool
 from tests.deploy.imageroot import image_root, pod_command
 from tests.integration.clients import imap_starttls

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from sniproxy.democonf import DemoPorts, config_dict
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict
+from sniproxy.demo.pki import TestPki
 from tests.conftest import free_ports
 from tests.integration.clients import (
     client_context,

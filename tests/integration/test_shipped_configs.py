@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = ("mssante-bi-flux.yaml", "mssante-mono-flux.yaml")

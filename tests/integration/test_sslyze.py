@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testpki import TestPki
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.pki import TestPki
 from tests.conftest import fail_or_skip, free_ports
 from tests.integration.proxyproc import ProxyProcess
 

@@ -9,8 +9,8 @@ import pytest
 from OpenSSL import SSL
 
 from sniproxy.config.model import ClientAuth, Flow, TlsPolicy
+from sniproxy.demo.pki import TestPki, build
 from sniproxy.errors import ConfigError, Reason
-from sniproxy.testpki import TestPki, build
 from sniproxy.tls.alerts import install_verify, x509_error_for
 from sniproxy.tls.contexts import build_flow_context
 

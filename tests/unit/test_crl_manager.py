@@ -25,9 +25,9 @@ from sniproxy.crl.index import map_index
 from sniproxy.crl.manager import CrlManager, PreparedFiles, next_delay, policy_of, prepare, prepare_file
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.crl.validate import CrlRejected, ca_key
-from sniproxy.democonf import DemoPorts, config_dict, write_config
-from sniproxy.testcrl import Entry, load_cert, load_key, make_crl
-from sniproxy.testpki import TestPki, build
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.crls import Entry, load_cert, load_key, make_crl
+from sniproxy.demo.pki import TestPki, build
 
 FORT = "igc-sante-fort-pp"
 CPS = "igc-cps-2ter"

@@ -20,9 +20,9 @@ from sniproxy.crl.state import (
     check_chain,
 )
 from sniproxy.crl.validate import ca_key
+from sniproxy.demo.crls import Entry, load_cert, load_key, make_crl
+from sniproxy.demo.pki import TestPki, build
 from sniproxy.errors import Reason
-from sniproxy.testcrl import Entry, load_cert, load_key, make_crl
-from sniproxy.testpki import TestPki, build
 
 FORT = "igc-sante-fort-pp"
 NOW = datetime.now(UTC).replace(microsecond=0)

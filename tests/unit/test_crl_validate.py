@@ -27,9 +27,9 @@ from sniproxy.crl.validate import (
     signed_by,
     validate,
 )
-from sniproxy.testcrl import load_cert, load_key
-from sniproxy.testcrl import make_crl as _make_crl
-from sniproxy.testpki import TestPki, build
+from sniproxy.demo.crls import load_cert, load_key
+from sniproxy.demo.crls import make_crl as _make_crl
+from sniproxy.demo.pki import TestPki, build
 
 FORT = "igc-sante-fort-pp"
 NOW = datetime.now(UTC).replace(microsecond=0)

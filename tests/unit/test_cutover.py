@@ -12,11 +12,11 @@ import pytest
 
 from sniproxy import cli
 from sniproxy.config.load import load
-from sniproxy.democonf import DemoPorts, config_dict, write_config
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.pki import TestPki, build
 from sniproxy.errors import ConfigErrors
 from sniproxy.lifecycle.build import compile_at
 from sniproxy.lifecycle.cutover import in_force, next_instant
-from sniproxy.testpki import TestPki, build
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 

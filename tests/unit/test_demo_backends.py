@@ -14,14 +14,9 @@ from typing import Any
 
 import pytest
 
-from sniproxy.demo_backends import (
-    LINE_MAX,
-    MESSAGE_MAX,
-    DeliveryRefused,
-    DemoImapServer,
-    DemoSmtpServer,
-    MailStore,
-)
+from sniproxy.demo.backend_base import LINE_MAX, MESSAGE_MAX, DeliveryRefused, MailStore
+from sniproxy.demo.imap_backend import DemoImapServer
+from sniproxy.demo.smtp_backend import DemoSmtpServer
 
 USER = "alice@example.test"
 MESSAGE = b"From: bob@example.test\r\nSubject: hi\r\n\r\nhello\r\n.leading dot\r\n..two\r\n"

@@ -11,6 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sniproxy.config.model import DEFAULT_CARD_HEADERS, Address, Backend, HeaderProfile, Listener, Protocol, Route
+from sniproxy.demo.pki import TestPki, build
 from sniproxy.proto.http_rewrite import (
     BadRequest,
     StripRules,
@@ -25,7 +26,6 @@ from sniproxy.proto.http_rewrite import (
     without_hop_by_hop,
 )
 from sniproxy.routing import RouteTable
-from sniproxy.testpki import TestPki, build
 
 RULES = StripRules.build(DEFAULT_CARD_HEADERS.values(), ["X-Legacy-User", "X-Corp-*"])
 

@@ -6,6 +6,7 @@ import struct
 
 import pytest
 
+from sniproxy.demo.pki import TestPki, build
 from sniproxy.proto.identity_out import IDENTITY_TLVS, CardFacts, card_facts, proxy_v2_header
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
@@ -20,7 +21,6 @@ from sniproxy.proto.proxy_protocol import (
     ProxyResult,
     parse_ssl_tlv,
 )
-from sniproxy.testpki import TestPki, build
 
 CARD = CardFacts(cn="810001234567", sig_alg="RSA-SHA256", key_alg="RSA2048")
 

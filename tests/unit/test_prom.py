@@ -92,7 +92,7 @@ def test_state_collector(tmp_path: Path) -> None:
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from sniproxy.testpki import build
+    from sniproxy.demo.pki import build
 
     pki = build(tmp_path / "pki")
     flows = {"2bis": pki.servers["2bis"].chain, "gone": tmp_path / "missing.pem"}

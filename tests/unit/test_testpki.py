@@ -1,4 +1,4 @@
-"""sniproxy.testpki: every generated certificate has the intended shape, good chains verify, bad cards fail
+"""sniproxy.demo.pki: every generated certificate has the intended shape, good chains verify, bad cards fail
 the intended way (checked with the real ``openssl verify``)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from sniproxy.testpki import CARDS, LAYOUT_VERSION, TestPki, build
+from sniproxy.demo.pki import CARDS, LAYOUT_VERSION, TestPki, build
 from sniproxy.tls.identity import is_test_issuer, parse_identity
 
 OPENSSL = shutil.which("openssl")
@@ -78,7 +78,7 @@ GOOD_CARDS: dict[str, tuple[str, dict[str, object]]] = {
 
 
 def test_every_card_is_described() -> None:
-    # "revoked" is well formed: only the CRLs of sniproxy.testcrl.write_crls make it bad.
+    # "revoked" is well formed: only the CRLs of sniproxy.demo.crls.write_crls make it bad.
     bad = {"expired", "not-yet-valid", "wrong-eku", "wrong-ku", "unknown-ca", "self-signed", "revoked",
            "sha1", "rsa1024", "deep", "bad-signature"}
     assert {c.name for c in CARDS} == set(GOOD_CARDS) | bad

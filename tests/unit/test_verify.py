@@ -21,9 +21,9 @@ from sniproxy.config.model import CardType, Profile
 from sniproxy.crl.manager import prepare
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder, RevocationPolicy, RevocationView
 from sniproxy.crl.validate import ca_key
+from sniproxy.demo.crls import load_cert, load_key, make_crl
+from sniproxy.demo.pki import OID_CARD_TYPE, OID_CATEGORY, TestPki, build, resign_sha1
 from sniproxy.errors import Reason
-from sniproxy.testcrl import load_cert, load_key, make_crl
-from sniproxy.testpki import OID_CARD_TYPE, OID_CATEGORY, TestPki, build, resign_sha1
 from sniproxy.tls.verify import (
     AuthorityTrust,
     FlowRules,

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 
 Entry = tuple[int, datetime, x509.ReasonFlags | None]
 

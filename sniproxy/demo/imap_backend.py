@@ -1,207 +1,25 @@
-"""Tiny plaintext IMAP and SMTP backends for ``sniproxy demo``, sharing an in-memory mail store.
-
-Owns: a bounded in-memory store, a plaintext IMAP4rev1 subset (enough for ``imaplib`` and
-``curl imap://``) and a plaintext ESMTP server whose deliveries appear in the recipient's INBOX.
-Both advertise STARTTLS on purpose but cannot do it: the proxy in front must strip it, and the
-demo shows that it does. Must not: do TLS, touch the disk, use threads, or be used in production.
-Every read is bounded (a line by ``LINE_MAX``, a message or a command with literals by
-``MESSAGE_MAX``) and every wait by the idle timeout.
-"""
+"""The demo's plaintext IMAP4rev1 subset (enough for ``imaplib`` and ``curl imap://``) over a :class:`MailStore`."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import re
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeAlias
 
-from sniproxy.observability.log import get_logger
-
-LINE_MAX = 8 * 1024
-MESSAGE_MAX = 1024 * 1024
-MAILBOX_MAX = 1000  # messages per user; deliveries beyond are refused
-RECIPIENTS_MAX = 100
-SESSIONS_KEPT = 256
-PASSWORD = "demo"  # the one password the demo backends accept  # noqa: S105
-UIDVALIDITY = 1
-IMAP_CAPABILITY = "IMAP4rev1 AUTH=PLAIN STARTTLS"
-SMTP_HOSTNAME = "demo-backend"
-
-_log = get_logger("sniproxy.demo_backends")
-
-
-class DeliveryRefused(ValueError):
-    """The store refused a message (too big, or the mailbox is full)."""
-
-
-def _user_key(address: str) -> str:
-    return address.strip().strip("<>").strip().lower()
-
-
-@dataclass(frozen=True, slots=True)
-class _Message:
-    data: bytes
-    received: float
-
-
-class MailStore:
-    """In-memory mailboxes keyed by address (case-insensitive); UIDs are 1-based indexes, never reused."""
-
-    def __init__(self) -> None:
-        self._boxes: dict[str, list[_Message]] = {}
-        self._seen: dict[str, set[int]] = {}
-
-    def deliver(self, rcpt: str, data: bytes) -> None:
-        """Append ``data`` to ``rcpt``'s INBOX; raise :class:`DeliveryRefused` past the bounds."""
-        if len(data) > MESSAGE_MAX:
-            raise DeliveryRefused(f"message of {len(data)} bytes exceeds {MESSAGE_MAX}")
-        box = self._boxes.setdefault(_user_key(rcpt), [])
-        if len(box) >= MAILBOX_MAX:
-            raise DeliveryRefused(f"mailbox {rcpt} is full")
-        box.append(_Message(bytes(data), time.time()))
-
-    def messages(self, user: str) -> list[bytes]:
-        """The messages of ``user``'s INBOX, oldest first (message n has UID n)."""
-        return [m.data for m in self._boxes.get(_user_key(user), [])]
-
-    def _box(self, user: str) -> list[_Message]:
-        return self._boxes.get(_user_key(user), [])
-
-    def _seen_set(self, user: str) -> set[int]:
-        return self._seen.setdefault(_user_key(user), set())
-
-
-@dataclass(slots=True)
-class SessionRecord:
-    """What one backend connection did, for the demo to print: peer address and successful logins."""
-
-    protocol: str
-    peer: str
-    logins: list[str] = field(default_factory=list)
-    delivered: int = 0
-    closed: bool = False
-
-
-class _LineTooLong(Exception):
-    pass
-
-
-class _Conn:
-    """One client's streams with bounded, timed reads."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, idle: float) -> None:
-        self.reader, self.writer, self.idle = reader, writer, idle
-
-    async def read_line(self) -> bytes:
-        try:
-            async with asyncio.timeout(self.idle):
-                return await self.reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError as exc:
-            raise _LineTooLong from exc
-
-    async def read_exactly(self, n: int) -> bytes:
-        async with asyncio.timeout(self.idle):
-            return await self.reader.readexactly(n)
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        async with asyncio.timeout(self.idle):
-            await self.writer.drain()
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    addr = writer.get_extra_info("peername")
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host = str(addr[0])
-        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
-    return str(addr)
-
-
-class _Server:
-    """Listening socket, connection tasks and session records shared by both backends."""
-
-    protocol = ""
-
-    def __init__(self, store: MailStore, *, idle_timeout: float = 600.0) -> None:
-        self.store = store
-        self.idle_timeout = idle_timeout
-        self.sessions: deque[SessionRecord] = deque(maxlen=SESSIONS_KEPT)
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.port = 0
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (0: any free port) and return the bound port."""
-        if self._server is not None:
-            raise RuntimeError(f"demo {self.protocol} backend already started")
-        self._server = await asyncio.start_server(self._handle, host, port, limit=LINE_MAX)
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self.port
-
-    async def stop(self) -> None:
-        """Stop listening and close every open connection."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        record = SessionRecord(self.protocol, _peer(writer))
-        self.sessions.append(record)
-        conn = _Conn(reader, writer, self.idle_timeout)
-        try:
-            await self._serve(conn, record)
-        except _LineTooLong:
-            await self._too_long(conn)
-        except (ConnectionError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the client went away or idled out: nothing to answer
-        except Exception:  # the one catch-all: log and close, never kill the server
-            _log.exception("demo_backend_error", protocol=self.protocol, peer=record.peer)
-        finally:
-            record.closed = True
-            self._tasks.discard(task)
-            writer.close()
-
-    async def _too_long(self, conn: _Conn) -> None:
-        try:
-            await conn.send(self._too_long_reply)
-        except (ConnectionError, TimeoutError):
-            pass
-
-    _too_long_reply = b""
-
-    async def _serve(self, conn: _Conn, record: SessionRecord) -> None:
-        raise NotImplementedError
-
-
-def _check_plain(response: str) -> str | None:
-    """Decode a SASL PLAIN response (RFC 4616); return the user if the password is right."""
-    try:
-        raw = base64.b64decode(response.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    parts = raw.split(b"\0")
-    if len(parts) != 3:
-        return None
-    authzid, authcid, passwd = (p.decode("utf-8", "replace") for p in parts)
-    if not authcid or passwd != PASSWORD:
-        return None
-    return authzid or authcid
-
-
-# --------------------------------------------------------------------------- IMAP
+from sniproxy.demo.backend_base import (
+    IMAP_CAPABILITY,
+    MESSAGE_MAX,
+    PASSWORD,
+    UIDVALIDITY,
+    BoundedConn,
+    DemoServer,
+    LineTooLong,
+    MailStore,
+    SessionRecord,
+    StoredMessage,
+    check_plain,
+)
 
 Token: TypeAlias = "str | list[Token]"  # noqa: S105  (a type, not a password)
 
@@ -310,7 +128,7 @@ def _mailbox_matches(pattern: str, name: str = "INBOX") -> bool:
 class _ImapSession:
     """One IMAP connection: not authenticated, authenticated, selected (RFC 3501 §3)."""
 
-    def __init__(self, server: DemoImapServer, conn: _Conn, record: SessionRecord) -> None:
+    def __init__(self, server: DemoImapServer, conn: BoundedConn, record: SessionRecord) -> None:
         self.server, self.conn, self.record = server, conn, record
         self.user: str | None = None
         self.selected = False
@@ -351,7 +169,7 @@ class _ImapSession:
                 return segments
             size = int(m[1])
             if total + size > MESSAGE_MAX:
-                raise _LineTooLong
+                raise LineTooLong
             segments.append(line[: m.start()])
             if not m[2]:
                 await self.conn.send(b"+ Ready for literal data\r\n")
@@ -436,7 +254,7 @@ class _ImapSession:
         if response == "*":
             await self._reply(tag, "BAD", "AUTHENTICATE cancelled")
             return
-        user = _check_plain("" if response == "=" else response)
+        user = check_plain("" if response == "=" else response)
         if user is None:
             await self._reply(tag, "NO", "[AUTHENTICATIONFAILED] invalid credentials")
             return
@@ -466,7 +284,7 @@ class _ImapSession:
         recent_mark = self.server.recent_mark.get(self.user, 0)
         if not self.readonly:  # RFC 3501 §2.3.2: \Recent belongs to the first session that sees it
             self.server.recent_mark[self.user] = count
-        seen = self.server.store._seen_set(self.user)
+        seen = self.server.store.seen_set(self.user)
         unseen = next((uid for uid in range(1, count + 1) if uid not in seen), None)
         lines = ["* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
                  "* OK [PERMANENTFLAGS ()] no permanent flags",
@@ -479,9 +297,9 @@ class _ImapSession:
         self.selected, self.known = True, count
         await self._reply(tag, "OK", f"[{'READ-ONLY' if self.readonly else 'READ-WRITE'}] {cmd} completed")
 
-    def store_box(self) -> list[_Message]:
+    def store_box(self) -> list[StoredMessage]:
         assert self.user is not None
-        return self.server.store._box(self.user)
+        return self.server.store.box(self.user)
 
     async def _announce_new(self) -> None:
         if self.selected:
@@ -514,12 +332,12 @@ class _ImapSession:
         if uid and "UID" not in items:
             items.insert(0, "UID")
         box = self.store_box()[: self.known]
-        seen = self.server.store._seen_set(self.user or "")
+        seen = self.server.store.seen_set(self.user or "")
         for n in _parse_set(args[0], len(box), uid=uid):
             await self.conn.send(self._fetch_one(n, box[n - 1], items, seen))
         await self._reply(tag, "OK", f"{'UID ' if uid else ''}FETCH completed")
 
-    def _fetch_one(self, n: int, msg: _Message, items: list[str], seen: set[int]) -> bytes:
+    def _fetch_one(self, n: int, msg: StoredMessage, items: list[str], seen: set[int]) -> bytes:
         parts: list[bytes] = []
         marks_seen = False
         header, text = _split_message(msg.data)
@@ -556,7 +374,7 @@ class _ImapSession:
         return f"* {n} FETCH (".encode() + b" ".join(parts) + b")\r\n"
 
 
-class DemoImapServer(_Server):
+class DemoImapServer(DemoServer):
     """Plaintext IMAP4rev1 subset over a :class:`MailStore`; any user logs in with password ``demo``."""
 
     protocol = "imap"
@@ -566,177 +384,5 @@ class DemoImapServer(_Server):
         super().__init__(store, idle_timeout=idle_timeout)
         self.recent_mark: dict[str, int] = {}
 
-    async def _serve(self, conn: _Conn, record: SessionRecord) -> None:
+    async def _serve(self, conn: BoundedConn, record: SessionRecord) -> None:
         await _ImapSession(self, conn, record).run()
-
-
-# --------------------------------------------------------------------------- SMTP
-
-_MAIL_FROM = re.compile(r"FROM:\s*<([^<>]*)>\s*(.*)\Z", re.IGNORECASE)
-_RCPT_TO = re.compile(r"TO:\s*<([^<>]+)>\s*(.*)\Z", re.IGNORECASE)
-_EHLO_LINES = ("PIPELINING", "8BITMIME", "STARTTLS", "AUTH PLAIN", f"SIZE {MESSAGE_MAX}")
-
-
-class _SmtpSession:
-    """One ESMTP connection (RFC 5321 §4.1); the transaction is the envelope being built."""
-
-    def __init__(self, server: DemoSmtpServer, conn: _Conn, record: SessionRecord) -> None:
-        self.server, self.conn, self.record = server, conn, record
-        self.helo: str | None = None
-        self.user: str | None = None
-        self.mail_from: str | None = None
-        self.rcpts: list[str] = []
-
-    async def reply(self, text: str) -> None:
-        await self.conn.send(f"{text}\r\n".encode())
-
-    def reset(self) -> None:
-        self.mail_from, self.rcpts = None, []
-
-    async def run(self) -> None:
-        await self.reply(f"220 {SMTP_HOSTNAME} ESMTP")
-        while True:
-            line = (await self.conn.read_line()).rstrip(b"\r\n").decode("utf-8", "replace")
-            verb, _, arg = line.partition(" ")
-            verb, arg = verb.upper(), arg.strip()
-            if verb == "QUIT":
-                await self.reply("221 2.0.0 Bye")
-                return
-            await self._dispatch(verb, arg)
-
-    async def _dispatch(self, verb: str, arg: str) -> None:
-        if verb in ("EHLO", "HELO"):
-            if not arg:
-                await self.reply(f"501 5.5.4 {verb} needs a domain")
-                return
-            self.helo = arg
-            self.reset()
-            if verb == "HELO":
-                await self.reply(f"250 {SMTP_HOSTNAME}")
-            else:
-                lines = [SMTP_HOSTNAME, *_EHLO_LINES]
-                await self.reply("\r\n".join(f"250{'-' if i < len(lines) - 1 else ' '}{text}"
-                                             for i, text in enumerate(lines)))
-        elif verb == "NOOP":
-            await self.reply("250 2.0.0 Ok")
-        elif verb == "RSET":
-            self.reset()
-            await self.reply("250 2.0.0 Ok")
-        elif verb == "STARTTLS":
-            await self.reply("454 4.7.0 TLS is the proxy's job: this demo backend is plaintext only")
-        elif verb in ("AUTH", "MAIL", "RCPT", "DATA") and self.helo is None:
-            await self.reply("503 5.5.1 Send HELO/EHLO first")
-        elif verb == "AUTH":
-            await self._auth(arg)
-        elif verb == "MAIL":
-            await self._mail(arg)
-        elif verb == "RCPT":
-            await self._rcpt(arg)
-        elif verb == "DATA":
-            await self._data(arg)
-        else:
-            await self.reply("500 5.5.2 Command not recognized")
-
-    async def _auth(self, arg: str) -> None:
-        mech, _, initial = arg.partition(" ")
-        if self.user is not None or self.mail_from is not None:
-            await self.reply("503 5.5.1 AUTH not allowed now")
-            return
-        if mech.upper() != "PLAIN":
-            await self.reply("504 5.5.4 Unrecognized authentication type")
-            return
-        response = initial.strip()
-        if not response:  # RFC 4954 §4: empty challenge, one line back
-            await self.reply("334 ")
-            response = (await self.conn.read_line()).decode("utf-8", "replace").strip()
-        if response == "*":
-            await self.reply("501 5.7.0 Authentication cancelled")
-            return
-        user = _check_plain("" if response == "=" else response)
-        if user is None:
-            await self.reply("535 5.7.8 Authentication credentials invalid")
-            return
-        self.user = user
-        self.record.logins.append(user)
-        await self.reply("235 2.7.0 Authentication successful")
-
-    async def _mail(self, arg: str) -> None:
-        if self.mail_from is not None:
-            await self.reply("503 5.5.1 Nested MAIL command")
-            return
-        m = _MAIL_FROM.match(arg)
-        if m is None:
-            await self.reply("501 5.5.4 Syntax: MAIL FROM:<address>")
-            return
-        for param in m[2].split():
-            key, _, value = param.partition("=")
-            key = key.upper()
-            if key == "SIZE" and value.isdigit() and int(value) > MESSAGE_MAX:
-                await self.reply("552 5.3.4 Message size exceeds fixed limit")
-                return
-            if key not in ("SIZE", "BODY", "AUTH"):
-                await self.reply(f"555 5.5.4 Unsupported parameter {key}")
-                return
-        self.mail_from = m[1]
-        await self.reply("250 2.1.0 Ok")
-
-    async def _rcpt(self, arg: str) -> None:
-        if self.mail_from is None:
-            await self.reply("503 5.5.1 Need MAIL command")
-            return
-        m = _RCPT_TO.match(arg)
-        if m is None or m[2]:
-            await self.reply("501 5.5.4 Syntax: RCPT TO:<address>")
-            return
-        if len(self.rcpts) >= RECIPIENTS_MAX:
-            await self.reply("452 4.5.3 Too many recipients")
-            return
-        self.rcpts.append(m[1])
-        await self.reply("250 2.1.5 Ok")
-
-    async def _data(self, arg: str) -> None:
-        if arg:
-            await self.reply("501 5.5.4 DATA takes no argument")
-            return
-        if self.mail_from is None or not self.rcpts:
-            await self.reply("503 5.5.1 Need RCPT command")
-            return
-        await self.reply("354 End data with <CR><LF>.<CR><LF>")
-        chunks: list[bytes] = []
-        size, too_big = 0, False
-        while True:
-            line = await self.conn.read_line()
-            if line in (b".\r\n", b".\n"):
-                break
-            if line.startswith(b"."):  # RFC 5321 §4.5.2 transparency
-                line = line[1:]
-            size += len(line)
-            if size > MESSAGE_MAX:
-                too_big = True
-                chunks.clear()  # keep reading to the end of DATA, storing nothing
-            elif not too_big:
-                chunks.append(line)
-        rcpts = self.rcpts
-        self.reset()
-        if too_big:
-            await self.reply("552 5.3.4 Message size exceeds fixed limit")
-            return
-        data = b"".join(chunks)
-        full = [r for r in rcpts if len(self.server.store._box(r)) >= MAILBOX_MAX]
-        if full:  # checked first so that a message is delivered to all its recipients or to none
-            await self.reply(f"452 4.2.2 Mailbox full: {full[0]}")
-            return
-        for rcpt in rcpts:
-            self.server.store.deliver(rcpt, data)
-        self.record.delivered += 1
-        await self.reply(f"250 2.0.0 Ok: delivered to {len(rcpts)} recipient(s)")
-
-
-class DemoSmtpServer(_Server):
-    """Plaintext ESMTP over a :class:`MailStore`: every recipient gets the message in its INBOX."""
-
-    protocol = "smtp"
-    _too_long_reply = b"500 5.5.6 Line too long\r\n"
-
-    async def _serve(self, conn: _Conn, record: SessionRecord) -> None:
-        await _SmtpSession(self, conn, record).run()

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from sniproxy.testpki import TestPki
+from sniproxy.demo.pki import TestPki
 
 IMAP_NAMES = {"frontimap.mssante.fr": "2bis", "frontimap-igcsante.mssante.fr": "igcsante"}
 SMTP_NAMES = {"frontsmtp.mssante.fr": "2bis", "frontsmtp-igcsante.mssante.fr": "igcsante"}

@@ -23,12 +23,14 @@ from sniproxy.config.load import load
 from sniproxy.connection import OBSERVERS
 from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
-from sniproxy.demo_backends import DemoImapServer, DemoSmtpServer, MailStore
-from sniproxy.democonf import DemoPorts, config_dict, write_config
+from sniproxy.demo.backend_base import MailStore
+from sniproxy.demo.conf import DemoPorts, config_dict, write_config
+from sniproxy.demo.crls import write_crls
+from sniproxy.demo.imap_backend import DemoImapServer
+from sniproxy.demo.pki import TestPki, build
+from sniproxy.demo.smtp_backend import DemoSmtpServer
 from sniproxy.observability.log import configure
-from sniproxy.testcrl import write_crls
-from sniproxy.testpki import TestPki, build
-from sniproxy.tls.contexts import SnapshotHolder, compile_snapshot
+from sniproxy.runtime.snapshot import SnapshotHolder, compile_snapshot
 
 USER = "alice@example.test"
 PASSWORD = "demo"  # the built-in backend's demo password  # noqa: S105

@@ -209,7 +209,7 @@ CARDS: tuple[_CardSpec, ...] = (
     _CardSpec("wrong-eku", "igc-sante-fort-pp", _fort("810002000003"), usage="server-eku"),
     _CardSpec("wrong-ku", "igc-sante-fort-pp", _fort("810002000004"), usage="sign"),
     _CardSpec("unknown-ca", None, _fort("810002000005")),
-    # A good card that CRLs made by ``sniproxy.testcrl.write_crls`` list as revoked (keyCompromise).
+    # A good card that CRLs made by ``sniproxy.demo.crls.write_crls`` list as revoked (keyCompromise).
     _CardSpec("revoked", "igc-sante-fort-pp", _fort("810002000007", "LUC", "MOREAU")),
     _CardSpec("self-signed", None, _fort("810002000006"), self_signed=True),
     # Cryptographically weak cards (ANSSI: no SHA-1 signature, no RSA key under 2048 bits).

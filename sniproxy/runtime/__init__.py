@@ -1,0 +1,1 @@
+"""What a running proxy serves from: the snapshot compiled from the validated config."""
