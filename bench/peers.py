@@ -646,7 +646,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)   # even when started with SIGINT ignored (nohup, &)
 
-    from sniproxy import testpki
+    from sniproxy.demo import pki as testpki
     t_start = time.monotonic()
     pki = testpki.build(crl.CACHE_DIR / "pki")
     tmp = Path(tempfile.mkdtemp(prefix="sniproxy-peers-"))
@@ -726,13 +726,7 @@ def main() -> int:
             t.stop()
         if http_backend is not None:
             http_backend.stop()
-        if backend.stdin:
-            backend.stdin.close()
-        try:
-            backend.wait(5)
-        except subprocess.TimeoutExpired:
-            backend.kill()
-            backend.wait(5)
+        core.stop_backend(backend)
         shutil.rmtree(tmp, ignore_errors=True)
     res["summary"] = summarize(res["raw"])
     res["ratios"] = ratios(res["summary"])
