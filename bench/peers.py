@@ -413,7 +413,7 @@ def pingpong(port: int, ctx: ssl.SSLContext | None, count: int, seconds: float, 
 def machine_cpu() -> float:
     """CPU-seconds the whole machine has been busy (every CPU, every process: /proc/stat, idle and iowait out)."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(v) - v[3] - v[4]) / core.TICK
+    return float(sum(v) - v[3] - v[4]) / float(core.TICK)
 
 
 def _children_cpu() -> float:
