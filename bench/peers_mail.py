@@ -235,15 +235,16 @@ def one_imap(port: int, ctx: ssl.SSLContext) -> bytes:
             return rd.until(lambda ln: ln.startswith(b"b ")).split(b"\n")[-2]
 
 
-def _final(code: bytes) -> Any:
-    return lambda ln: ln[:3].isdigit() and ln[3:4] != b"-"
+def _final(line: bytes) -> bool:
+    """The last line of an SMTP reply (``250 x``, not ``250-x``)."""
+    return line[:3].isdigit() and line[3:4] != b"-"
 
 
 def one_smtp(port: int, ctx: ssl.SSLContext) -> bytes:
     """Greeting, EHLO, STARTTLS, handshake, EHLO, AUTH PLAIN, the answer to AUTH (returned)."""
     with socket.create_connection((HOST, port), timeout=10) as raw:
         rd = _Lines(raw)
-        fin = _final(b"")
+        fin = _final
         if not rd.until(fin).split(b"\n")[-2].startswith(b"220"):
             raise ConnectionError("greeting")
         raw.sendall(b"EHLO client.bench\r\n")
