@@ -494,6 +494,7 @@ class Bench:
         info: dict[str, Any] = {"load1_start": round(os.getloadavg()[0], 2),
                                 "start": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "orders": []}
         self.foreign.mark(f"{name}-before")
+        m0, w0 = machine_cpu(), time.monotonic()
         rows = self.raw.setdefault(name, {})
         for r in range(self.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
@@ -505,6 +506,8 @@ class Bench:
                 rows.setdefault(n, []).append(res)
                 print(f"{name} round {r} {n}: {json.dumps(res)[:400]}", flush=True)
         info["load1_end"] = round(os.getloadavg()[0], 2)
+        # /proc/stat: every process, short-lived ones included (ForeignCpu only sees those alive at both marks)
+        info["machine_busy_share"] = round((machine_cpu() - m0) / ((time.monotonic() - w0) * (os.cpu_count() or 1)), 3)
         info["foreign_cpu"] = self.foreign.mark(name)
         self.blocks[name] = info
 
@@ -616,7 +619,14 @@ def _cell(s: dict[str, Any] | None, fmt: str) -> str:
 
 def markdown(res: dict[str, Any]) -> str:
     p = res["params"]
-    out = [f"# sniproxy side by side with HAProxy, nginx and stunnel4 ({res['date']})", "",
+    loads = [b[k] for b in res.get("blocks", {}).values() for k in ("load1_start", "load1_end")]
+    noisy = f": noisy machine (1-minute load {min(loads):g} to {max(loads):g}), figures indicative" \
+        if loads and max(loads) > QUIET_LOAD else ""
+    ran = p.get("blocks") or list(BLOCKS)
+    partial = ([f"Partial run (`--only`): blocks {', '.join(ran)} only; the other rows are not in this table (their "
+                "last run: `git log -- bench/results/peers.md`).", ""] if set(ran) != set(BLOCKS) else [])
+    out = [f"# sniproxy side by side with HAProxy, nginx and stunnel4 ({res['date']}){noisy}", "",
+           *partial,
            f"Command: `{res['command']}` (runtime {res['runtime_s']} s).", "",
            f"Machine: {res['machine']['nproc']} CPUs ({res['machine']['cpu']}), {res['machine']['kernel']}. "
            f"Servers pinned to CPU {SERVER_CPU}, load generators and backends to CPU {CLIENT_CPU} "
@@ -695,8 +705,11 @@ def markdown(res: dict[str, Any]) -> str:
     out += ["", "Blocks (1-minute load average at start/end; CPU-s used meanwhile by processes outside the bench):", ""]
     for name, b in res["blocks"].items():
         fc = b["foreign_cpu"]
+        busy = (f", whole machine busy {b['machine_busy_share']:.0%} of its CPUs (/proc/stat)"
+                if b.get("machine_busy_share") is not None else "")
         out.append(f"- {name}: load {b['load1_start']} → {b['load1_end']}, started {b['start']}, "
-                   f"foreign CPU {fc['foreign_cpu_s']} s over {fc['wall_s']} s ({fc['cores']} cores)")
+                   f"foreign CPU {fc['foreign_cpu_s']} s over {fc['wall_s']} s ({fc['cores']} cores; processes alive "
+                   f"at both ends of the block only){busy}")
     out += ["", "Checks before the load (TLS 1.3; `fort` reaches the backend, `unknown-ca` refused; HTTPS: the "
             "backend sees the card subject, not a forged header; STARTTLS: `fort` logs in and the backend counts the "
             "login, `unknown-ca` reaches neither the backend nor nginx's auth_http): "
