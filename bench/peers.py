@@ -792,7 +792,7 @@ def _direct(res: dict[str, Any], key: str) -> str:
 
 
 NOTES = [
-    "Figures are per server CPU-second (utime+stime of the server's processes: sniproxy's one process, "
+    "Figures are per server CPU-second (utime+stime of the server's processes: sniproxy's supervisor + its worker, "
     "HAProxy's one process, nginx master + its one worker, stunnel's one process with a thread per "
     "connection); wall rates depend on the load generator and the backends, which share CPU 1.",
     "HTTPS: the same SOAP echo backend (tests/integration/httpbackend.py, Python threaded) behind every proxy; "
