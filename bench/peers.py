@@ -893,6 +893,9 @@ def main() -> int:
                   "nginx": set(BLOCKS) - set(ROWS["workers"]),
                   "stunnel": {"pingpong", "download", "upload", "idle", *ROWS["starttls"]}, "sniproxy": set(BLOCKS)}
     only = [p for p in only if takes_part[p] & set(blocks)]
+    if not only:
+        ap.error(f"--only {args.only}: none of these peers takes part in these rows (HAProxy has no STARTTLS; the "
+                 "workers row is sniproxy's)")
     want_mail = bool(set(blocks) & set(ROWS["starttls"])) and any(p in MAIL_PEERS for p in only)
     want_workers = bool(set(blocks) & set(ROWS["workers"])) and "sniproxy" in only
     stunnel = shutil.which("stunnel4") or shutil.which("stunnel")
