@@ -575,7 +575,7 @@ def main() -> int:
         print(f"RLIMIT_NOFILE hard limit {hard} too low for {args.conns} connections", file=sys.stderr)
         return 2
 
-    from sniproxy import testpki
+    from sniproxy.demo import pki as testpki
     t_start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="sniproxy-bench-"))
     pki = testpki.build(tmp / "pki")
