@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from time import monotonic
 from typing import cast
 
@@ -65,6 +66,10 @@ _IMAP_PROTOCOLS = (Protocol.IMAP, Protocol.IMAPS)
 _SMTP_PROTOCOLS = (Protocol.SMTP, Protocol.SMTPS)
 
 
+def _no_plaintext(data: bytes) -> None:
+    """Where client plaintext goes before the hand-over: nowhere, as none can be decrypted yet."""
+
+
 def back_half(front: ClientConnection) -> BackHalf:
     """The back half for the front's listener: HTTP for ``https`` in mode ``http``, else the byte relay."""
     if serves_http(front.lr.listener):
@@ -91,6 +96,7 @@ class ClientConnection(asyncio.Protocol):
         "_reading_paused",
         "_sniff",
         "_timer",
+        "_to_back",
         "bytes_in",
         "bytes_out",
         "card",
@@ -152,6 +158,9 @@ class ClientConnection(asyncio.Protocol):
         self.detail = ""
         # Made at accept: its event fields (the HTTP mode's) belong to every event of its listener.
         self._back: BackHalf = back_half(self)
+        # Where decrypted client plaintext goes: held in backend_connect, the back half's in relay. A
+        # slot rather than a test of the phase: one attribute load per record.
+        self._to_back: Callable[[bytes], None] = _no_plaintext
 
     # ------------------------------------------------------------------ accept and admission
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -445,13 +454,22 @@ class ClientConnection(asyncio.Protocol):
     def await_backend(self) -> None:
         """Enter ``backend_connect``: client plaintext is held until ``enter_relay``."""
         self._phase = BACKEND_CONNECT
+        self._to_back = self._hold
         self._arm(self.lr.listener.timeouts.connect)
 
     def enter_relay(self) -> None:
         """Enter ``relay``: no longer a handshake in progress (limits.max_pending); the idle timer runs."""
         self._phase = RELAY
+        self._to_back = self._back.client_data
         self._leave_pending()
         self._arm(self.lr.listener.timeouts.idle)
+
+    def _hold(self, data: bytes) -> None:
+        """Client plaintext before the relay: kept for the back half; too much stops reading the client."""
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > PENDING_MAX:
+            self.pause_client_reading()
 
     def take_pending(self) -> bytes:
         """The client plaintext held before ``enter_relay`` (then forgotten)."""
@@ -494,13 +512,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self._flush_tls()
         if data:
-            if self._phase == RELAY:
-                self._back.client_data(data)
-            else:
-                self._pending.append(data)
-                self._pending_size += len(data)
-                if self._pending_size > PENDING_MAX:
-                    self.pause_client_reading()
+            self._to_back(data)
         if eof:
             self._client_eof_received()
 

@@ -86,14 +86,19 @@ class HttpBack:
         "_chain_der",
         "_closed",
         "_ex",
+        "_flow",
         "_http",
         "_id_cache",
         "_opts",
+        "_pause",
         "_pool",
         "_req_method",
         "_resp_started",
         "_resp_status",
         "_resp_timer",
+        "_resume",
+        "_routes",
+        "_send",
         "_soap",
         "_statuses",
         "_stripped",
@@ -123,6 +128,12 @@ class HttpBack:
         self._statuses: dict[str, int] = {}
         self._stripped = 0
         self._closed = False               # the front finished (its phase is ``closed``)
+        # Facts and front methods used per request, kept here: one attribute load each, not two.
+        self._routes = front.lr.routes
+        self._flow: str | None = None
+        self._send = front.send_plain
+        self._pause = front.pause_client_reading
+        self._resume = front.resume_client_reading
 
     # ------------------------------------------------------------------ BackHalf
     def start(self) -> None:
@@ -133,6 +144,7 @@ class HttpBack:
         if front.identity is not None:   # a verified card (its parsed chain is already freed)
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
+        self._flow = front.flow
         front.enter_relay()
 
     def client_data(self, data: bytes) -> None:
@@ -239,11 +251,10 @@ class HttpBack:
         except BadRequest as exc:
             self._refuse(400, "bad request", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
-        flow = self.front.flow
-        other = misdirected(host, self.front.lr.routes, flow or "")
+        other = misdirected(host, self._routes, self._flow or "")
         if other is not None:
             self._refuse(421, f"{host} is served by another flow than this connection's", self._soap,
-                         Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {flow}")
+                         Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
             return
         if not self._chain_der and needs_card(req.target, self._opts.card_required_paths):
             self._refuse(403, "a professional card is required for this service", self._soap, Reason.CARD_REQUIRED,
@@ -391,7 +402,7 @@ class HttpBack:
 
     def _flush_client(self, out: list[bytes]) -> None:
         if out and not self._closed:
-            self.front.send_plain(b"".join(out))
+            self._send(b"".join(out))
 
     def _response_head(self, event: ResponseHead) -> bytes:
         assert self._http is not None
@@ -461,7 +472,7 @@ class HttpBack:
         key = str(status)
         if self._http is not None and not self._resp_started:
             self._statuses[key] = self._statuses.get(key, 0) + 1
-            self.front.send_plain(self._http.error(status, message, soap))
+            self._send(self._http.error(status, message, soap))
         self.front.finish(reason, detail or message)
 
     def _update_reading(self) -> None:
@@ -471,6 +482,6 @@ class HttpBack:
         stop = self._bk_full or pending > PENDING_MAX or (
             http is not None and http.waiting and http.buffered > self._opts.max_header_bytes)
         if stop:
-            self.front.pause_client_reading()
+            self._pause()
         else:
-            self.front.resume_client_reading()
+            self._resume()
