@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from sniproxy.auth.login import LoginDecision, decide
+from sniproxy.card import CardIdentity, UnreadableCard, identity_fields, read_card
 from sniproxy.config.model import Identity, Protocol
 from sniproxy.config.names import peer_ip
 from sniproxy.errors import Reason
@@ -26,7 +27,7 @@ from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES, connection_ended
 from sniproxy.proto.actions import Action, Close, Send, StartTls
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
-from sniproxy.proto.identity_out import CardFacts, card_facts, proxy_v2_header
+from sniproxy.proto.identity_out import proxy_v2_header
 from sniproxy.proto.imap import ImapBackendFilter, ImapPreTls, imap_unavailable
 from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
@@ -34,7 +35,6 @@ from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
 from sniproxy.proto.smtp_relay import SmtpRelay
 from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
-from sniproxy.tls.identity import identity_fields, parse_identity
 from sniproxy.tls.session import TlsFailure, TlsSession
 
 _log = get_logger("sniproxy.connection")
@@ -165,7 +165,6 @@ class ClientConnection(asyncio.Protocol):
         "_hello",
         "_hello_buf",
         "_hs_started",
-        "_identity",
         "_idling",
         "_in_pending",
         "_ip",
@@ -205,7 +204,6 @@ class ClientConnection(asyncio.Protocol):
         self._tls: TlsSession | None = None
         self._flow: str | None = None
         self._sni: str | None = None
-        self._identity: dict[str, str] | None = None
         self._backend: _Backend | None = None
         self._backend_filter: ImapBackendFilter | None = None
         # Two-sided dialogs between client and backend: XCLIENT (SMTP) or proxy-side EXTERNAL (IMAP).
@@ -218,7 +216,7 @@ class ClientConnection(asyncio.Protocol):
         # First bytes of a peer not trusted to send a PROXY header, until they prove they are none.
         # b"" (a shared singleton) rather than a bytearray: idle connections must stay small.
         self._sniff: bytes | None = None
-        self._card: CardFacts | None = None
+        self._card: CardIdentity | UnreadableCard | None = None   # read once, at the end of the handshake
         self._in_pending = False               # counted in STATS.pending
         self._ip: str | None = None            # the address counted in STATS.per_ip
         self._pending_ip: str | None = None    # the address counted in STATS.pending_per_ip, until relaying
@@ -509,15 +507,7 @@ class ClientConnection(asyncio.Protocol):
             self._finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
             return
         if leaf is not None:
-            try:
-                self._identity = identity_fields(parse_identity(leaf, tls.state.authority))
-            except Exception as exc:  # a verified but odd certificate must not kill the connection
-                self._identity = {"parse_error": type(exc).__name__}
-            if self._lr.listener.backend.identity is Identity.PROXY_V2:   # only its header uses them
-                try:
-                    self._card = card_facts(leaf)
-                except Exception:  # same: the backend then gets the SSL flags without the CN
-                    self._card = CardFacts(cn=None, sig_alg=None, key_alg=None)
+            self._card = read_card(leaf, tls.state.authority)   # never raises on an odd certificate
         if tls.state.crl_grace:
             CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
             _log.warning("crl_grace_accept", conn_id=self.id, flow=self._flow, authority=tls.state.authority,
@@ -621,7 +611,7 @@ class ClientConnection(asyncio.Protocol):
     def _decide(self, authzid: str) -> LoginDecision:
         login = self._lr.listener.backend.login
         assert login is not None
-        return decide(login.rule, self._identity or {}, authzid)
+        return decide(login.rule, identity_fields(self._card), authzid)
 
     # ------------------------------------------------------------------ backend
     async def _connect_backend(self) -> None:
@@ -678,8 +668,10 @@ class ClientConnection(asyncio.Protocol):
         opts = self._lr.listener.backend.proxy_v2
         try:
             return proxy_v2_header(src=self._client_addr, dst=self._local_addr, sni=self._sni,
-                                   tls_version=tls.version, cipher=tls.cipher, card=self._card,
-                                   send_cn=opts.send_cn, identity=self._identity if opts.identity_tlvs else None,
+                                   tls_version=tls.version, cipher=tls.cipher,
+                                   card=self._card.facts if self._card is not None else None,
+                                   send_cn=opts.send_cn,
+                                   identity=identity_fields(self._card) if opts.identity_tlvs else None,
                                    crc32c=opts.crc32c)
         except ValueError as exc:  # only an absurd SNI or CN can get here
             self._backend_failed(Reason.INTERNAL_ERROR, f"PROXY v2 header: {exc}")
@@ -881,8 +873,9 @@ class ClientConnection(asyncio.Protocol):
                                    "reason": rv.reason_name, "date": when}
         if tls is not None and tls.state.crl_grace:
             event["crl_grace"] = tls.state.crl_grace
-        if self._identity:
-            event["identity"] = self._identity
+        identity = identity_fields(self._card)
+        if identity:
+            event["identity"] = identity
         if self._via is not None:
             event["via"] = self._via
         if self._auth:

@@ -249,7 +249,7 @@ class HttpsConnection(ClientConnection):
     def _after_handshake(self) -> None:
         tls = self._tls
         assert tls is not None
-        if self._identity is not None:   # a verified card (its parsed chain is already freed)
+        if self._card is not None:   # a verified card (its parsed chain is already freed)
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
         self._phase = _RELAY
@@ -362,7 +362,7 @@ class HttpsConnection(ClientConnection):
         facts = TlsFacts(client_ip=self._client_addr[0], client_port=self._client_addr[1],
                          host=host.decode("latin-1") if host else None, tls_version=tls.version,
                          cipher=tls.cipher, cipher_bits=tls.cipher_bits, session_id=tls.session_id,
-                         chain_der=self._chain_der, identity=self._identity or {})
+                         chain_der=self._chain_der, card=self._card)
         out = identity_headers(self._opts.headers, facts, self._opts.card_headers)
         check_fields(out)
         self._id_cache = (host, out)

@@ -18,10 +18,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sniproxy.auth.login import LoginRule, decide
+from sniproxy.card.identity import CardIdentity, identity_fields, read_card
 from sniproxy.config.model import DEFAULT_CARD_HEADERS, HeaderProfile
 from sniproxy.proto.http_rewrite import TlsFacts, identity_headers
-from sniproxy.proto.identity_out import card_facts, proxy_v2_header
-from sniproxy.tls.identity import identity_fields, parse_identity
+from sniproxy.proto.identity_out import proxy_v2_header
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 GOLDEN = DATA / "card_golden"
@@ -42,9 +42,11 @@ def test_every_consumer_output_is_unchanged(name: str) -> None:
     want = EXPECTED[name]
     certs = _chain(name)
     leaf = certs[0]
-    ident = identity_fields(parse_identity(leaf, want["authority"]))
+    card = read_card(leaf, want["authority"])                                 # the one read per handshake
+    assert isinstance(card, CardIdentity)
+    ident = identity_fields(card)
     assert list(ident.items()) == [tuple(p) for p in want["log"]]            # the log event, in order
-    facts = card_facts(leaf)
+    facts = card.facts
     assert [facts.cn, facts.sig_alg, facts.key_alg] == want["facts"]
     for send_cn in (True, False):
         for tlvs in (True, False):
@@ -54,7 +56,7 @@ def test_every_consumer_output_is_unchanged(name: str) -> None:
             assert h.hex() == want["proxy_v2"][f"cn={send_cn},tlvs={tlvs}"]
     tf = TlsFacts(client_ip="2001:db8::1", client_port=4242, host="mss-msg.mssante.fr", tls_version="TLSv1.3",
                   cipher="TLS_AES_256_GCM_SHA384", cipher_bits=256, session_id="ab" * 32,
-                  chain_der=tuple(c.public_bytes(Encoding.DER) for c in certs), identity=ident)
+                  chain_der=tuple(c.public_bytes(Encoding.DER) for c in certs), card=card)
     http = identity_headers(list(HeaderProfile), tf, tuple(DEFAULT_CARD_HEADERS.items()) + ALL_NAMES)
     assert [[n.decode(), v.decode()] for n, v in http] == want["http"]
     for tmpl in TEMPLATES:
@@ -69,7 +71,7 @@ def test_every_consumer_output_is_unchanged(name: str) -> None:
 def test_no_card_outputs_are_unchanged() -> None:
     want = EXPECTED["<none>"]
     tf = TlsFacts(client_ip="192.0.2.1", client_port=1, host=None, tls_version="TLSv1.2", cipher="X",
-                  cipher_bits=None, session_id="", chain_der=(), identity={})
+                  cipher_bits=None, session_id="", chain_der=(), card=None)
     http = identity_headers(list(HeaderProfile), tf, tuple(DEFAULT_CARD_HEADERS.items()))
     assert [[n.decode(), v.decode()] for n, v in http] == want["http"]
     h = proxy_v2_header(src=("192.0.2.7", 1), dst=("::1", 993), sni=None, tls_version="TLSv1.2", cipher="X",

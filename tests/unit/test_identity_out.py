@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
+from sniproxy.card import CardFacts, card_facts
 from sniproxy.demo.pki import TestPki, build
-from sniproxy.proto.identity_out import IDENTITY_TLVS, CardFacts, card_facts, proxy_v2_header
+from sniproxy.proto.identity_out import IDENTITY_TLVS, proxy_v2_header
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
