@@ -22,7 +22,7 @@ from sniproxy.card.identity import (
 )
 from sniproxy.card.names import dn, is_test_issuer, openssl_dn
 from sniproxy.card.oids import CARD_TYPES, CardType
-from sniproxy.card.pem import load_certs, pem, read_certs
+from sniproxy.card.pem import load_certs, read_certs, to_pem
 
 __all__ = [
     "CARD_TYPES",
@@ -39,7 +39,7 @@ __all__ = [
     "load_certs",
     "openssl_dn",
     "parse_identity",
-    "pem",
     "read_card",
     "read_certs",
+    "to_pem",
 ]

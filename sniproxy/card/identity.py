@@ -81,8 +81,10 @@ class UnreadableCard:
     """A verified certificate the identity reader failed on: only the error's name is known.
 
     Defensive: the library validates names and extensions when it loads a certificate, and the verify
-    callback has read them, so no known certificate gets here. Consumers see no identity field, a PROXY v2
-    header with the certificate flags but no CN, and no DN-bearing HTTP header (those refuse the request).
+    callback has read them, so no known certificate gets here. Consumers see no identity field (the log
+    event shows ``parse_error``), a PROXY v2 header with the certificate flags but no CN, no login, and an
+    HTTP request needing a DN-bearing header fails (as the library's own error did when the leaf was parsed
+    there) rather than carry a guessed DN.
     """
 
     error: str                     # the exception's class name, the log event's ``parse_error``

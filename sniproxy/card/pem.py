@@ -36,7 +36,7 @@ def read_certs(path: Path) -> list[x509.Certificate]:
     return load_certs(data, path)
 
 
-def pem(der: bytes) -> str:
+def to_pem(der: bytes) -> str:
     """The PEM text of a DER certificate: 64-column base64 between the ``CERTIFICATE`` lines, as OpenSSL writes it.
 
     Built from the bytes directly: the verified chain is kept as DER, and parsing it again for each

@@ -23,7 +23,7 @@ from typing import Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from sniproxy.card import CardIdentity, UnreadableCard, identity_fields, openssl_dn, pem
+from sniproxy.card import CardIdentity, UnreadableCard, identity_fields, openssl_dn, to_pem
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -220,14 +220,14 @@ def _nginx(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
     card = _readable(facts.card)
     return [("X-SSL-Client-Verify", "SUCCESS"), ("X-SSL-Client-S-DN", openssl_dn(card.subject)),
             ("X-SSL-Client-I-DN", openssl_dn(card.issuer)), ("X-SSL-Client-Serial", card.serial),
-            ("X-SSL-Client-Cert", quote(pem(facts.chain_der[0]), safe=""))]
+            ("X-SSL-Client-Cert", quote(to_pem(facts.chain_der[0]), safe=""))]
 
 
 def _tomcat(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
     out: list[tuple[str, str | bytes]] = []
     if facts.chain_der:
         # SSLValve turns spaces back into newlines (the mod_headers convention it was built for).
-        out.append(("ssl_client_cert", pem(facts.chain_der[0]).strip().replace("\n", " ")))
+        out.append(("ssl_client_cert", to_pem(facts.chain_der[0]).strip().replace("\n", " ")))
     out.append(("ssl_cipher", facts.cipher))
     if facts.session_id:
         out.append(("ssl_session_id", facts.session_id))
@@ -238,10 +238,10 @@ def _tomcat(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
 
 def _envoy(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
     card = _readable(facts.card)
-    chain = "".join(pem(d) for d in facts.chain_der)
+    chain = "".join(to_pem(d) for d in facts.chain_der)
     subject = openssl_dn(card.subject).replace("\\", "\\\\").replace('"', '\\"')
     return [("X-Forwarded-Client-Cert",
-             f'Hash={card.sha256};Cert="{quote(pem(facts.chain_der[0]), safe="")}";'
+             f'Hash={card.sha256};Cert="{quote(to_pem(facts.chain_der[0]), safe="")}";'
              f'Chain="{quote(chain, safe="")}";Subject="{subject}"')]
 
 

@@ -8,7 +8,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sniproxy.card.pem import load_certs, pem, read_certs
+from sniproxy.card.pem import load_certs, read_certs, to_pem
 from sniproxy.errors import ConfigError
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -16,9 +16,9 @@ SAMPLES = sorted((DATA / "samples").glob("*.pem")) + sorted((DATA / "card_golden
 
 
 @pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
-def test_pem_is_what_the_library_writes(path: Path) -> None:
+def test_to_pem_is_what_the_library_writes(path: Path) -> None:
     for cert in x509.load_pem_x509_certificates(path.read_bytes()):
-        assert pem(cert.public_bytes(Encoding.DER)) == cert.public_bytes(Encoding.PEM).decode("ascii")
+        assert to_pem(cert.public_bytes(Encoding.DER)) == cert.public_bytes(Encoding.PEM).decode("ascii")
 
 
 def test_read_certs_keeps_file_order(tmp_path: Path) -> None:
