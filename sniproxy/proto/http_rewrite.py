@@ -180,6 +180,9 @@ class TlsFacts:
     card: CardIdentity | UnreadableCard | None   # read once at the handshake (sniproxy.card.read_card)
 
 
+_Named = list[tuple[str, str | bytes]]   # header name and value, before both are encoded
+
+
 # The header profiles, by the names of the config's ``http.headers`` (``HeaderProfile`` values): compared
 # as strings so that this module needs nothing from the config.
 FORWARDED, NGINX, TOMCAT, ENVOY, RFC9440, CARD = "forwarded", "nginx", "tomcat", "envoy", "rfc9440", "card"
@@ -204,9 +207,9 @@ def _forwarded_node(ip: str, port: int) -> str:
     return f'"[{ip}]:{port}"' if ":" in ip else f'"{ip}:{port}"'
 
 
-def _forwarded(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
+def _forwarded(facts: TlsFacts) -> _Named:
     host = f";host={_quote_token(facts.host)}" if facts.host else ""
-    out: list[tuple[str, str | bytes]] = [
+    out: _Named = [
         ("Forwarded", f"for={_forwarded_node(facts.client_ip, facts.client_port)};proto=https{host}"),
         ("X-Forwarded-For", facts.client_ip), ("X-Forwarded-Proto", "https")]
     if facts.host:
@@ -214,7 +217,7 @@ def _forwarded(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
     return out
 
 
-def _nginx(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
+def _nginx(facts: TlsFacts) -> _Named:
     if not facts.chain_der:
         return [("X-SSL-Client-Verify", "NONE")]
     card = _readable(facts.card)
@@ -223,8 +226,8 @@ def _nginx(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
             ("X-SSL-Client-Cert", quote(to_pem(facts.chain_der[0]), safe=""))]
 
 
-def _tomcat(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
-    out: list[tuple[str, str | bytes]] = []
+def _tomcat(facts: TlsFacts) -> _Named:
+    out: _Named = []
     if facts.chain_der:
         # SSLValve turns spaces back into newlines (the mod_headers convention it was built for).
         out.append(("ssl_client_cert", to_pem(facts.chain_der[0]).strip().replace("\n", " ")))
@@ -236,7 +239,7 @@ def _tomcat(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
     return out
 
 
-def _envoy(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
+def _envoy(facts: TlsFacts) -> _Named:
     card = _readable(facts.card)
     chain = "".join(to_pem(d) for d in facts.chain_der)
     subject = openssl_dn(card.subject).replace("\\", "\\\\").replace('"', '\\"')
@@ -245,14 +248,14 @@ def _envoy(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
              f'Chain="{quote(chain, safe="")}";Subject="{subject}"')]
 
 
-def _rfc9440(facts: TlsFacts) -> list[tuple[str, str | bytes]]:
-    out: list[tuple[str, str | bytes]] = [("Client-Cert", f":{base64.b64encode(facts.chain_der[0]).decode()}:")]
+def _rfc9440(facts: TlsFacts) -> _Named:
+    out: _Named = [("Client-Cert", f":{base64.b64encode(facts.chain_der[0]).decode()}:")]
     if len(facts.chain_der) > 1:
         out.append(("Client-Cert-Chain", ", ".join(f":{base64.b64encode(d).decode()}:" for d in facts.chain_der[1:])))
     return out
 
 
-def _card(facts: TlsFacts, card_names: Sequence[tuple[str, str]]) -> list[tuple[str, str | bytes]]:
+def _card(facts: TlsFacts, card_names: Sequence[tuple[str, str]]) -> _Named:
     values = identity_fields(facts.card)
     return [(name, _safe(values[field])) for field, name in card_names if values.get(field)]
 
@@ -260,7 +263,7 @@ def _card(facts: TlsFacts, card_names: Sequence[tuple[str, str]]) -> list[tuple[
 def identity_headers(profiles: Iterable[str], facts: TlsFacts, card_names: Sequence[tuple[str, str]]) -> Headers:
     """The identity headers of each profile (``PROFILES`` names), in profile order (docs/https.md lists
     every value). ``card_names`` pairs an identity field (``sniproxy.card.IDENTITY_FIELDS``) with its header."""
-    out: list[tuple[str, str | bytes]] = []
+    out: _Named = []
     with_card = bool(facts.chain_der)
     for profile in profiles:
         if profile == FORWARDED:
