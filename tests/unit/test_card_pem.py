@@ -54,3 +54,22 @@ def test_no_or_a_broken_certificate_names_the_file(tmp_path: Path, data: bytes) 
     with pytest.raises(ConfigError) as again:
         load_certs(data, "given-name.pem")
     assert again.value.file == "given-name.pem"
+
+
+def test_the_verify_cli_says_what_it_always_said(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from sniproxy import cli
+    from sniproxy.observability import log
+
+    monkeypatch.setattr(cli, "_crl_manager", lambda config: (None, None))
+    monkeypatch.setattr(log, "configure", lambda *a, **k: None)   # the process's logging is not this test's
+    missing = tmp_path / "card.pem"
+    args = argparse.Namespace(config="x.yaml", card=str(missing), chain=None, at=None, fetch=False, json=False)
+    assert cli.cmd_verify(args) == 2
+    assert capsys.readouterr().err == f"error: cannot read certificates: [Errno 2] No such file or directory: " \
+                                      f"'{missing}'\n"
+    missing.write_bytes(b"junk")
+    assert cli.cmd_verify(args) == 2
+    assert capsys.readouterr().err.startswith("error: cannot read certificates: ")
