@@ -164,11 +164,10 @@ def parse_identity(cert: x509.Certificate, authority: str | None = None) -> Card
         organization = None
         department = first(subject, NameOID.LOCALITY_NAME)
     else:
+        # IGC Santé and unknown layouts alike: an unknown one has no L (an L makes it IGC CPS, names.layout).
         profession = title
         organization = first(subject, NameOID.ORGANIZATION_NAME)
         department = first(subject, NameOID.STATE_OR_PROVINCE_NAME)
-        if department is None and kind == "unknown":
-            department = first(subject, NameOID.LOCALITY_NAME)
     card_type = int_extension(cert, OID_CARD_TYPE)
     type_name = CARD_TYPES.get(card_type) if card_type is not None else None
     category_raw = raw_extension(cert, OID_CATEGORY)

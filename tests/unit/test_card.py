@@ -6,13 +6,17 @@ from __future__ import annotations
 import ast
 import base64
 import dataclasses
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from sniproxy.card import NO_FACTS, CardIdentity, UnreadableCard, identity_fields, read_card
 from sniproxy.card.identity import card_facts, parse_identity
@@ -142,3 +146,35 @@ def test_a_violation_would_be_seen(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("from sniproxy.config.model import HeaderProfile\nimport sniproxy.routing\n")
     assert _imports(bad) == {"sniproxy.config.model", "sniproxy.routing"}
+
+
+def test_the_small_card_types_are_frozen_and_slotted() -> None:
+    unreadable = UnreadableCard("ValueError")
+    assert not hasattr(NO_FACTS, "__dict__") and not hasattr(unreadable, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        NO_FACTS.cn = "x"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        unreadable.error = "x"  # type: ignore[misc]
+
+
+def _signed_by_itself(key: Any, digest: hashes.HashAlgorithm | None) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "810001234567")])
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(7).not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=1))
+            .sign(key, digest))
+
+
+@pytest.mark.parametrize(("kind", "sig_alg", "key_alg"), [
+    ("dsa", None, "DSA2048"),            # OpenSSL names dsa_with_SHA256 otherwise than HAProxy: none sent
+    ("ed448", None, "ED448"),
+    ("ed25519", "ED25519", "ED25519"),
+    ("p256", "ecdsa-with-SHA256", "EC256"),
+])
+def test_card_facts_per_key_type(kind: str, sig_alg: str | None, key_alg: str) -> None:
+    keys: dict[str, tuple[Any, hashes.HashAlgorithm | None]] = {
+        "dsa": (dsa.generate_private_key(2048), hashes.SHA256()), "ed448": (ed448.Ed448PrivateKey.generate(), None),
+        "ed25519": (ed25519.Ed25519PrivateKey.generate(), None), "p256": (ec.generate_private_key(ec.SECP256R1()),
+                                                                         hashes.SHA256())}
+    facts = card_facts(_signed_by_itself(*keys[kind]))
+    assert (facts.cn, facts.sig_alg, facts.key_alg) == ("810001234567", sig_alg, key_alg)
