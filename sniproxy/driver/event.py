@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from sniproxy.card import identity_fields
 from sniproxy.driver.shared import OBSERVERS
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
@@ -62,8 +63,9 @@ def log_connection(conn: ClientConnection, phase: str, extra: dict[str, Any]) ->
                                "reason": rv.reason_name, "date": when}
     if tls is not None and tls.state.crl_grace:
         event["crl_grace"] = tls.state.crl_grace
-    if conn.identity:
-        event["identity"] = conn.identity
+    identity = identity_fields(conn.card)
+    if identity:
+        event["identity"] = identity
     if conn.via is not None:
         event["via"] = conn.via
     event.update(extra)

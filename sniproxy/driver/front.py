@@ -20,9 +20,8 @@ from collections.abc import Callable
 from time import monotonic
 from typing import cast
 
-from cryptography import x509
-
-from sniproxy.config.model import Identity, Protocol
+from sniproxy.card import CardIdentity, UnreadableCard, read_card
+from sniproxy.config.model import Protocol
 from sniproxy.config.names import peer_ip
 from sniproxy.driver.event import log_connection
 from sniproxy.driver.halves import BackHalf
@@ -49,12 +48,10 @@ from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES
 from sniproxy.proto.actions import Action, Close, Send, StartTls
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
-from sniproxy.proto.identity_out import CardFacts, card_facts
 from sniproxy.proto.imap import ImapPreTls, imap_unavailable
 from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
 from sniproxy.proto.smtp import SmtpPreTls
 from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
-from sniproxy.tls.identity import identity_fields, parse_identity
 from sniproxy.tls.session import TlsFailure, TlsSession
 
 _log = get_logger("sniproxy.connection")
@@ -105,7 +102,6 @@ class ClientConnection(asyncio.Protocol):
         "detail",
         "flow",
         "id",
-        "identity",
         "last_io",
         "local_addr",
         "lr",
@@ -132,8 +128,7 @@ class ClientConnection(asyncio.Protocol):
         self.tls: TlsSession | None = None
         self.flow: str | None = None
         self.sni: str | None = None
-        self.identity: dict[str, str] | None = None
-        self.card: CardFacts | None = None
+        self.card: CardIdentity | UnreadableCard | None = None   # read once, at the end of the handshake
         self.client_addr: tuple[str, int] = ("", 0)       # real client (from a PROXY header if any)
         self.local_addr: tuple[str, int] = ("", 0)        # where the client connected to
         self.via: str | None = None                       # the load balancer, when a header was read
@@ -427,7 +422,7 @@ class ClientConnection(asyncio.Protocol):
             self.finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
             return
         if leaf is not None:
-            self._card_identity(tls, leaf)
+            self.card = read_card(leaf, tls.state.authority)   # every consumer takes its values from it
         if tls.state.crl_grace:
             CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
             _log.warning("crl_grace_accept", conn_id=self.id, flow=self.flow, authority=tls.state.authority,
@@ -437,18 +432,6 @@ class ClientConnection(asyncio.Protocol):
         # The card is verified: the back half takes over (bytes that came with the client's Finished next).
         self._back.start()
         self._read_plaintext()
-
-    def _card_identity(self, tls: TlsSession, leaf: x509.Certificate) -> None:
-        """Parse the verified card, once, for every consumer: ``identity`` and the PROXY v2 ``card``."""
-        try:
-            self.identity = identity_fields(parse_identity(leaf, tls.state.authority))
-        except Exception as exc:  # a verified but odd certificate must not kill the connection
-            self.identity = {"parse_error": type(exc).__name__}
-        if self.lr.listener.backend.identity is Identity.PROXY_V2:   # only its header uses them
-            try:
-                self.card = card_facts(leaf)
-            except Exception:  # same: the backend then gets the SSL flags without the CN
-                self.card = CardFacts(cn=None, sig_alg=None, key_alg=None)
 
     # ------------------------------------------------------------------ the hand-over (FrontHalf)
     def await_backend(self) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from sniproxy.card import CardIdentity, UnreadableCard
 from sniproxy.errors import Reason
-from sniproxy.proto.identity_out import CardFacts
 from sniproxy.runtime.snapshot import ListenerRuntime
 from sniproxy.tls.session import TlsSession
 
@@ -51,12 +51,8 @@ class FrontHalf(Protocol):
         """The established TLS session."""
 
     @property
-    def identity(self) -> dict[str, str] | None:
-        """The verified card's identity fields, None without a card."""
-
-    @property
-    def card(self) -> CardFacts | None:
-        """The card facts for a PROXY v2 header (only parsed for listeners that send one)."""
+    def card(self) -> CardIdentity | UnreadableCard | None:
+        """The verified card, read once at the end of the handshake; None without a card."""
 
     @property
     def client_addr(self) -> tuple[str, int]:

@@ -141,7 +141,7 @@ class HttpBack:
         front = self.front
         tls = front.tls
         assert tls is not None
-        if front.identity is not None:   # a verified card (its parsed chain is already freed)
+        if front.card is not None:   # a verified card (its parsed chain is already freed)
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
         self._flow = front.flow
@@ -300,7 +300,7 @@ class HttpBack:
         facts = TlsFacts(client_ip=front.client_addr[0], client_port=front.client_addr[1],
                          host=host.decode("latin-1") if host else None, tls_version=tls.version,
                          cipher=tls.cipher, cipher_bits=tls.cipher_bits, session_id=tls.session_id,
-                         chain_der=self._chain_der, identity=front.identity or {})
+                         chain_der=self._chain_der, card=front.card)
         out = identity_headers(self._opts.headers, facts, self._opts.card_headers)
         check_fields(out)
         self._id_cache = (host, out)

@@ -18,6 +18,7 @@ from time import monotonic
 from typing import Any, cast
 
 from sniproxy.auth.login import LoginDecision, decide
+from sniproxy.card import identity_fields
 from sniproxy.config.model import Identity, Listener, Protocol
 from sniproxy.driver.halves import FrontHalf
 from sniproxy.driver.shared import WRITE_HIGH, Drain
@@ -216,10 +217,12 @@ class MailBack:
         tls = front.tls
         assert tls is not None
         opts = front.lr.listener.backend.proxy_v2
+        card = front.card
         try:
             return proxy_v2_header(src=front.client_addr, dst=front.local_addr, sni=front.sni,
-                                   tls_version=tls.version, cipher=tls.cipher, card=front.card,
-                                   send_cn=opts.send_cn, identity=front.identity if opts.identity_tlvs else None,
+                                   tls_version=tls.version, cipher=tls.cipher,
+                                   card=card.facts if card is not None else None, send_cn=opts.send_cn,
+                                   identity=identity_fields(card) if opts.identity_tlvs else None,
                                    crc32c=opts.crc32c)
         except ValueError as exc:  # only an absurd SNI or CN can get here
             self._backend_failed(Reason.INTERNAL_ERROR, f"PROXY v2 header: {exc}")
@@ -373,4 +376,4 @@ class MailBack:
     def _decide(self, authzid: str) -> LoginDecision:
         login = self.front.lr.listener.backend.login
         assert login is not None
-        return decide(login.rule, self.front.identity or {}, authzid)
+        return decide(login.rule, identity_fields(self.front.card), authzid)

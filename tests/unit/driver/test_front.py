@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sniproxy.card import CardIdentity, identity_fields
 from sniproxy.demo.pki import TestPki
 from tests.unit.driver.kit import IMAP_SNI, FakeDialer, Harness, TlsClient, mail_config, settle, snapshot
 
@@ -107,7 +108,7 @@ async def test_verified_card_hands_over_with_identity(pki: TestPki, tmp_path: Pa
     h = Harness(snapshot(mail_config(pki), tmp_path), "tls")
     client = TlsClient(pki, sni=IMAP_SNI)
     client.handshake(h)
-    assert h.conn.identity is not None and h.conn.flow == "2bis" and h.conn.sni == IMAP_SNI
+    assert isinstance(h.conn.card, CardIdentity) and h.conn.flow == "2bis" and h.conn.sni == IMAP_SNI
     await settle()
     backend, proto = dialer.last
     proto.data_received(b"bye")
@@ -115,7 +116,8 @@ async def test_verified_card_hands_over_with_identity(pki: TestPki, tmp_path: Pa
     assert client.recv(h) == b"bye" and client.closed and h.t.closed and backend.closed
     [ev] = events
     assert ev["reason"] == "ok" and ev["detail"] == "backend closed" and ev["phase"] == "relay"
-    assert ev["identity"] == h.conn.identity and ev["tls_version"] == "TLSv1.3" and ev["flow"] == "2bis"
+    assert ev["identity"] == identity_fields(h.conn.card) and ev["identity"]["idnat_ps"]
+    assert ev["tls_version"] == "TLSv1.3" and ev["flow"] == "2bis"
 
 
 async def test_admission_sheds_in_the_protocol(pki: TestPki, tmp_path: Path, events: list[dict[str, Any]]) -> None:
