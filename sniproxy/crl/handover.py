@@ -23,7 +23,8 @@ from typing import Any
 
 from sniproxy.crl.cache import atomic_write, slug
 from sniproxy.crl.index import RevokedIndex, map_index, save_index
-from sniproxy.crl.manager import CrlManager, Prepared, temp_file
+from sniproxy.crl.manager import CrlManager
+from sniproxy.crl.prepare import Prepared, temp_file
 from sniproxy.crl.validate import CrlMeta, CrlRejected
 from sniproxy.observability.log import get_logger
 

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sniproxy.crl.index import build_index
-from sniproxy.crl.manager import prepare
+from sniproxy.crl.prepare import prepare
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationPolicy, RevocationView, check_chain
 from sniproxy.crl.validate import CrlRejected, ca_key, validate
 from sniproxy.errors import Reason
