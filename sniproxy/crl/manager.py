@@ -29,9 +29,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sniproxy.config.model import AuthoritySet, Config, CrlSettings
 from sniproxy.crl import sources
 from sniproxy.crl.cache import CrlCache
+from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.prepare import Prepared, background_priority, map_files, prepare, prepare_file, temp_file
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder, RevocationPolicy
-from sniproxy.crl.validate import CrlMeta, CrlRejected, ca_key, check_delta_base, check_not_older
+from sniproxy.crl.validate import CrlMeta, ca_key, check_delta_base, check_not_older
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import CRL_FETCH_FAILURES, CRL_FETCHES
 
