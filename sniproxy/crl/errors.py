@@ -1,14 +1,16 @@
 """The refusal of a CRL, raised by the validation, the DER walker, the index and the fetch.
 
-Owns: ``CrlRejected``. A leaf: it imports nothing of ``sniproxy.crl``, so every module of the
+Owns: ``CrlRejected``. A leaf: it imports nothing of ``sniproxy.crl`` (only ``sniproxy.errors``), so every module of the
 package can raise it without importing another (``entries`` and ``validate`` used to import each
 other for it). Must not grow logic.
 """
 
 from __future__ import annotations
 
+from sniproxy.errors import SniproxyError
 
-class CrlRejected(Exception):
+
+class CrlRejected(SniproxyError):
     """A CRL (or its fetch) refused, with a stable reason and a message for the log."""
 
     def __init__(self, reason: str, message: str) -> None:

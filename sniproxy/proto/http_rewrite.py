@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from sniproxy.config.model import HeaderProfile
+from sniproxy.errors import SniproxyError
 from sniproxy.routing import RouteTable
 
 Headers = list[tuple[bytes, bytes]]
@@ -47,7 +48,7 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # control characters other tha
 _FRAMING = frozenset({b"content-length", b"host", b"transfer-encoding"})
 
 
-class BadRequest(Exception):
+class BadRequest(SniproxyError):
     """The request must be refused with ``400`` and the connection closed."""
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal, TypedDict
 
-from sniproxy.errors import SniproxyError
+from sniproxy.errors import Reason, SniproxyError
 
 # --- wire constants (spec section 2.2) -------------------------------------------------------
 
@@ -78,8 +78,11 @@ class ProxyHeaderError(SniproxyError):
     """The bytes are not an acceptable PROXY header; the connection must be dropped (spec 2.1).
 
     ``reason`` is one of the stable words above (``no_proxy_header``, ``bad_crc``...) so logs and
-    tests can match it; ``detail`` is free text for humans.
+    tests can match it; ``detail`` is free text for humans. The connection it ends ends with
+    ``REASON`` (``bad_proxy_header``).
     """
+
+    REASON = Reason.BAD_PROXY_HEADER
 
     def __init__(self, reason: str, detail: str = "") -> None:
         self.reason = reason
