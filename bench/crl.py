@@ -481,7 +481,8 @@ def manager_load(pki: Any, tmp: Path, big: bytes, big2: bytes, empty_inter: byte
     from sniproxy.config.load import load
     from sniproxy.crl import index as crl_index
     from sniproxy.crl import validate as crl_validate
-    from sniproxy.crl.manager import CrlManager, policy_of, prepare_file
+    from sniproxy.crl.manager import CrlManager, policy_of
+    from sniproxy.crl.prepare import prepare_file
     from sniproxy.crl.state import RevocationHolder, RevocationView, check_chain
     from sniproxy.demo.conf import DemoPorts, config_dict, write_config
     from sniproxy.observability.log import configure

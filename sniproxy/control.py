@@ -28,7 +28,7 @@ class ReloadResult:
 
 
 class Control(Protocol):
-    """What the supervisor offers its admin endpoint (implemented by ``sniproxy.supervisor.Supervisor``)."""
+    """What the supervisor offers its admin endpoint (implemented by ``sniproxy.lifecycle.supervisor.Supervisor``)."""
 
     @property
     def generation(self) -> int:

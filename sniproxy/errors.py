@@ -7,6 +7,7 @@ Values are part of the public interface: never rename one, only add.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import ClassVar
 
 
 class Reason(StrEnum):
@@ -67,7 +68,14 @@ class Reason(StrEnum):
 
 
 class SniproxyError(Exception):
-    """Base of every error sniproxy raises on purpose."""
+    """Base of every error sniproxy raises on purpose (tests/unit/test_layers.py keeps it so).
+
+    ``REASON``: the outcome a connection ends with when this error ends it, for the errors that have
+    one fixed ``Reason``; ``None`` for errors that never end a connection (a config error, a refused
+    CRL) or whose reason varies per instance (``TlsFailure.reason``).
+    """
+
+    REASON: ClassVar[Reason | None] = None
 
 
 class ConfigError(SniproxyError):

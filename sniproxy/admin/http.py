@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from sniproxy.errors import SniproxyError
+
 MAX_HEAD = 8192       # request line + headers: the admin's clients (kubelet, Prometheus, curl) send little
 MAX_BODY = 4096       # POST /reload and /drain take no body; a small one is read and ignored
 _TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
@@ -20,7 +22,7 @@ REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 404: "Not Found", 405
            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 
 
-class HttpError(Exception):
+class HttpError(SniproxyError):
     """A request the endpoint refuses, with the status to answer."""
 
     def __init__(self, status: int, message: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import binascii
 
+from sniproxy.errors import SniproxyError
 
-class SaslError(ValueError):
-    """A malformed SASL message from the client."""
+
+class SaslError(SniproxyError, ValueError):
+    """A malformed SASL message from the client (still a ``ValueError``, as it always was)."""
 
 
 def decode_external(response: str) -> str:

@@ -15,7 +15,7 @@ import calendar
 import mmap
 from typing import TypeAlias
 
-from sniproxy.crl.validate import CrlRejected
+from sniproxy.crl.errors import CrlRejected
 
 _SEQ, _INT, _UTC, _GEN, _OID, _BOOL, _OCTETS, _ENUM = 0x30, 0x02, 0x17, 0x18, 0x06, 0x01, 0x04, 0x0A
 _REASON_OID = bytes.fromhex("0603551d15")  # id-ce-cRLReasons, 2.5.29.21

@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from sniproxy.crl.cache import atomic_write, slug
+from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.index import RevokedIndex, map_index, save_index
-from sniproxy.crl.manager import CrlManager, Prepared, temp_file
-from sniproxy.crl.validate import CrlMeta, CrlRejected
+from sniproxy.crl.manager import CrlManager
+from sniproxy.crl.prepare import Prepared, temp_file
+from sniproxy.crl.validate import CrlMeta
 from sniproxy.observability.log import get_logger
 
 _log = get_logger("sniproxy.crl")

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography import x509
 
 from sniproxy.crl.entries import MASK64, NO_REASON, Buffer, read_entry, scan
-from sniproxy.crl.validate import CrlRejected
+from sniproxy.crl.errors import CrlRejected
 
 #: RFC 5280 CRLReason codes (7 is unused).
 REASON_CODES: dict[x509.ReasonFlags, int] = {

@@ -4,15 +4,14 @@ Owns, per CRL source: its fetch schedule (``next_delay``: from nextUpdate and ``
 jitter and exponential backoff), the last fetch result, the install of a new CRL into the
 ``RevocationHolder`` (base or delta, never older than the one in force) and the disk cache; and
 the readiness of the process (every required issuing CA has a CRL still current, or within grace).
-Decoding, signature check and indexing run off the event loop: in a thread for small CRLs, in a
-separate process for large ones (a million entries take seconds of pure Python), so handshakes
-in progress never wait for a refresh.
+Decoding, signature check and indexing run off the event loop (``sniproxy.crl.prepare``): in a
+thread for small CRLs, in a separate process for large ones (a million entries take seconds of pure
+Python), so handshakes in progress never wait for a refresh; this module chooses which, and when.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import shutil
 import tempfile
@@ -30,9 +29,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sniproxy.config.model import AuthoritySet, Config, CrlSettings
 from sniproxy.crl import sources
 from sniproxy.crl.cache import CrlCache
-from sniproxy.crl.index import RevokedIndex, build_index, map_index, write_index
+from sniproxy.crl.errors import CrlRejected
+from sniproxy.crl.prepare import Prepared, background_priority, map_files, prepare, prepare_file, temp_file
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder, RevocationPolicy
-from sniproxy.crl.validate import CrlMeta, CrlRejected, ca_key, check_delta_base, check_not_older, der_of, validate
+from sniproxy.crl.validate import CrlMeta, ca_key, check_delta_base, check_not_older
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import CRL_FETCH_FAILURES, CRL_FETCHES
 
@@ -47,95 +47,9 @@ STALE_TEMP_SECONDS = 3600.0
 _OK_RESULTS = frozenset({"updated", "unchanged", "not_modified", "cached"})
 
 
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """A CRL validated on its own and indexed, ready to install."""
-
-    meta: CrlMeta
-    index: RevokedIndex
-    der_file: Path | None = None   # a validated DER temp file to become the cache copy (large CRLs)
-
-
-@dataclass(frozen=True, slots=True)
-class PreparedFiles:
-    """What the helper process sends back: a few hundred bytes, whatever the CRL's size."""
-
-    meta: CrlMeta
-    der_path: str      # the input itself when it was DER, else a DER copy the helper wrote
-    index_path: str    # the index file for ``map_index``
-
-
-def prepare(data: bytes, cas_der: tuple[bytes, ...], now: float) -> Prepared:
-    """Decode, validate and index a CRL in memory. Pure CPU: runs in a worker thread."""
-    cas = [x509.load_der_x509_certificate(d) for d in cas_der]
-    crl, _, meta = validate(data, cas, datetime.fromtimestamp(now, UTC))
-    return Prepared(meta, build_index(der_of(crl, data), meta.entries))
-
-
-def prepare_file(path: str, cas_der: tuple[bytes, ...], now: float, workdir: str) -> PreparedFiles:
-    """Decode, validate and index the CRL in ``path`` into files of ``workdir``. Runs in the helper process."""
-    cas = [x509.load_der_x509_certificate(d) for d in cas_der]
-    data = Path(path).read_bytes()
-    crl, _, meta = validate(data, cas, datetime.fromtimestamp(now, UTC))
-    der = der_of(crl, data)
-    made: list[Path] = []
-    try:
-        der_path = Path(path)
-        if der is not data:
-            der_path = temp_file(Path(workdir), "der", der)
-            made.append(der_path)
-        index_path = temp_file(Path(workdir), "index", b"")
-        made.append(index_path)
-        write_index(der, index_path, meta.entries)
-    except BaseException:
-        for f in made:
-            f.unlink(missing_ok=True)
-        raise
-    return PreparedFiles(meta, str(der_path), str(index_path))
-
-
 async def _drop_later(box: list[object]) -> None:
     await asyncio.sleep(RETIRE_AFTER)
     await asyncio.to_thread(box.clear)
-
-
-def background_priority() -> None:
-    """Run the helper process at idle priority: indexing a CRL must never take CPU from handshakes."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):   # not Linux, or refused: the lowest nice level will do
-        try:
-            os.nice(19)
-        except OSError:
-            pass
-
-
-def _map_files(files: PreparedFiles, sent: Path, given: Path | None, keep: bool
-               ) -> tuple[RevokedIndex, Path | None]:
-    """Map what the helper wrote, remove the files no longer needed, and say which DER file to keep."""
-    der_path, index_path = Path(files.der_path), Path(files.index_path)
-    try:
-        index = map_index(der_path, index_path)
-    finally:
-        index_path.unlink(missing_ok=True)
-        if sent not in (given, der_path):
-            sent.unlink(missing_ok=True)       # PEM input: the helper wrote a DER copy
-    if der_path == given:
-        return index, None                     # the cache file itself: nothing new to keep
-    if not keep:
-        der_path.unlink(missing_ok=True)       # mapped: the CRL stays readable without its name
-        return index, None
-    return index, der_path
-
-
-def temp_file(directory: Path, kind: str, data: bytes) -> Path:
-    """A new ``.<kind>.*.tmp`` file in ``directory`` holding ``data``, synced to disk."""
-    fd, name = tempfile.mkstemp(dir=directory, prefix=f".{kind}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    return Path(name)
 
 
 def next_delay(now: float, fresh_until: float | None, failures: int, settings: CrlSettings,
@@ -295,7 +209,7 @@ class CrlManager:
             self._helper_users -= 1
             if self._helper_users == 0:
                 self._stop_helper()
-        index, der_file = await asyncio.to_thread(_map_files, files, path, given, self.cache is not None)
+        index, der_file = await asyncio.to_thread(map_files, files, path, given, self.cache is not None)
         return Prepared(files.meta, index, der_file)
 
     def _retire(self, obj: object) -> None:

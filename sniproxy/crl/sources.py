@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from sniproxy.crl.validate import CrlRejected
+from sniproxy.crl.errors import CrlRejected
 
 _LDAP_DEFAULT_ATTR = "certificateRevocationList;binary"
 

@@ -3,7 +3,8 @@
 Owns the rules a CRL must pass before it is used: it parses (DER or PEM), it names and is signed by
 one of the candidate CA certificates, ``thisUpdate`` is not in the future, ``nextUpdate`` is
 present, its CRL number never goes backwards, and a delta CRL is applied only on a base it names.
-Every refusal is a ``CrlRejected`` with a stable ``reason`` (used by logs, ``crl status`` and tests).
+Every refusal is a ``CrlRejected`` (``sniproxy.crl.errors``) with a stable ``reason`` (used by logs,
+``crl status`` and tests).
 """
 
 from __future__ import annotations
@@ -18,21 +19,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from sniproxy.crl.entries import der_header
+from sniproxy.crl.errors import CrlRejected
+
 #: Clock skew tolerated on ``thisUpdate`` (a CA's clock slightly ahead of ours is not an attack).
 SKEW_SECONDS = 300.0
-
-
-class CrlRejected(Exception):
-    """A CRL (or its fetch) refused, with a stable reason and a message for the log."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-    def __reduce__(self) -> tuple[type[CrlRejected], tuple[str, str]]:
-        # Raised in the indexing helper process: it must cross back to the parent intact.
-        return type(self), (self.reason, self.message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +94,6 @@ def tbs_of(der: bytes) -> bytes:
     ``cryptography``'s ``is_signature_valid`` re-encodes it first: about 1.7 s for a million entries.
     The CRL has already been parsed strictly as DER, so the bytes as received are that encoding.
     """
-    from sniproxy.crl.entries import der_header  # imported here: entries imports this module (CrlRejected)
 
     _, start, end = der_header(der, 0, len(der))       # CertificateList
     _, _, tbs_end = der_header(der, start, end)      # tbsCertList, header included in what is signed

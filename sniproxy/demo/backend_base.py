@@ -17,6 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from sniproxy.errors import SniproxyError
 from sniproxy.observability.log import get_logger
 
 LINE_MAX = 8 * 1024
@@ -32,8 +33,8 @@ SMTP_HOSTNAME = "demo-backend"
 _log = get_logger("sniproxy.demo.backends")
 
 
-class DeliveryRefused(ValueError):
-    """The store refused a message (too big, or the mailbox is full)."""
+class DeliveryRefused(SniproxyError, ValueError):
+    """The store refused a message (too big, or the mailbox is full); a ``ValueError`` as it always was."""
 
 
 def _user_key(address: str) -> str:
@@ -84,8 +85,8 @@ class SessionRecord:
     closed: bool = False
 
 
-class LineTooLong(Exception):
-    pass
+class LineTooLong(SniproxyError):
+    """A client line over the demo backend's limit."""
 
 
 class BoundedConn:

@@ -20,12 +20,13 @@ from sniproxy.demo.backend_base import (
     StoredMessage,
     check_plain,
 )
+from sniproxy.errors import SniproxyError
 
 Token: TypeAlias = "str | list[Token]"  # noqa: S105  (a type, not a password)
 
 
-class _ImapSyntax(Exception):
-    pass
+class _ImapSyntax(SniproxyError):
+    """A command the demo IMAP backend cannot parse."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -490,6 +490,20 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
         key_list = list(pool.map(lambda bits: rsa.generate_private_key(65537, bits), sizes))
     keys: Iterator[rsa.RSAPrivateKey] = iter(key_list)
 
+    issuing, roots = _write_cas(pki, specs, keys, now)
+    uk_root, uk_inter = _write_unknown_ca(pki, keys, now)
+    _write_servers(pki, issuing, keys, now)
+    _write_cards(pki, issuing, roots, uk_root, uk_inter, keys, now)
+    _write_manifest(dest, pki, now)
+    return pki
+
+
+Keys = Iterator[rsa.RSAPrivateKey]   # consumed in build's order: the key sizes were listed in it
+
+
+def _write_cas(pki: TestPki, specs: tuple[_CaSpec, ...], keys: Keys, now: datetime
+               ) -> tuple[dict[str, tuple[_Ca, bool]], dict[str, _Ca]]:
+    """Each authority set's root and intermediate: the issuing CA (and whether it is TEST) and the root, by set."""
     issuing: dict[str, tuple[_Ca, bool]] = {}
     roots: dict[str, _Ca] = {}
     for spec in specs:
@@ -504,7 +518,11 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
         _write_key(files.root_keys[0], rk)
         _write_key(files.intermediate_keys[0], ik)
         issuing[spec.name] = (inter, spec.test)
+    return issuing, roots
 
+
+def _write_unknown_ca(pki: TestPki, keys: Keys, now: datetime) -> tuple[_Ca, _Ca]:
+    """The rogue root and issuing CA no authority set trusts."""
     uk_root_name, uk_inter_name = _unknown_name("ROGUE ROOT CA"), _unknown_name("ROGUE ISSUING CA")
     rk = next(keys)
     uk_root = _Ca(uk_root_name, rk, _ca_cert(uk_root_name, rk, None, now))
@@ -512,7 +530,11 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
     uk_inter = _Ca(uk_inter_name, ik, _ca_cert(uk_inter_name, ik, uk_root, now))
     _write(pki.unknown_ca_root, _pem(uk_root.cert))
     _write(pki.unknown_ca_root.with_name("intermediate.pem"), _pem(uk_inter.cert))
+    return uk_root, uk_inter
 
+
+def _write_servers(pki: TestPki, issuing: dict[str, tuple[_Ca, bool]], keys: Keys, now: datetime) -> None:
+    """One server certificate per flow, issued by the set of that flow's PKI."""
     server_sets = {"2bis": "igc-cps-2bis", "igcsante": "igc-sante-elementaire-org"}
     for flow in SERVERS:
         key = next(keys)
@@ -523,6 +545,10 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
         _write(kp.chain, _pem(cert) + _pem(inter.cert))
         _write_key(kp.key, key)
 
+
+def _write_cards(pki: TestPki, issuing: dict[str, tuple[_Ca, bool]], roots: dict[str, _Ca], uk_root: _Ca,
+                 uk_inter: _Ca, keys: Keys, now: datetime) -> None:
+    """Every card of ``CARDS``, with the chain file its client would send."""
     card_keys = [next(keys) for _ in CARDS]
     for i, (card, key) in enumerate(zip(CARDS, card_keys, strict=True)):
         cas: list[_Ca] = []            # what the card's chain file carries after the card, nearest first
@@ -552,6 +578,9 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
         _write(kp.chain, _pem(cert) + b"".join(_pem(ca.cert) for ca in cas))
         _write_key(kp.key, key)
 
+
+def _write_manifest(dest: Path, pki: TestPki, now: datetime) -> None:
+    """The manifest that marks the PKI complete."""
     manifest = {"version": LAYOUT_VERSION, "generated_at": now.isoformat(),
                 "fresh_until": (now + timedelta(days=1)).isoformat(),
                 "authorities": sorted(pki.authorities), "servers": list(SERVERS),
@@ -560,4 +589,3 @@ def build(dest: Path, *, now: datetime | None = None) -> TestPki:
     tmp = dest / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     tmp.replace(dest / "manifest.json")
-    return pki

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sniproxy.config.model import Config
+from sniproxy.errors import SniproxyError
 
 
 def runtime_dir(config: Config) -> Path:
@@ -30,7 +31,7 @@ def runtime_dir(config: Config) -> Path:
     return Path(tempfile.gettempdir()) / f"sniproxy-{os.getuid()}" / digest
 
 
-class AlreadyRunning(Exception):
+class AlreadyRunning(SniproxyError):
     """Another instance holds the lock."""
 
     def __init__(self, path: Path, pid: int | None) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sniproxy.errors import SniproxyError
+from sniproxy.errors import Reason, SniproxyError
 
 _HANDSHAKE = 0x16               # ContentType.handshake (RFC 8446 §5.1)
 _CLIENT_HELLO = 1               # HandshakeType.client_hello (§4)
@@ -25,6 +25,8 @@ _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 class ClientHelloError(SniproxyError):
     """The bytes are not a well-formed TLS ClientHello; ``str()`` says what was wrong."""
+
+    REASON = Reason.BAD_CLIENT_HELLO
 
 
 @dataclass(frozen=True, slots=True)

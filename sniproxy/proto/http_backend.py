@@ -18,15 +18,19 @@ from dataclasses import dataclass
 
 import httptools
 
+from sniproxy.errors import Reason, SniproxyError
+
 Headers = list[tuple[bytes, bytes]]
 
 
-class _Stop(Exception):
+class _Stop(SniproxyError):
     """Raised in an llhttp callback to stop the parser (httptools has no pause)."""
 
 
-class RequestError(Exception):
+class RequestError(SniproxyError):
     """A request head or body this side cannot write out (the caller answers 400)."""
+
+    REASON = Reason.BAD_REQUEST
 
 
 # Events out (facts about the backend's response).

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from sniproxy.card import CardIdentity, UnreadableCard, identity_fields, openssl_dn, to_pem
+from sniproxy.errors import SniproxyError
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -46,7 +47,7 @@ _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # control characters other tha
 _FRAMING = frozenset({b"content-length", b"host", b"transfer-encoding"})
 
 
-class BadRequest(Exception):
+class BadRequest(SniproxyError):
     """The request must be refused with ``400`` and the connection closed."""
 
 

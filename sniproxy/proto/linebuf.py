@@ -6,11 +6,13 @@ bounded by ``max_line`` plus the chunk being fed. Must not do I/O, decoding or p
 
 from __future__ import annotations
 
-from sniproxy.errors import SniproxyError
+from sniproxy.errors import Reason, SniproxyError
 
 
 class LineTooLong(SniproxyError):
     """The peer sent a line (complete or not) longer than the configured maximum."""
+
+    REASON = Reason.LINE_TOO_LONG
 
 
 class LineBuffer:

@@ -2,9 +2,10 @@
 
 Follows haproxy's ``doc/proxy-protocol.txt`` (2020/03/05 revision, as shipped with haproxy 2.8).
 
-Owns: the v2 binary encoding (addresses, TLVs, the optional CRC32c checksum), the TLV helpers
-(``PP2_TYPE_SSL`` and its sub-TLVs, application TLVs 0xE0-0xEF) and an incremental parser of
-the v1 and v2 headers a trusted load balancer puts in front of a connection. Must not do I/O,
+Owns: an incremental parser of the v1 and v2 headers a trusted load balancer puts in front of a
+connection, and the decoding of a received ``PP2_TYPE_SSL`` TLV. The encoder sniproxy uses towards
+its backends is ``proxy_encode``, the constants both share ``proxy_wire``; their public names are
+re-exported here, the one import the rest of sniproxy (and the tests) use. Must not do I/O,
 know about sockets or clocks, or decide whether a peer may send a header at all: the caller only
 runs the parser on connections from configured load balancers (spec section 5).
 """
@@ -14,216 +15,63 @@ from __future__ import annotations
 import ipaddress
 import re
 import struct
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, TypedDict
+from typing import Final
 
-from sniproxy.errors import SniproxyError
-
-# --- wire constants (spec section 2.2) -------------------------------------------------------
-
-V2_SIGNATURE: Final = b"\r\n\r\n\x00\r\nQUIT\n"
-V1_PREFIX: Final = b"PROXY"
-V2_HEADER_LEN: Final = 16            # signature + ver_cmd + fam + len
-MAX_V1_LINE: Final = 107             # worst-case v1 line, CRLF included (section 2.1)
-MAX_V2_HEADER: Final = V2_HEADER_LEN + 0xFFFF
-
-# Dovecot 2.3 drops a PROXY header larger than this; keep headers sent to it under that size.
-MAX_HEADER: Final = 1500
-
-PP2_TYPE_ALPN: Final = 0x01
-PP2_TYPE_AUTHORITY: Final = 0x02
-PP2_TYPE_CRC32C: Final = 0x03
-PP2_TYPE_NOOP: Final = 0x04
-PP2_TYPE_UNIQUE_ID: Final = 0x05
-PP2_TYPE_SSL: Final = 0x20
-PP2_SUBTYPE_SSL_VERSION: Final = 0x21
-PP2_SUBTYPE_SSL_CN: Final = 0x22
-PP2_SUBTYPE_SSL_CIPHER: Final = 0x23
-PP2_SUBTYPE_SSL_SIG_ALG: Final = 0x24
-PP2_SUBTYPE_SSL_KEY_ALG: Final = 0x25
-PP2_TYPE_NETNS: Final = 0x30
-PP2_TYPE_MIN_CUSTOM: Final = 0xE0
-PP2_TYPE_MAX_CUSTOM: Final = 0xEF
-
-PP2_CLIENT_SSL: Final = 0x01
-PP2_CLIENT_CERT_CONN: Final = 0x02
-PP2_CLIENT_CERT_SESS: Final = 0x04
-
-MAX_TLV_VALUE: Final = 0xFFFF        # the TLV length field is 16 bits
-MAX_UNIQUE_ID: Final = 128           # section 2.2.5
-
-_CMD_LOCAL: Final = 0x0
-_CMD_PROXY: Final = 0x1
-_FAM_UNSPEC: Final = 0x00
-_FAM_TCP4: Final = 0x11
-_FAM_TCP6: Final = 0x21
-# Every family/transport byte the spec lists, with its address block length (section 2.2).
-_ADDR_LEN: Final[dict[int, int]] = {0x00: 0, 0x11: 12, 0x12: 12, 0x21: 36, 0x22: 36, 0x31: 216, 0x32: 216}
-_CRC_PLACEHOLDER: Final = b"\x00\x00\x00\x00"
-
-Command = Literal["PROXY", "LOCAL"]
-Address = tuple[str, int]
-Tlv = tuple[int, bytes]
-
-# --- errors and results -----------------------------------------------------------------------
-
-NO_PROXY_HEADER: Final = "no_proxy_header"
-V1_MALFORMED: Final = "v1_malformed"
-V1_TOO_LONG: Final = "v1_too_long"
-BAD_VERSION: Final = "bad_version"
-BAD_COMMAND: Final = "bad_command"
-BAD_FAMILY: Final = "bad_family"
-UNSUPPORTED_FAMILY: Final = "unsupported_family"
-BAD_LENGTH: Final = "bad_length"
-TOO_LONG: Final = "too_long"
-BAD_TLV: Final = "bad_tlv"
-BAD_CRC: Final = "bad_crc"
-MISSING_CRC: Final = "missing_crc"
-
-
-class ProxyHeaderError(SniproxyError):
-    """The bytes are not an acceptable PROXY header; the connection must be dropped (spec 2.1).
-
-    ``reason`` is one of the stable words above (``no_proxy_header``, ``bad_crc``...) so logs and
-    tests can match it; ``detail`` is free text for humans.
-    """
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-
-
-@dataclass(frozen=True, slots=True)
-class ProxyResult:
-    """A complete, validated PROXY header and what came after it in the same ``feed``.
-
-    ``src``/``dst`` are ``None`` when the real connection endpoints must be used: v2 LOCAL, v2
-    PROXY over AF_UNSPEC, v1 UNKNOWN. ``tlvs`` lists every v2 TLV in wire order, CRC32C and NOOP
-    included. ``consumed`` is the header length; ``rest`` belongs to the next protocol layer.
-    """
-
-    version: int
-    command: str
-    src: Address | None
-    dst: Address | None
-    tlvs: list[Tlv]
-    consumed: int
-    rest: bytes
-
-    def tlv(self, tlv_type: int) -> bytes | None:
-        """Value of the first TLV of that type, ``None`` if absent: most types appear at most once."""
-        for t, value in self.tlvs:
-            if t == tlv_type:
-                return value
-        return None
-
-
-class SslTlvInfo(TypedDict):
-    """Decoded ``PP2_TYPE_SSL`` value (section 2.2.6); strings are ``None`` when not sent."""
-
-    client_flags: int
-    verify: int
-    version: str | None
-    cn: str | None
-    cipher: str | None
-    sig_alg: str | None
-    key_alg: str | None
-    tlvs: list[Tlv]
-
-
-# --- CRC32c (RFC 4960 appendix B, Castagnoli, reflected) ---------------------------------------
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-        table.append(c)
-    return tuple(table)
-
-
-_CRC32C_TABLE: Final = _crc32c_table()
-
-
-def crc32c(data: bytes | bytearray, value: int = 0) -> int:
-    """CRC32c of ``data``; pass a previous result as ``value`` to continue over several chunks.
-
-    Pure Python on purpose: headers are at most 64 KiB and usually under 100 bytes, which does not
-    justify a compiled dependency.
-    """
-    table = _CRC32C_TABLE
-    crc = value ^ 0xFFFFFFFF
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-# --- TLV helpers ------------------------------------------------------------------------------
-
-
-def _tlv_bytes(tlv_type: int, value: bytes) -> bytes:
-    if isinstance(tlv_type, bool) or not isinstance(tlv_type, int) or not 0 <= tlv_type <= 0xFF:
-        raise ValueError(f"TLV type {tlv_type!r} is not a byte")
-    if not isinstance(value, bytes | bytearray):
-        raise TypeError(f"TLV 0x{tlv_type:02x} value must be bytes, not {type(value).__name__}")
-    if len(value) > MAX_TLV_VALUE:
-        raise ValueError(f"TLV 0x{tlv_type:02x} value of {len(value)} bytes exceeds {MAX_TLV_VALUE}")
-    return struct.pack("!BH", tlv_type, len(value)) + bytes(value)
-
-
-def custom_tlv(type: int, value: bytes) -> Tlv:
-    """An application TLV: only 0xE0-0xEF are reserved for us, so any other type is refused."""
-    if isinstance(type, bool) or not isinstance(type, int) or not PP2_TYPE_MIN_CUSTOM <= type <= PP2_TYPE_MAX_CUSTOM:
-        raise ValueError(f"custom TLV type {type!r} is outside 0x{PP2_TYPE_MIN_CUSTOM:02X}-0x{PP2_TYPE_MAX_CUSTOM:02X}")
-    _tlv_bytes(type, value)
-    return (type, bytes(value))
-
-
-def authority_tlv(host: str) -> Tlv:
-    """``PP2_TYPE_AUTHORITY``: the SNI the client sent, so the backend can tell flows apart."""
-    value = host.encode("utf-8")
-    _tlv_bytes(PP2_TYPE_AUTHORITY, value)
-    return (PP2_TYPE_AUTHORITY, value)
-
-
-def alpn_tlv(protocol: bytes) -> Tlv:
-    """``PP2_TYPE_ALPN``: the negotiated ALPN protocol, as bytes since RFC 7301 names are opaque."""
-    _tlv_bytes(PP2_TYPE_ALPN, protocol)
-    return (PP2_TYPE_ALPN, bytes(protocol))
-
-
-def unique_id_tlv(value: bytes) -> Tlv:
-    """``PP2_TYPE_UNIQUE_ID``: a connection id for log correlation; the spec caps it at 128 bytes."""
-    if len(value) > MAX_UNIQUE_ID:
-        raise ValueError(f"unique ID of {len(value)} bytes exceeds {MAX_UNIQUE_ID}")
-    return (PP2_TYPE_UNIQUE_ID, bytes(value))
-
-
-def ssl_tlv(*, client_flags: int, verify: int, version: str | None = None, cn: str | None = None,
-            cipher: str | None = None, sig_alg: str | None = None, key_alg: str | None = None) -> Tlv:
-    """``PP2_TYPE_SSL``: how the client's TLS went, for a backend that never sees the handshake.
-
-    ``verify`` is 0 when a client certificate was presented and verified. Sub-TLVs go out in
-    the argument order, each only when not ``None``, UTF-8 encoded.
-    """
-    if isinstance(client_flags, bool) or not 0 <= client_flags <= 0xFF:
-        raise ValueError(f"client_flags {client_flags!r} is not a byte")
-    if isinstance(verify, bool) or not 0 <= verify <= 0xFFFFFFFF:
-        raise ValueError(f"verify {verify!r} is not a 32-bit unsigned integer")
-    parts = [struct.pack("!BI", client_flags, verify)]
-    for sub_type, text in ((PP2_SUBTYPE_SSL_VERSION, version), (PP2_SUBTYPE_SSL_CN, cn),
-                           (PP2_SUBTYPE_SSL_CIPHER, cipher), (PP2_SUBTYPE_SSL_SIG_ALG, sig_alg),
-                           (PP2_SUBTYPE_SSL_KEY_ALG, key_alg)):
-        if text is not None:
-            parts.append(_tlv_bytes(sub_type, text.encode("utf-8")))
-    value = b"".join(parts)
-    _tlv_bytes(PP2_TYPE_SSL, value)
-    return (PP2_TYPE_SSL, value)
-
+from sniproxy.proto.proxy_encode import alpn_tlv, authority_tlv, custom_tlv, encode_v2, ssl_tlv, unique_id_tlv
+from sniproxy.proto.proxy_wire import (
+    ADDR_LEN,
+    BAD_COMMAND,
+    BAD_CRC,
+    BAD_FAMILY,
+    BAD_LENGTH,
+    BAD_TLV,
+    BAD_VERSION,
+    CMD_LOCAL,
+    CMD_PROXY,
+    CRC_PLACEHOLDER,
+    FAM_TCP4,
+    FAM_TCP6,
+    FAM_UNSPEC,
+    MAX_HEADER,
+    MAX_TLV_VALUE,
+    MAX_UNIQUE_ID,
+    MAX_V1_LINE,
+    MAX_V2_HEADER,
+    MISSING_CRC,
+    NO_PROXY_HEADER,
+    PP2_CLIENT_CERT_CONN,
+    PP2_CLIENT_CERT_SESS,
+    PP2_CLIENT_SSL,
+    PP2_SUBTYPE_SSL_CIPHER,
+    PP2_SUBTYPE_SSL_CN,
+    PP2_SUBTYPE_SSL_KEY_ALG,
+    PP2_SUBTYPE_SSL_SIG_ALG,
+    PP2_SUBTYPE_SSL_VERSION,
+    PP2_TYPE_ALPN,
+    PP2_TYPE_AUTHORITY,
+    PP2_TYPE_CRC32C,
+    PP2_TYPE_MAX_CUSTOM,
+    PP2_TYPE_MIN_CUSTOM,
+    PP2_TYPE_NETNS,
+    PP2_TYPE_NOOP,
+    PP2_TYPE_SSL,
+    PP2_TYPE_UNIQUE_ID,
+    TOO_LONG,
+    UNSUPPORTED_FAMILY,
+    V1_MALFORMED,
+    V1_PREFIX,
+    V1_TOO_LONG,
+    V2_HEADER_LEN,
+    V2_SIGNATURE,
+    Address,
+    Command,
+    ProxyHeaderError,
+    ProxyResult,
+    SslTlvInfo,
+    Tlv,
+    crc32c,
+    split_tlvs,
+)
 
 _SSL_NAMES: Final[dict[int, str]] = {
     PP2_SUBTYPE_SSL_VERSION: "version",
@@ -243,7 +91,7 @@ def parse_ssl_tlv(value: bytes) -> SslTlvInfo:
     if len(value) < 5:
         raise ProxyHeaderError(BAD_TLV, f"SSL TLV of {len(value)} bytes is shorter than 5")
     client_flags, verify = struct.unpack("!BI", value[:5])
-    subs = [(t, bytes(value[s:e])) for t, s, e in _split_tlvs(value, 5, len(value))]
+    subs = [(t, bytes(value[s:e])) for t, s, e in split_tlvs(value, 5, len(value))]
     texts: dict[str, str] = {}
     for sub_type, raw in subs:
         name = _SSL_NAMES.get(sub_type)
@@ -258,109 +106,6 @@ def parse_ssl_tlv(value: bytes) -> SslTlvInfo:
     return SslTlvInfo(client_flags=client_flags, verify=verify, version=texts.get("version"),
                       cn=texts.get("cn"), cipher=texts.get("cipher"), sig_alg=texts.get("sig_alg"),
                       key_alg=texts.get("key_alg"), tlvs=subs)
-
-
-def _split_tlvs(block: bytes | bytearray, start: int, end: int) -> list[tuple[int, int, int]]:
-    """``(type, value_start, value_end)`` of each TLV in ``block[start:end]``; offsets let the
-    CRC check zero the checksum in place."""
-    out = []
-    pos = start
-    while pos < end:
-        if end - pos < 3:
-            raise ProxyHeaderError(BAD_TLV, f"{end - pos} stray bytes where a TLV header is expected")
-        tlv_type = block[pos]
-        length = (block[pos + 1] << 8) | block[pos + 2]
-        value_end = pos + 3 + length
-        if value_end > end:
-            raise ProxyHeaderError(BAD_TLV, f"TLV 0x{tlv_type:02x} of {length} bytes overruns its block")
-        out.append((tlv_type, pos + 3, value_end))
-        pos = value_end
-    return out
-
-
-# --- encoding ---------------------------------------------------------------------------------
-
-
-def _endpoint(addr: Address, side: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
-    host, port = addr
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ValueError(f"{side} port {port!r} is not in 0-65535")
-    if not isinstance(host, str):
-        raise TypeError(f"{side} address must be a str, not {type(host).__name__}")
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ValueError(f"{side} address {host!r} is not an IP address") from exc
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; the backend wants IPv4.
-            return ip.ipv4_mapped, port
-        if ip.scope_id is not None:
-            # The address block has no room for a zone; the address itself is still right.
-            ip = ipaddress.IPv6Address(ip.packed)
-    return ip, port
-
-
-def _to_v6(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv6Address:
-    if isinstance(ip, ipaddress.IPv6Address):
-        return ip
-    return ipaddress.IPv6Address((0xFFFF << 32) | int(ip))
-
-
-def _address_block(src: Address, dst: Address) -> tuple[int, bytes]:
-    s_ip, s_port = _endpoint(src, "source")
-    d_ip, d_port = _endpoint(dst, "destination")
-    if isinstance(s_ip, ipaddress.IPv4Address) and isinstance(d_ip, ipaddress.IPv4Address):
-        return _FAM_TCP4, s_ip.packed + d_ip.packed + struct.pack("!HH", s_port, d_port)
-    # The block has one family for both ends: a mixed pair travels as IPv6, IPv4 mapped.
-    return _FAM_TCP6, _to_v6(s_ip).packed + _to_v6(d_ip).packed + struct.pack("!HH", s_port, d_port)
-
-
-_crc32c = crc32c    # encode_v2's ``crc32c`` flag shadows the function inside its body
-
-
-def encode_v2(*, command: Command, src: Address | None, dst: Address | None, tlvs: Sequence[Tlv] = (),
-              crc32c: bool = False, max_size: int | None = None) -> bytes:
-    """A complete PROXY v2 header (TCP over IPv4/IPv6), to write before any other byte.
-
-    LOCAL (health checks) and PROXY without addresses go out as AF_UNSPEC with no address block;
-    addresses given with LOCAL are not sent, since the receiver must ignore them (section 2.2).
-    ``crc32c`` adds a ``PP2_TYPE_CRC32C`` TLV; ``max_size`` refuses headers the receiver would
-    drop (see ``MAX_HEADER``). Raises ``ValueError`` on anything that cannot be encoded.
-    """
-    if command == "PROXY":
-        ver_cmd = 0x20 | _CMD_PROXY
-    elif command == "LOCAL":
-        ver_cmd = 0x20 | _CMD_LOCAL
-    else:
-        raise ValueError(f"command must be 'PROXY' or 'LOCAL', not {command!r}")
-    if command == "LOCAL" or (src is None and dst is None):
-        fam, addr = _FAM_UNSPEC, b""
-    elif src is None or dst is None:
-        raise ValueError("src and dst must both be given or both be None")
-    else:
-        fam, addr = _address_block(src, dst)
-    parts = []
-    for tlv_type, value in tlvs:
-        if tlv_type == PP2_TYPE_CRC32C:
-            raise ValueError("the CRC32C TLV is computed by encode_v2: pass crc32c=True instead")
-        parts.append(_tlv_bytes(tlv_type, value))
-    # The checksum TLV goes first, as haproxy does: a corrupted length then still covers it, so
-    # the damage shows as a bad checksum instead of a header that silently lost its checksum.
-    crc_tlv = _tlv_bytes(PP2_TYPE_CRC32C, _CRC_PLACEHOLDER) if crc32c else b""
-    body = addr + crc_tlv + b"".join(parts)
-    if len(body) > 0xFFFF:
-        raise ValueError(f"PROXY v2 address and TLV block of {len(body)} bytes exceeds 65535")
-    header = bytearray(V2_SIGNATURE)
-    header += struct.pack("!BBH", ver_cmd, fam, len(body))
-    header += body
-    if max_size is not None and len(header) > max_size:
-        raise ValueError(f"PROXY v2 header of {len(header)} bytes exceeds max_size {max_size}")
-    if crc32c:
-        at = V2_HEADER_LEN + len(addr) + 3
-        # Network byte order, as haproxy writes and reads it (write_n32/read_n32).
-        header[at:at + 4] = _crc32c(header).to_bytes(4, "big")
-    return bytes(header)
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -516,7 +261,7 @@ class ProxyHeaderParser:
         if start < 13 <= len(buf):
             if buf[12] >> 4 != 2:
                 raise ProxyHeaderError(BAD_VERSION, f"version {buf[12] >> 4}, only 2 exists")
-            if buf[12] & 0x0F not in (_CMD_LOCAL, _CMD_PROXY):
+            if buf[12] & 0x0F not in (CMD_LOCAL, CMD_PROXY):
                 raise ProxyHeaderError(BAD_COMMAND, f"command 0x{buf[12] & 0x0F:x}")
         if start < 14 <= len(buf):
             _check_family(buf[12] & 0x0F, buf[13])
@@ -525,23 +270,23 @@ class ProxyHeaderParser:
             total = V2_HEADER_LEN + length
             if total > self._max_v2:
                 raise ProxyHeaderError(TOO_LONG, f"v2 header of {total} bytes exceeds {self._max_v2}")
-            if length < _ADDR_LEN[buf[13]]:
+            if length < ADDR_LEN[buf[13]]:
                 raise ProxyHeaderError(BAD_LENGTH, f"length {length} is shorter than the address block")
             self._total = total
 
     def _parse_v2(self) -> _Parsed:
         hdr = self._buf
         command, fam = hdr[12] & 0x0F, hdr[13]
-        alen = _ADDR_LEN[fam]    # _check_family made sure it is a listed one
+        alen = ADDR_LEN[fam]    # _check_family made sure it is a listed one
         src: Address | None = None
         dst: Address | None = None
-        if command == _CMD_PROXY and fam == _FAM_TCP4:
+        if command == CMD_PROXY and fam == FAM_TCP4:
             s, d, sp, dp = struct.unpack_from("!4s4sHH", hdr, V2_HEADER_LEN)
             src, dst = (str(ipaddress.IPv4Address(s)), sp), (str(ipaddress.IPv4Address(d)), dp)
-        elif command == _CMD_PROXY and fam == _FAM_TCP6:
+        elif command == CMD_PROXY and fam == FAM_TCP6:
             s, d, sp, dp = struct.unpack_from("!16s16sHH", hdr, V2_HEADER_LEN)
             src, dst = (str(ipaddress.IPv6Address(s)), sp), (str(ipaddress.IPv6Address(d)), dp)
-        spans = _split_tlvs(hdr, V2_HEADER_LEN + alen, len(hdr))
+        spans = split_tlvs(hdr, V2_HEADER_LEN + alen, len(hdr))
         crcs = [(s, e) for t, s, e in spans if t == PP2_TYPE_CRC32C]
         if len(crcs) > 1:
             raise ProxyHeaderError(BAD_TLV, "more than one CRC32C TLV")
@@ -550,13 +295,13 @@ class ProxyHeaderParser:
             if e - s != 4:
                 raise ProxyHeaderError(BAD_TLV, f"CRC32C TLV of {e - s} bytes, expected 4")
             received = int.from_bytes(hdr[s:e], "big")
-            computed = crc32c(hdr[:s] + _CRC_PLACEHOLDER + hdr[e:])
+            computed = crc32c(hdr[:s] + CRC_PLACEHOLDER + hdr[e:])
             if computed != received:
                 raise ProxyHeaderError(BAD_CRC, f"checksum 0x{received:08x}, computed 0x{computed:08x}")
         elif self._require_crc:
             raise ProxyHeaderError(MISSING_CRC, "no CRC32C TLV")
         tlvs = [(t, bytes(hdr[s:e])) for t, s, e in spans]
-        return 2, "LOCAL" if command == _CMD_LOCAL else "PROXY", src, dst, tlvs
+        return 2, "LOCAL" if command == CMD_LOCAL else "PROXY", src, dst, tlvs
 
 
 _Parsed = tuple[int, str, Address | None, Address | None, list[Tlv]]
@@ -567,14 +312,12 @@ def _check_family(command: int, fam: int) -> None:
     AF_UNSPEC, since anything else would leave the real client address unknown."""
     if fam >> 4 > 3 or fam & 0x0F > 2:
         raise ProxyHeaderError(BAD_FAMILY, f"family/transport byte 0x{fam:02x}")
-    if fam not in _ADDR_LEN:
+    if fam not in ADDR_LEN:
         # Valid nibbles, but a combination the spec does not list, so no known address length.
-        raise ProxyHeaderError(UNSUPPORTED_FAMILY if command == _CMD_PROXY else BAD_FAMILY,
+        raise ProxyHeaderError(UNSUPPORTED_FAMILY if command == CMD_PROXY else BAD_FAMILY,
                                f"family/transport byte 0x{fam:02x}")
-    if command == _CMD_PROXY and fam not in (_FAM_UNSPEC, _FAM_TCP4, _FAM_TCP6):
+    if command == CMD_PROXY and fam not in (FAM_UNSPEC, FAM_TCP4, FAM_TCP6):
         raise ProxyHeaderError(UNSUPPORTED_FAMILY, f"family/transport byte 0x{fam:02x} (only TCP)")
-
-
 
 
 def _v1_address(token: bytes, v6: bool) -> str:
@@ -609,3 +352,17 @@ def looks_like_header(first: bytes) -> bool | None:
         if first[:n] == sig[:n]:
             return True if len(first) >= len(sig) else None
     return False
+
+
+# What this module offered before the encoder and the shared constants had modules of their own.
+__all__ = [
+    "BAD_COMMAND", "BAD_CRC", "BAD_FAMILY", "BAD_LENGTH", "BAD_TLV", "BAD_VERSION", "MAX_HEADER", "MAX_TLV_VALUE",
+    "MAX_UNIQUE_ID", "MAX_V1_LINE", "MAX_V2_HEADER", "MISSING_CRC", "NO_PROXY_HEADER", "PP2_CLIENT_CERT_CONN",
+    "PP2_CLIENT_CERT_SESS", "PP2_CLIENT_SSL", "PP2_SUBTYPE_SSL_CIPHER", "PP2_SUBTYPE_SSL_CN",
+    "PP2_SUBTYPE_SSL_KEY_ALG", "PP2_SUBTYPE_SSL_SIG_ALG", "PP2_SUBTYPE_SSL_VERSION", "PP2_TYPE_ALPN",
+    "PP2_TYPE_AUTHORITY", "PP2_TYPE_CRC32C", "PP2_TYPE_MAX_CUSTOM", "PP2_TYPE_MIN_CUSTOM", "PP2_TYPE_NETNS",
+    "PP2_TYPE_NOOP", "PP2_TYPE_SSL", "PP2_TYPE_UNIQUE_ID", "TOO_LONG", "UNSUPPORTED_FAMILY", "V1_MALFORMED",
+    "V1_PREFIX", "V1_TOO_LONG", "V2_HEADER_LEN", "V2_SIGNATURE", "Address", "Command", "ProxyHeaderError",
+    "ProxyHeaderParser", "ProxyResult", "SslTlvInfo", "Tlv", "alpn_tlv", "authority_tlv", "crc32c", "custom_tlv",
+    "encode_v2", "looks_like_header", "parse_ssl_tlv", "ssl_tlv", "unique_id_tlv",
+]

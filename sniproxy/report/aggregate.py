@@ -13,7 +13,7 @@ an address is only listed on its own when no card was seen on that connection.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sniproxy.report.classify import PKI_NONE, address_of, pki_of
 
@@ -76,6 +76,21 @@ class Day:
 # address, name, pki, card_type, software, last time seen on a new flow with SNI after a blocking connection]
 B_LAST, B_FIRST, B_COUNT, B_WHY, B_SNI, B_LISTENER, B_FLOW, B_ADDR, B_NAME, B_PKI, B_CARD, B_SW, B_MOVED = range(13)
 WHY_NO_SNI, WHY_LEGACY = "no SNI", "legacy flow"
+
+
+class _Seen(NamedTuple):
+    """What ``Aggregate.add`` read of one event, handed to the per-day count."""
+
+    listener: str
+    flow_v: Any            # the event's flow, None when the connection ended before one was chosen
+    flow: str              # flow_v, or NO_FLOW
+    addr: str
+    sni: Any
+    missing_sni: bool
+    identity: dict[str, Any] | None
+    pki: str
+    card: str
+    holder: str | None
 
 
 class Aggregate:
@@ -143,45 +158,7 @@ class Aggregate:
         identity = get("identity")
         if identity is not None and not isinstance(identity, dict):
             identity = None
-        if identity:
-            memo_key: tuple[Any, Any, Any] = (identity.get("issuer"), identity.get("layout"), identity.get("authority"))
-            card = identity.get("card_type_name") or "unknown"
-            holder = identity.get("idnat_ps") or None
-        else:
-            memo_key = (None, None, get("authority"))
-            card, holder = "-", None
-        pki = self._pki_memo.get(memo_key)
-        if pki is None:
-            pki = pki_of(identity, get("authority"))
-            if len(self._pki_memo) < self.max_names:
-                self._pki_memo[memo_key] = pki
-        table = g.pki
-        if pki in table:
-            table[pki] += 1
-        else:
-            _bump(table, pki, self.max_names)
-        table = g.card_types
-        if card in table:
-            table[card] += 1
-        else:
-            _bump(table, card, self.max_names)
-        tls = get("tls_version")
-        if tls:
-            table = g.tls_versions
-            if tls in table:
-                table[tls] += 1
-            else:
-                _bump(table, tls, self.max_names)
-        if holder is not None:
-            if holder not in g.holders and self._keep(g.holders, holder, "holders"):
-                g.holders.add(holder)
-            if holder not in self.holder_pki:
-                if self._keep(self.holder_pki, holder, "holders"):
-                    self.holder_pki[holder] = pki
-                    self.holder_card[holder] = card
-            elif self.holder_pki[holder] != pki:   # a renewed card: the report shows the newest
-                self.holder_pki[holder] = pki
-                self.holder_card[holder] = card
+        pki, card, holder = self._count_card(g, identity, get("authority"), get("tls_version"))
         sni = get("sni")
         missing_sni = not sni and (flow_v is not None or get("reason") == "unknown_sni")
         if sni:
@@ -201,6 +178,56 @@ class Aggregate:
             if new_day is None:
                 return
             day = new_day
+        self._count_day(day, ts, ev, _Seen(listener, flow_v, flow, addr, sni, missing_sni, identity, pki, card,
+                                           holder))
+
+    def _count_card(self, g: Group, identity: dict[str, Any] | None, authority: Any, tls: Any
+                    ) -> tuple[str, str, str | None]:
+        """Count the card (PKI, card type, holder) and TLS version of one event in ``g``: (pki, card, holder)."""
+        if identity:
+            memo_key: tuple[Any, Any, Any] = (identity.get("issuer"), identity.get("layout"), identity.get("authority"))
+            card = identity.get("card_type_name") or "unknown"
+            holder = identity.get("idnat_ps") or None
+        else:
+            memo_key = (None, None, authority)
+            card, holder = "-", None
+        pki = self._pki_memo.get(memo_key)
+        if pki is None:
+            pki = pki_of(identity, authority)
+            if len(self._pki_memo) < self.max_names:
+                self._pki_memo[memo_key] = pki
+        table = g.pki
+        if pki in table:
+            table[pki] += 1
+        else:
+            _bump(table, pki, self.max_names)
+        table = g.card_types
+        if card in table:
+            table[card] += 1
+        else:
+            _bump(table, card, self.max_names)
+        if tls:
+            table = g.tls_versions
+            if tls in table:
+                table[tls] += 1
+            else:
+                _bump(table, tls, self.max_names)
+        if holder is not None:
+            if holder not in g.holders and self._keep(g.holders, holder, "holders"):
+                g.holders.add(holder)
+            if holder not in self.holder_pki:
+                if self._keep(self.holder_pki, holder, "holders"):
+                    self.holder_pki[holder] = pki
+                    self.holder_card[holder] = card
+            elif self.holder_pki[holder] != pki:   # a renewed card: the report shows the newest
+                self.holder_pki[holder] = pki
+                self.holder_card[holder] = card
+        return pki, card, holder
+
+    def _count_day(self, day: Day, ts: float, ev: dict[str, Any], seen: _Seen) -> None:
+        """Count one event in its day: hellos, flows, PKIs, and the clients the 2bis switch-off would block."""
+        flow_v, flow, missing_sni, pki, holder, addr = (seen.flow_v, seen.flow, seen.missing_sni, seen.pki,
+                                                         seen.holder, seen.addr)
         if flow_v or missing_sni:
             day.hellos += 1
             if flow_v:
@@ -214,9 +241,9 @@ class Aggregate:
             key = holder if holder is not None else "@" + addr
             if key not in day.blocking and self._keep(day.blocking, key, "blocking"):
                 day.blocking.add(key)
-            self._block(key, ts, ev, WHY_NO_SNI if missing_sni else WHY_LEGACY, listener, flow, addr,
-                        identity, pki, card)
-        elif flow_v and sni:
+            self._block(key, ts, ev, WHY_NO_SNI if missing_sni else WHY_LEGACY, seen.listener, flow, addr,
+                        seen.identity, pki, seen.card)
+        elif flow_v and seen.sni:
             # A blocking client now seen on a new flow with SNI has probably moved: remember when, so the
             # report can tell "still on 2bis" from "moved since". Events come in time order, so only
             # clients already listed need it.

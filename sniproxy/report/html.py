@@ -73,6 +73,15 @@ def render_html(report: dict[str, Any], note: str = "") -> str:
     out.append("<h2>Card holders by PKI and card type</h2>")
     out.append(f"<p>PKI: {_counts(report['holders_by_pki'])}<br>Card types: "
                f"{_counts(report['holders_by_card_type'])}</p>")
+    out += _groups(report)
+    out += _blockers(report)
+    out += _about(report)
+    return "".join(out)
+
+
+def _groups(report: dict[str, Any]) -> list[str]:
+    """The per listener and flow table."""
+    out: list[str] = []
     out.append("<h2>Per listener and flow</h2><table id=\"groups\"><thead><tr><th>listener</th><th>flow</th>"
                "<th>connections</th><th>holders</th><th>addresses</th><th>no-SNI clients</th><th>SNI names</th>"
                "<th>card PKI</th><th>card types</th><th>TLS</th><th>refusals</th><th>first / last seen</th>"
@@ -86,6 +95,12 @@ def render_html(report: dict[str, Any], note: str = "") -> str:
                    f"<td>{_counts(g['refusals'])}</td><td>{escape(g['first_seen'] or '')}<br>"
                    f"{escape(g['last_seen'] or '')}</td></tr>")
     out.append("</tbody></table>")
+    return out
+
+
+def _blockers(report: dict[str, Any]) -> list[str]:
+    """The clients that block the cutover (the first ``HTML_BLOCKERS``)."""
+    out: list[str] = []
     blockers = report["blockers"]
     out.append(f"<h2>Blocks the cutover ({len(blockers)})</h2>"
                f"<p>Card holders (or addresses, when no card was verified) seen on "
@@ -104,6 +119,12 @@ def render_html(report: dict[str, Any], note: str = "") -> str:
     if len(blockers) > HTML_BLOCKERS:
         out.append(f"<p>... and {len(blockers) - HTML_BLOCKERS} more: run the report with "
                    "<code>--format csv</code> for the whole list.</p>")
+    return out
+
+
+def _about(report: dict[str, Any]) -> list[str]:
+    """How to read the figures: input, truncation, pseudonymization."""
+    out: list[str] = []
     out.append("<h2>About these figures</h2><ul>")
     inp = report.get("input")
     if inp:
@@ -115,4 +136,4 @@ def render_html(report: dict[str, Any], note: str = "") -> str:
     if report["pseudonymized"]:
         out.append("<li>Holders are pseudonymized (keyed hash of IdNat_PS); names are omitted.</li>")
     out.append("</ul></body></html>\n")
-    return "".join(out)
+    return out

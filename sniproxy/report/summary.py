@@ -130,32 +130,8 @@ def build(agg: Aggregate, stats: ReadStats | None, opts: Options) -> dict[str, A
             "tls_versions": _sorted_counts(g.tls_versions), "refusals": _sorted_counts(g.refusals),
             "first_seen": iso(g.first), "last_seen": iso(g.last),
         })
-    by_pki: dict[str, int] = {}
-    by_card: dict[str, int] = {}
-    for h, p in agg.holder_pki.items():
-        by_pki[p] = by_pki.get(p, 0) + 1
-        c = agg.holder_card.get(h, "unknown")
-        by_card[c] = by_card.get(c, 0) + 1
-    blockers = []
-    # An address seen without a card (a refused handshake, say) that is also a listed holder's address is
-    # that holder's client, not another one to call.
-    holder_addrs = {rec[B_ADDR] for key, rec in agg.blockers.items() if not key.startswith("@")}
-    folded = 0
-    for key, rec in sorted(agg.blockers.items(), key=lambda kv: (-kv[1][B_LAST], kv[0])):
-        is_addr = key.startswith("@")
-        if is_addr and key[1:] in holder_addrs:
-            folded += 1
-            continue
-        moved = rec[B_MOVED] if len(rec) > B_MOVED and rec[B_MOVED] and rec[B_MOVED] > rec[B_LAST] else None
-        ident = key[1:] if is_addr else (pseudo(key) if pseudo else key)
-        blockers.append({
-            "kind": "address" if is_addr else "holder", "id": ident,
-            "name": None if pseudo or is_addr else rec[B_NAME],
-            "why": rec[B_WHY], "last_seen": iso(rec[B_LAST]), "first_seen": iso(rec[B_FIRST]),
-            "last_sni": rec[B_SNI], "listener": rec[B_LISTENER], "flow": rec[B_FLOW],
-            "address": rec[B_ADDR], "pki": rec[B_PKI], "card_type": rec[B_CARD],
-            "connections": rec[B_COUNT], "client_software": rec[B_SW], "moved_since": iso(moved),
-        })
+    by_pki, by_card = _holder_counts(agg)
+    blockers, folded = _blockers(agg, pseudo)
     days = [{"day": day_iso(d), "flows": _sorted_counts(v.flows), "hellos": v.hellos, "no_sni": v.no_sni,
              "no_sni_share": round(v.no_sni / v.hellos, 4) if v.hellos else 0.0,
              "pki": _sorted_counts(v.pki), "blocking": v.blocking_count} for d, v in sorted(agg.days.items())]
@@ -183,3 +159,39 @@ def build(agg: Aggregate, stats: ReadStats | None, opts: Options) -> dict[str, A
         report["input"] = {"lines": stats.lines, "events": stats.events, "malformed": stats.malformed,
                            "outside_window": stats.outside_window, "malformed_examples": stats.examples or []}
     return report
+
+
+def _holder_counts(agg: Aggregate) -> tuple[dict[str, int], dict[str, int]]:
+    """Card holders per PKI and per card type (each holder counted once, with its newest card)."""
+    by_pki: dict[str, int] = {}
+    by_card: dict[str, int] = {}
+    for h, p in agg.holder_pki.items():
+        by_pki[p] = by_pki.get(p, 0) + 1
+        c = agg.holder_card.get(h, "unknown")
+        by_card[c] = by_card.get(c, 0) + 1
+    return by_pki, by_card
+
+
+def _blockers(agg: Aggregate, pseudo: Callable[[str], str] | None) -> tuple[list[dict[str, Any]], int]:
+    """The clients that block the cutover, most recent first, and how many addresses were folded into holders."""
+    blockers = []
+    # An address seen without a card (a refused handshake, say) that is also a listed holder's address is
+    # that holder's client, not another one to call.
+    holder_addrs = {rec[B_ADDR] for key, rec in agg.blockers.items() if not key.startswith("@")}
+    folded = 0
+    for key, rec in sorted(agg.blockers.items(), key=lambda kv: (-kv[1][B_LAST], kv[0])):
+        is_addr = key.startswith("@")
+        if is_addr and key[1:] in holder_addrs:
+            folded += 1
+            continue
+        moved = rec[B_MOVED] if len(rec) > B_MOVED and rec[B_MOVED] and rec[B_MOVED] > rec[B_LAST] else None
+        ident = key[1:] if is_addr else (pseudo(key) if pseudo else key)
+        blockers.append({
+            "kind": "address" if is_addr else "holder", "id": ident,
+            "name": None if pseudo or is_addr else rec[B_NAME],
+            "why": rec[B_WHY], "last_seen": iso(rec[B_LAST]), "first_seen": iso(rec[B_FIRST]),
+            "last_sni": rec[B_SNI], "listener": rec[B_LISTENER], "flow": rec[B_FLOW],
+            "address": rec[B_ADDR], "pki": rec[B_PKI], "card_type": rec[B_CARD],
+            "connections": rec[B_COUNT], "client_software": rec[B_SW], "moved_since": iso(moved),
+        })
+    return blockers, folded

@@ -80,11 +80,11 @@ def build_flow_context(flow: Flow, authorities: tuple[AuthorityTrust, ...]) -> S
     assert store is not None
     for auth in authorities:
         for cert in (*auth.roots, *auth.intermediates):
-            x = crypto.X509.from_cryptography(cert)
-            store.add_cert(x)
+            store.add_cert(crypto.X509.from_cryptography(cert))   # X509Store takes pyOpenSSL objects only
             if flow.client_auth is not ClientAuth.NONE:
                 # OpenSSL sends no CA names unless told; card middleware picks the card from this list.
-                ctx.add_client_ca(x)
+                # A cryptography certificate: pyOpenSSL deprecates passing its own X509 here.
+                ctx.add_client_ca(cert)
     install_verify(ctx, _verify_mode(flow.client_auth), verify_callback)
     ctx.set_verify_depth(flow.verify_depth)
     return ctx

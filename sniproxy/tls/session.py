@@ -10,7 +10,7 @@ from __future__ import annotations
 from cryptography import x509
 from OpenSSL import SSL
 
-from sniproxy.errors import Reason
+from sniproxy.errors import Reason, SniproxyError
 from sniproxy.tls.contexts import FlowRuntime
 from sniproxy.tls.verify import VerifyState
 
@@ -18,7 +18,7 @@ _CHUNK = 65536
 _RECORD = 16384
 
 
-class TlsFailure(Exception):
+class TlsFailure(SniproxyError):
     """The TLS session cannot go on; ``reason`` says why in the project's stable vocabulary."""
 
     def __init__(self, reason: Reason, detail: str) -> None:

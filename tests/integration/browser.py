@@ -129,6 +129,8 @@ class Chromium:
                 os.close(fd)
             except OSError:
                 pass
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()   # else a ResourceWarning (an error in this suite) when collected
 
 
 class Page:

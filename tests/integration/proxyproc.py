@@ -45,6 +45,7 @@ class ProxyProcess:
         while not any(e.get("event") == "ready" for e in self._snapshot_events()):
             if self.proc.poll() is not None:
                 self._reader.join(timeout=2)
+                self._close_pipes()
                 raise RuntimeError(f"sniproxy exited {self.proc.returncode}:\n" + self.log_text())
             if time.monotonic() > deadline:
                 self.stop()
@@ -115,4 +116,12 @@ class ProxyProcess:
         """SIGTERM, bounded wait, then SIGKILL."""
         terminate(self.proc)
         self._reader.join(timeout=2)
+        self._close_pipes()
         return self.proc.returncode
+
+    def _close_pipes(self) -> None:
+        # Ours to close once the child is gone: left to the garbage collector they are a ResourceWarning,
+        # an error under the suite's warnings-as-errors. The reader thread has had its chance to finish.
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None and not self._reader.is_alive():
+                pipe.close()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -150,7 +151,7 @@ def test_workers_1_survives_sighup(pki: TestPki, dovecot: Dovecot, start_proxy: 
 
 def _cmdline(pid: str) -> str:
     try:
-        return open(f"/proc/{pid}/cmdline").read()
+        return Path(f"/proc/{pid}/cmdline").read_text()
     except OSError:
         return ""
 
@@ -176,7 +177,7 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
             lines.append(outer.stderr.readline())
         assert any('"serving"' in ln for ln in lines), "".join(lines)
         assert any('"pid": 1,' in ln for ln in lines if '"supervisor"' in ln), "".join(lines)
-        children = open(f"/proc/{outer.pid}/task/{outer.pid}/children").read().split()
+        children = Path(f"/proc/{outer.pid}/task/{outer.pid}/children").read_text().split()
         inner = int(children[0])            # the supervisor, PID 1 inside its namespace
         os.kill(inner, signal.SIGHUP)
         while time.monotonic() < deadline + 20:
@@ -202,6 +203,7 @@ def test_pid_1_handles_sighup_and_sigterm(pki: TestPki, dovecot: Dovecot, tmp_pa
         if outer.poll() is None:
             outer.kill()
             outer.wait(timeout=5)
+        outer.stderr.close()   # type: ignore[union-attr]  # PIPE: never None
 
 
 def _bind_line(path: Any, port: int) -> int:

@@ -17,6 +17,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -259,7 +260,7 @@ def test_resets_at_every_phase_leave_nothing_behind(proxy: tuple[ProxyProcess, D
 
 
 def _rss_kib(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status").read().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS")
@@ -325,7 +326,7 @@ def test_reset_in_the_accept_queue_is_logged_as_such(proxy: tuple[ProxyProcess, 
     # every process that may accept: the supervisor (workers: 1 serves in it) and its workers, if any
     pids = [p.proc.pid]
     with contextlib.suppress(OSError):
-        pids += [int(c) for c in open(f"/proc/{p.proc.pid}/task/{p.proc.pid}/children").read().split()]
+        pids += [int(c) for c in Path(f"/proc/{p.proc.pid}/task/{p.proc.pid}/children").read_text().split()]
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:

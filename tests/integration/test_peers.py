@@ -196,6 +196,8 @@ def test_leftovers_of_a_killed_run_are_reaped(dovecot: Dovecot) -> None:
     finally:
         child.kill()
         child.wait(timeout=TIMEOUT)
+        if child.stdout is not None:
+            child.stdout.close()
     assert Path(droot).exists() and Path(proot).exists()
     os.kill(pids[0], 0)  # still running after their owner died
     os.kill(pids[1], 0)

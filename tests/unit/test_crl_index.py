@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from sniproxy.crl.entries import NO_REASON, read_entry, scan
+from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.index import (
     EMPTY_INDEX,
     REASON_CODES,
@@ -25,7 +26,6 @@ from sniproxy.crl.index import (
     map_index,
     write_index,
 )
-from sniproxy.crl.validate import CrlRejected
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 KEY = ec.generate_private_key(ec.SECP256R1())

@@ -21,10 +21,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sniproxy.config.load import load
 from sniproxy.config.model import Config, CrlSettings
 from sniproxy.crl.cache import CrlCache, atomic_write, slug
+from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.index import map_index
-from sniproxy.crl.manager import CrlManager, PreparedFiles, next_delay, policy_of, prepare, prepare_file
+from sniproxy.crl.manager import CrlManager, next_delay, policy_of
+from sniproxy.crl.prepare import PreparedFiles, prepare, prepare_file
 from sniproxy.crl.state import RevocationHolder
-from sniproxy.crl.validate import CrlRejected, ca_key
+from sniproxy.crl.validate import ca_key
 from sniproxy.demo.conf import DemoPorts, config_dict, write_config
 from sniproxy.demo.crls import Entry, load_cert, load_key, make_crl
 from sniproxy.demo.pki import TestPki, build

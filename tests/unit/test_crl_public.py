@@ -16,10 +16,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.index import build_index
-from sniproxy.crl.manager import prepare
+from sniproxy.crl.prepare import prepare
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationPolicy, RevocationView, check_chain
-from sniproxy.crl.validate import CrlRejected, ca_key, validate
+from sniproxy.crl.validate import ca_key, validate
 from sniproxy.errors import Reason
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from sniproxy.crl import sources
+from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.sources import Conditional, Fetched, LdapUrl, kind, parse_ldap_url
-from sniproxy.crl.validate import CrlRejected
 
 IGC_HOST = "annuaire-igc.esante.gouv.fr"
 IGC_DN = ("cn=AC IGC-SANTE FORT PERSONNES,ou=AC RACINE IGC-SANTE FORT,ou=IGC-SANTE,ou=0002187512751,"

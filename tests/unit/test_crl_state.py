@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sniproxy.crl.manager import prepare
+from sniproxy.crl.prepare import prepare
 from sniproxy.crl.state import (
     IssuerState,
     LoadedCrl,

@@ -18,7 +18,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
 from sniproxy.config.model import CardType, Profile
-from sniproxy.crl.manager import prepare
+from sniproxy.crl.prepare import prepare
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder, RevocationPolicy, RevocationView
 from sniproxy.crl.validate import ca_key
 from sniproxy.demo.crls import load_cert, load_key, make_crl
