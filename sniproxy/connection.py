@@ -24,13 +24,13 @@ from sniproxy.config.names import peer_ip
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES, connection_ended
-from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
 from sniproxy.proto.identity_out import CardFacts, card_facts, proxy_v2_header
-from sniproxy.proto.imap import ImapBackendFilter, ImapPreTls, imap_unavailable
-from sniproxy.proto.imap_auth import ImapExternal
+from sniproxy.proto.imap import ImapPreTls, imap_unavailable
+from sniproxy.proto.imap_relay import ImapRelay
 from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
-from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
+from sniproxy.proto.relay import MailRelay, Notice, RelayAction, ToBackend, ToClient
 from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
 from sniproxy.proto.smtp_relay import SmtpRelay
 from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
@@ -152,7 +152,6 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "_auth",
         "_backend",
-        "_backend_filter",
         "_bytes_in",
         "_bytes_out",
         "_card",
@@ -207,9 +206,8 @@ class ClientConnection(asyncio.Protocol):
         self._sni: str | None = None
         self._identity: dict[str, str] | None = None
         self._backend: _Backend | None = None
-        self._backend_filter: ImapBackendFilter | None = None
-        # Two-sided dialogs between client and backend: XCLIENT (SMTP) or proxy-side EXTERNAL (IMAP).
-        self._relay: SmtpRelay | ImapExternal | None = None
+        # Both directions of a mail session after TLS (IMAP or SMTP); None on raw TCP listeners.
+        self._relay: MailRelay | None = None
         self._auth: list[dict[str, Any]] | None = None     # proxy-side login outcomes, for the event
         self._client_addr: tuple[str, int] = ("", 0)       # real client (from a PROXY header if any)
         self._local_addr: tuple[str, int] = ("", 0)        # where the client connected to
@@ -456,7 +454,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, StartTls):
                 self._dialog = None
                 self._start_hello()
-            elif isinstance(action, Close):
+            elif isinstance(action, Stop):
                 self._finish(action.reason, action.detail)
                 return
 
@@ -574,7 +572,7 @@ class ClientConnection(asyncio.Protocol):
             self._client_eof_received()
 
     def _client_plaintext(self, data: bytes) -> None:
-        """Client plaintext during the relay: through the two-sided dialog if any, else straight on."""
+        """Client plaintext during the relay: through the mail relay if any, else straight on."""
         if self._lr.listener.protocol in _IMAP_PROTOCOLS:
             self._idling = _is_idle_command(data)
             if self._idling and Drain.active:
@@ -582,7 +580,7 @@ class ClientConnection(asyncio.Protocol):
                 self.goodbye()
                 return
         if self._relay is not None:
-            self._relay_actions(self._relay.client_data(data))
+            self._relay_actions(self._relay.from_client(data))
             return
         bt = self._backend_transport()
         if bt is not None:
@@ -630,12 +628,12 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         # The filter must exist before the first backend byte can arrive (see _Backend.connection_made).
         if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
-            auth = None
-            if backend.login is not None and backend.login.master_user and backend.login.master_password:
-                auth = ImapExternal(decide=self._decide, master_user=backend.login.master_user,
-                                    master_password=backend.login.master_password)
-                self._relay = auth
-            self._backend_filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP, auth=auth)
+            login = backend.login
+            if login is not None and login.master_user and login.master_password:
+                self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP, decide=self._decide,
+                                        master_user=login.master_user, master_password=login.master_password)
+            else:
+                self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP)
         elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
             # Every SMTP session goes through the command filter, XCLIENT opening or not: a backend
             # that trusts this proxy for XCLIENT on one listener trusts it on all of them.
@@ -654,8 +652,7 @@ class ClientConnection(asyncio.Protocol):
             return
         finally:
             self._connect_task = None
-        if (self._phase == _CONNECTING and self._backend_filter is None and self._relay is None
-                and self._backend is proto):
+        if self._phase == _CONNECTING and self._relay is None and self._backend is proto:
             self._start_relay()  # raw TCP: nothing to wait for
 
     def backend_attached(self, backend: _Backend) -> None:
@@ -728,29 +725,12 @@ class ClientConnection(asyncio.Protocol):
 
     def _backend_data(self, data: bytes) -> None:
         self._last_io = time.monotonic()
-        if isinstance(self._relay, SmtpRelay):
-            relay = self._relay
-            self._relay_actions(relay.backend_data(data))
-            if self._phase == _CONNECTING and relay.ready:
-                self._start_relay()
-            return
-        filt = self._backend_filter
-        if filt is None:
+        relay = self._relay
+        if relay is None:
             self._send_plain(data)
             return
-        for action in filt.receive_data(data):
-            if isinstance(action, Send):
-                self._send_plain(action.data)
-            elif isinstance(action, Close):
-                self._backend_failed(action.reason, action.detail)
-                return
-        if isinstance(self._relay, ImapExternal):
-            self._relay_actions(self._relay.take_notices())
-            if self._relay.done:
-                # Logged in: the rest of a session that may idle for hours needs no login dialog.
-                self._relay = None
-                filt.detach_auth()
-        if self._phase == _CONNECTING and filt.greeting_done:
+        self._relay_actions(relay.from_backend(data))
+        if self._phase == _CONNECTING and relay.ready:
             self._start_relay()
 
     def backend_closed(self, exc: Exception | None) -> None:
@@ -760,10 +740,10 @@ class ClientConnection(asyncio.Protocol):
         if self._phase == _CONNECTING:
             self._backend_failed(Reason.BACKEND_REFUSED, "closed before greeting")
             return
-        filt = self._backend_filter
-        if filt is not None and self._tls is not None and filt.owes_goodbye():
-            # An IMAP backend that went away without a BYE (Dovecot stopping): the client is told why.
-            self._send_plain(imap_unavailable("Backend closed the connection"))
+        if self._relay is not None and self._tls is not None:
+            # What the client is still owed: an IMAP backend that went away without a BYE (Dovecot
+            # stopping) is explained to it.
+            self._relay_actions(self._relay.backend_closed())
         self._finish(Reason.OK, "backend closed" if exc is None else f"backend reset: {exc}")
 
     # ------------------------------------------------------------------ flow control
