@@ -626,7 +626,7 @@ class ClientConnection(asyncio.Protocol):
         ls = self._lr.listener
         backend = ls.backend
         loop = asyncio.get_running_loop()
-        # The filter must exist before the first backend byte can arrive (see _Backend.connection_made).
+        # The relay must exist before the first backend byte can arrive (see _Backend.connection_made).
         if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
             login = backend.login
             if login is not None and login.master_user and login.master_password:

@@ -341,3 +341,14 @@ def test_relay_owes_the_client_a_bye_only_between_responses(stream: bytes, owed:
     r = _relay()
     r.from_backend(stream)
     assert r.backend_closed() == ([ToClient(b"* BYE [UNAVAILABLE] Backend closed the connection\r\n")] if owed else [])
+
+
+def test_relay_buffers_a_backend_line_of_64_kib_and_no_more() -> None:
+    """The default bound (Dovecot's own line limit is 64 KiB): a greeting of 65,536 bytes is read, one more
+    byte and it is refused (a greeting cannot be passed on in parts: it has to be checked whole)."""
+    fits = b"* OK " + b"x" * (65536 - 7) + b"\r\n"
+    assert len(fits) == 65536
+    r = _relay()
+    assert r.from_backend(fits) == [] and r.ready
+    over = b"* OK " + b"x" * (65537 - 7) + b"\r\n"
+    assert _relay().from_backend(over) == [Stop(Reason.BACKEND_PROTOCOL, "greeting too long")]
