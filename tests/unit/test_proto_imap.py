@@ -95,6 +95,25 @@ def test_starttls_injection_one_chunk() -> None:
     assert d.receive_data(b"c NOOP\r\n") == []
 
 
+def test_starttls_injection_is_answered_bad_with_the_reason() -> None:
+    sent, other = run(ImapPreTls("h"), [b"a NOOP\r\na STARTTLS\r\nb LOGIN x y\r\n"])
+    assert sent == b"a OK NOOP completed\r\na BAD [CLIENTBUG] Data pipelined after STARTTLS\r\n"
+    assert other == [Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")]
+
+
+@pytest.mark.parametrize("verb", [b"CAPABILITY", b"noop", b"LOGOUT", b"StartTLS"])
+def test_argument_free_commands_with_arguments_are_bad_and_do_nothing(verb: bytes) -> None:
+    """RFC 9051 §6.1, §6.2.1: a CAPABILITY, NOOP, LOGOUT or STARTTLS with arguments is answered BAD, not run."""
+    sent, other = both(ImapPreTls, b"a " + verb + b" x\r\nb NOOP\r\n", hostname="h")
+    assert sent == b"a BAD Unexpected arguments\r\nb OK NOOP completed\r\n"
+    assert other == []
+
+
+def test_the_dialog_keeps_no_per_instance_dict() -> None:
+    """One per pre-TLS connection: slots all the way down (the base class has them, so must the subclass)."""
+    assert not hasattr(ImapPreTls("h"), "__dict__")
+
+
 def test_starttls_injection_partial_line() -> None:
     _, other = run(ImapPreTls("h"), [b"a NOOP\r\n", b"a STARTTLS\r\nb"])
     assert other == [Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")]
@@ -161,3 +180,7 @@ def test_property_dialog(cmds: list[tuple[bytes, bytes]], tail: bytes) -> None:
 
 def test_unavailable() -> None:
     assert imap_unavailable("down\r\nnow") == b"* BYE [UNAVAILABLE] down  now\r\n"
+
+
+def test_unavailable_text_is_ascii_whatever_the_detail() -> None:
+    assert imap_unavailable("arr\u00eat\u00e9") == b"* BYE [UNAVAILABLE] arr?t?\r\n"
