@@ -28,6 +28,7 @@ from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
 from sniproxy.proto.identity_out import CardFacts, card_facts, proxy_v2_header
 from sniproxy.proto.imap import ImapPreTls, imap_unavailable
+from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.imap_relay import ImapRelay
 from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
 from sniproxy.proto.relay import MailRelay, Notice, RelayAction, ToBackend, ToClient
@@ -628,12 +629,11 @@ class ClientConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         # The relay must exist before the first backend byte can arrive (see _Backend.connection_made).
         if ls.protocol in (Protocol.IMAP, Protocol.IMAPS):
-            login = backend.login
+            login, external = backend.login, None
             if login is not None and login.master_user and login.master_password:
-                self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP, decide=self._decide,
-                                        master_user=login.master_user, master_password=login.master_password)
-            else:
-                self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP)
+                external = ImapExternal(decide=self._decide, master_user=login.master_user,
+                                        master_password=login.master_password)
+            self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP, login=external)
         elif ls.protocol in (Protocol.SMTP, Protocol.SMTPS):
             # Every SMTP session goes through the command filter, XCLIENT opening or not: a backend
             # that trusts this proxy for XCLIENT on one listener trusts it on all of them.

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from sniproxy.errors import Reason
 from sniproxy.proto.imap import LITERAL_END, imap_unavailable
-from sniproxy.proto.imap_auth import Decide, ImapExternal
+from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.linebuf import safe_text, strip_eol
 from sniproxy.proto.relay import RelayAction, Stop, ToBackend, ToClient
 
@@ -35,7 +35,7 @@ _HEAD = 64      # bytes of a line kept to classify it when it is too long to buf
 _TAIL = 32      # bytes of a line kept to see a literal announcement at its end
 
 
-def _drop_atoms(atoms: bytes, add: bytes = b"") -> bytes | None:
+def _drop_atoms(atoms: bytes, add: bytes) -> bytes | None:
     """``atoms`` (space-led) without the hidden capabilities and with ``add`` (space-separated atoms)
     appended when missing, or None when nothing changed."""
     parts = atoms.split(b" ")
@@ -154,7 +154,7 @@ class ImapBackendFilter:
                 if len(self._line) > self._max_line:
                     line, self._line = bytes(self._line), bytearray()
                     if not self._greeting_done:
-                        return self._refuse(out, Reason.BACKEND_PROTOCOL, "greeting too long")
+                        return self._refuse(Reason.BACKEND_PROTOCOL, "greeting too long")
                     out.append(line)
                     self._long, self._head, self._tail = True, line[:_HEAD], line[-_TAIL:]
                 continue
@@ -166,7 +166,7 @@ class ImapBackendFilter:
             pos = nl + 1
             if not self._greeting_done:
                 if len(line) > self._max_line:
-                    return self._refuse(out, Reason.BACKEND_PROTOCOL, "greeting too long")
+                    return self._refuse(Reason.BACKEND_PROTOCOL, "greeting too long")
                 refused = self._greeting(line, out)
                 if refused is not None:
                     return refused
@@ -200,27 +200,27 @@ class ImapBackendFilter:
             if not self._consume:
                 out.append(filter_capabilities(line, self._auth.extra_caps if self._auth is not None else b""))
             return None
-        return self._refuse(out, Reason.BACKEND_REFUSED, safe_text(line))
+        return self._refuse(Reason.BACKEND_REFUSED, safe_text(line))
 
-    def _refuse(self, out: list[bytes], reason: Reason, detail: str) -> list[RelayAction]:
+    def _refuse(self, reason: Reason, detail: str) -> list[RelayAction]:
+        # Only ever before the greeting is accepted, when nothing has been passed on yet: a Stop alone.
         self._closed = True
         self._line = bytearray()
-        sent: list[RelayAction] = [ToClient(b"".join(out))] if out else []
-        return [*sent, Stop(reason, detail)]
+        return [Stop(reason, detail)]
 
 
 class ImapRelay:
     """Both directions of one IMAP session after TLS: the backend filter, and the proxy-side
-    ``AUTHENTICATE EXTERNAL`` when ``decide`` is given (with the master user it logs in as)."""
+    ``AUTHENTICATE EXTERNAL`` dialog when the proxy logs cards in."""
 
     __slots__ = ("_auth", "_filter")
 
-    def __init__(self, *, consume_greeting: bool, decide: Decide | None = None, master_user: str = "",
-                 master_password: str = "", max_line: int = BACKEND_MAX_LINE) -> None:
-        """``consume_greeting``: a STARTTLS listener (the client had the proxy's greeting). Without
-        ``decide`` the client's bytes go to the backend unread (its own ``LOGIN`` decides)."""
-        self._auth = None if decide is None else ImapExternal(
-            decide=decide, master_user=master_user, master_password=master_password)
+    def __init__(self, *, consume_greeting: bool, login: ImapExternal | None,
+                 max_line: int = BACKEND_MAX_LINE) -> None:
+        """``consume_greeting``: a STARTTLS listener (the client had the proxy's greeting). ``login``: the
+        proxy-side EXTERNAL dialog (a master user is configured); without it the client's bytes go to the
+        backend unread (its own ``LOGIN`` decides)."""
+        self._auth = login
         self._filter = ImapBackendFilter(consume_greeting=consume_greeting, max_line=max_line, auth=self._auth)
 
     @property

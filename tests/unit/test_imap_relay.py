@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from sniproxy.auth.login import LoginRule, decide
 from sniproxy.errors import Reason
+from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.imap_relay import ImapBackendFilter, ImapRelay, filter_capabilities
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
@@ -254,9 +255,9 @@ DOVECOT = b"* OK [CAPABILITY IMAP4rev1 SASL-IR STARTTLS LOGINDISABLED AUTH=PLAIN
 
 def _relay(*, consume: bool = True, login: bool = True) -> ImapRelay:
     if not login:
-        return ImapRelay(consume_greeting=consume)
-    return ImapRelay(consume_greeting=consume, decide=lambda z: decide(RULE, CARD, z), master_user="proxy-master",
-                     master_password="pw")
+        return ImapRelay(consume_greeting=consume, login=None)
+    return ImapRelay(consume_greeting=consume, login=ImapExternal(
+        decide=lambda z: decide(RULE, CARD, z), master_user="proxy-master", master_password="pw"))
 
 
 def _plain(authzid: str) -> bytes:
@@ -352,3 +353,73 @@ def test_relay_buffers_a_backend_line_of_64_kib_and_no_more() -> None:
     assert r.from_backend(fits) == [] and r.ready
     over = b"* OK " + b"x" * (65537 - 7) + b"\r\n"
     assert _relay().from_backend(over) == [Stop(Reason.BACKEND_PROTOCOL, "greeting too long")]
+
+
+# -- what mutation testing of imap_relay.py found untested (issue 11) -------------------------------------
+def test_filter_and_relay_keep_no_per_instance_dict() -> None:
+    """One of each per IMAP session, which may idle for hours: slots, no __dict__."""
+    assert not hasattr(ImapBackendFilter(), "__dict__")
+    assert not hasattr(_relay(), "__dict__")
+
+
+def test_backend_bye_is_passed_on() -> None:
+    f = ImapBackendFilter()
+    f.receive_data(GREETING)
+    assert f.receive_data(b"* BYE Server shutting down.\r\n") == [ToClient(b"* BYE Server shutting down.\r\n")]
+    assert not f.owes_goodbye()
+
+
+def test_literal_split_across_reads_keeps_its_count() -> None:
+    """A literal announced and begun in one read, ended in the next: its remaining bytes, lines or not, are
+    still literal data (passed untouched), and what follows it is read as lines again."""
+    inner = b"a\r\n* CAPABILITY STARTTLS\r\n"
+    f = ImapBackendFilter()
+    f.receive_data(GREETING)
+    head = b"* 1 FETCH (BODY[] {" + str(2 + len(inner)).encode() + b"}\r\n"
+    assert f.receive_data(head + b"xy") == [ToClient(head + b"xy")]
+    assert f.receive_data(inner + b")\r\n* CAPABILITY STARTTLS\r\n") == [
+        ToClient(inner + b")\r\n* CAPABILITY\r\n")]
+
+
+def test_an_over_long_line_ends_at_its_lf_in_a_later_read() -> None:
+    """An over-long line passed on in parts ends exactly at its LF, wherever that LF falls in a read: the
+    next line is read whole (and filtered), not one byte of it swallowed, not passed with the long line."""
+    f = ImapBackendFilter(max_line=100)
+    f.receive_data(SHORT_GREETING)
+    f.receive_data(b"* 1 FETCH (X " + b"x" * 150)
+    assert f.receive_data(b"yy\r\n* CAPABILITY STARTTLS\r\n") == [ToClient(b"yy\r\n* CAPABILITY\r\n")]
+    f.receive_data(b"* 2 FETCH (X " + b"x" * 150)
+    assert f.receive_data(b"\n* CAPABILITY STARTTLS\r\n") == [ToClient(b"\n* CAPABILITY\r\n")]
+
+
+def test_a_literal_announced_at_the_end_of_an_over_long_line_is_followed_by_its_continuation() -> None:
+    """After the literal, the rest of the response is passed untouched (it is not a new response line)."""
+    f = ImapBackendFilter(max_line=100)
+    f.receive_data(SHORT_GREETING)
+    f.receive_data(b"* 1 FETCH (BODY[] " + b"x" * 150)
+    rest = b" {2}\r\nab* CAPABILITY STARTTLS\r\n"
+    assert f.receive_data(rest) == [ToClient(rest)]
+    assert f.receive_data(b"* CAPABILITY STARTTLS\r\n") == [ToClient(b"* CAPABILITY\r\n")]
+
+
+def test_an_unterminated_line_of_max_line_bytes_is_held_one_more_is_passed_on() -> None:
+    f = ImapBackendFilter(max_line=64)
+    f.receive_data(SHORT_GREETING)
+    held = b"* 1 FETCH (" + b"x" * 53
+    assert len(held) == 64
+    assert f.receive_data(held) == []
+    assert f.receive_data(b"x") == [ToClient(held + b"x")]
+
+
+def test_an_over_long_line_is_classified_by_its_first_64_bytes() -> None:
+    """A line too long to buffer is classified by its head (64 bytes): a status response whose status word
+    ends inside them is free text, so a "{n}" at its end announces nothing; one whose tag pushes the word
+    past them is taken for a response announcing a literal (a client choosing a 61-byte tag only confuses
+    its own session: those bytes pass untouched, as literal data always does)."""
+    for tag, literal in ((b"t" * 60, False), (b"t" * 61, True)):
+        f = ImapBackendFilter(max_line=100)
+        f.receive_data(SHORT_GREETING)
+        f.receive_data(tag + b" OK " + b"x" * 150)
+        f.receive_data(b" {5}\r\n")
+        caps = b"* CAPABILITY STARTTLS\r\n"
+        assert f.receive_data(caps) == [ToClient(caps if literal else b"* CAPABILITY\r\n")], tag

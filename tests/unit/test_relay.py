@@ -16,6 +16,7 @@ import pytest
 from sniproxy.auth.login import LoginRule, decide
 from sniproxy.errors import Reason
 from sniproxy.proto import actions, relay
+from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.imap_relay import ImapRelay
 from sniproxy.proto.relay import MailRelay, Notice, RelayAction, Stop, ToBackend, ToClient
 from sniproxy.proto.smtp_relay import SmtpRelay
@@ -65,9 +66,9 @@ def backend(r: MailRelay, wire: Wire, data: bytes) -> None:
 
 def imap(login: bool) -> MailRelay:
     if login:
-        return ImapRelay(consume_greeting=True, decide=lambda z: decide(RULE, CARD, z), master_user="m",
-                         master_password="p")
-    return ImapRelay(consume_greeting=True)
+        return ImapRelay(consume_greeting=True, login=ImapExternal(
+            decide=lambda z: decide(RULE, CARD, z), master_user="m", master_password="p"))
+    return ImapRelay(consume_greeting=True, login=None)
 
 
 def smtp(login: bool) -> MailRelay:
