@@ -169,7 +169,7 @@ def cached_crl(pki: Any, entries: int, number: int, revoked_serials: list[int],
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
-    from sniproxy import testcrl
+    from sniproxy.demo import crls as testcrl
 
     files = pki.authorities[FORT]
     ca = testcrl.load_cert(files.intermediates[0])
@@ -1002,7 +1002,8 @@ def main() -> int:
         print(f"needs {HAPROXY} and openssl", file=sys.stderr)
         return 2
 
-    from sniproxy import testcrl, testpki
+    from sniproxy.demo import crls as testcrl
+    from sniproxy.demo import pki as testpki
     t_start = time.monotonic()
     pki = testpki.build(CACHE_DIR / "pki")
     files = pki.authorities[FORT]
@@ -1135,12 +1136,7 @@ def main() -> int:
     finally:
         for s in [*servers, swap_srv]:
             s.stop()
-        if backend.stdin:
-            backend.stdin.close()
-        try:
-            backend.wait(5)
-        except subprocess.TimeoutExpired:
-            backend.kill()
+        core.stop_backend(backend)
         if args.keep_tmp:
             print("kept", tmp)
         else:

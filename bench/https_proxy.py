@@ -45,16 +45,46 @@ SMALL = (b'<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http
          b'envelope/"><soap:Body><m:Ping xmlns:m="urn:mss"><m:Id>42</m:Id></m:Ping></soap:Body></soap:Envelope>')
 
 
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants: ``sniproxy run`` serves from a worker process it spawns (0005)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{d}/stat").read_text().rpartition(")")[2].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [root]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """utime+stime of the proxy's supervisor and workers."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / TICK
 
 
 def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+    """Resident memory of the proxy's supervisor and workers."""
+    total = 0
+    for p in _tree(pid):
+        try:
+            lines = Path(f"/proc/{p}/status").read_text().splitlines()
+        except OSError:
+            continue
+        total += next((int(ln.split()[1]) for ln in lines if ln.startswith("VmRSS:")), 0)
+    return total
 
 
 async def one_conn(port: int, ctx: ssl.SSLContext | None, body: bytes, deadline: float, budget: list[int],

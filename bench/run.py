@@ -169,6 +169,17 @@ def backend_accepted(port: int) -> int:
     return int(json.loads(data)["hold"])
 
 
+def stop_backend(backend: subprocess.Popen[bytes]) -> None:
+    """End the raw backend process: it exits when its stdin closes; killed if it has not within 5 s."""
+    if backend.stdin:
+        backend.stdin.close()
+    try:
+        backend.wait(5)
+    except subprocess.TimeoutExpired:
+        backend.kill()
+        backend.wait(5)
+
+
 def free_ports(n: int) -> list[int]:
     socks, ports = [], []
     for _ in range(n):
@@ -575,7 +586,7 @@ def main() -> int:
         print(f"RLIMIT_NOFILE hard limit {hard} too low for {args.conns} connections", file=sys.stderr)
         return 2
 
-    from sniproxy import testpki
+    from sniproxy.demo import pki as testpki
     t_start = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="sniproxy-bench-"))
     pki = testpki.build(tmp / "pki")
@@ -640,12 +651,7 @@ def main() -> int:
     finally:
         for t in targets:
             t.stop()
-        if backend.stdin:
-            backend.stdin.close()
-        try:
-            backend.wait(5)
-        except subprocess.TimeoutExpired:
-            backend.kill()
+        stop_backend(backend)
         shutil.rmtree(tmp, ignore_errors=True)
 
     summary: dict[str, dict[str, Any]] = {}

@@ -44,7 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: The modules that decide who gets in and what reaches a backend (issue 11), in report order.
 SECURITY_MODULES = (
-    "sniproxy/tls/verify.py", "sniproxy/tls/identity.py",
+    "sniproxy/tls/verify.py", "sniproxy/card/identity.py", "sniproxy/card/der.py", "sniproxy/card/names.py",
     "sniproxy/proto/pretls.py", "sniproxy/proto/imap.py", "sniproxy/proto/smtp_relay.py",
     "sniproxy/proto/imap_auth.py", "sniproxy/proto/imap_relay.py", "sniproxy/proto/smtp.py",
     "sniproxy/proto/linebuf.py",

@@ -28,13 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from sniproxy.config.load import load, read_text
-from sniproxy.config.model import Address, HttpMode, Protocol
-from sniproxy.connection import ClientConnection
+from sniproxy.config.model import Address
 from sniproxy.control import ReloadResult
 from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
+from sniproxy.driver.front import ClientConnection
 from sniproxy.errors import ConfigError, ConfigErrors
-from sniproxy.http_connection import HttpsConnection
 from sniproxy.lifecycle.build import Built, addresses, bind_error, build, compile_at, error_lines, pack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import PidFile
@@ -61,12 +60,9 @@ async def start_listeners(holder: SnapshotHolder, *, reuse_port: bool = False) -
     try:
         for lr in holder.current.listeners.values():
             name = lr.listener.name
-            http = lr.listener.http
-            cls = (HttpsConnection if lr.listener.protocol is Protocol.HTTPS and http is not None
-                   and http.mode is HttpMode.HTTP else ClientConnection)
             for addr in lr.listener.binds:
                 srv = await loop.create_server(
-                    lambda n=name, c=cls: c(holder, n),  # type: ignore[misc]
+                    lambda n=name: ClientConnection(holder, n),  # type: ignore[misc]
                     addr.host, addr.port, reuse_port=reuse_port, backlog=1024,
                 )
                 servers.append(srv)

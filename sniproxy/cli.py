@@ -190,8 +190,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import UTC, datetime
 
-    from cryptography import x509
-
+    from sniproxy.card import read_certs
     from sniproxy.observability.log import configure
     from sniproxy.tls.checkcard import verify_card
 
@@ -201,11 +200,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     except (ConfigErrors, ConfigError) as exc:
         return _config_failed(exc)
     try:
-        certs = x509.load_pem_x509_certificates(Path(args.card).read_bytes())
+        certs = read_certs(Path(args.card))
         for extra in args.chain or []:
-            certs += x509.load_pem_x509_certificates(Path(extra).read_bytes())
-    except (OSError, ValueError) as exc:
-        print(f"error: cannot read certificates: {exc}", file=sys.stderr)
+            certs += read_certs(Path(extra))
+    except ConfigError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)   # "cannot read certificates: <why>", as it always said
         return 2
     when = datetime.fromisoformat(args.at) if args.at else datetime.now(UTC)
     if when.tzinfo is None:

@@ -13,6 +13,7 @@ from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 
 from sniproxy.auth.login import LoginRule
+from sniproxy.card.oids import CardType as CardType  # the card module's families, named by a flow's card_types
 
 
 class Profile(StrEnum):
@@ -50,15 +51,6 @@ class UnknownSni(StrEnum):
 
     DEFAULT = "default"   # use the default flow
     REJECT = "reject"     # fatal alert unrecognized_name
-
-
-class CardType(StrEnum):
-    """Card families, read from the GIP-CPS productType extension (1.2.250.1.71.1.2.2)."""
-
-    CPS = "CPS"   # 0
-    CPF = "CPF"   # 1
-    CPE = "CPE"   # 2 (CPE and CDE share the code)
-    CPA = "CPA"   # 3 (CPA and CDA share the code)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,7 @@
 """Load-time checks of the PEM files a config names: certificates, keys, chains, expiry, modes.
 
-Owns: reading each file once (cached by path), and the checks ``load()`` applies to trust
+Owns: reading each file once (cached by path; certificates are parsed by ``sniproxy.card.load_certs``),
+and the checks ``load()`` applies to trust
 material and server chains, reported through ``fields.Report`` at the key that named the file.
 Must not: build OpenSSL contexts (that is ``sniproxy.tls.contexts``) or decide anything at runtime.
 """
@@ -18,7 +19,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
+from sniproxy.card import load_certs
 from sniproxy.config.fields import Report
+from sniproxy.errors import ConfigError
 
 # Keys already parsed and validated in this process, by content digest: the RSA consistency check
 # costs about 50 ms a key, and a running proxy re-validates the same keys on every reload.
@@ -87,9 +90,9 @@ class Files:
         certs: list[x509.Certificate] | None = None
         if data is not None:
             try:
-                certs = x509.load_pem_x509_certificates(data)
-            except ValueError as exc:
-                self.report.error(line, key, f"not a PEM certificate file: {path} ({exc})")
+                certs = load_certs(data, path)
+            except ConfigError as exc:   # reported at the key, in this module's words, with the library's
+                self.report.error(line, key, f"not a PEM certificate file: {path} ({exc.__cause__})")
         self._certs[path] = certs
         return certs
 

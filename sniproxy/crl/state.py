@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
+from typing import Protocol
 
 from cryptography import x509
 
@@ -83,6 +84,22 @@ class RevocationHolder:
         self.current = view
 
 
+class RevocationSettings(Protocol):
+    """An authority set's revocation settings as the config states them (``config.model.AuthoritySet``)."""
+
+    @property
+    def revocation_required(self) -> bool:
+        """True when the set names CRL sources."""
+
+    @property
+    def crl_check(self) -> str:
+        """``chain`` (the card and the intermediates) or ``leaf`` (the card only)."""
+
+    @property
+    def crl_grace(self) -> float | None:
+        """Seconds a stale CRL is still accepted; None: none."""
+
+
 @dataclass(frozen=True, slots=True)
 class RevocationPolicy:
     """How an authority set treats revocation. ``required`` is false only when no CRL is configured."""
@@ -90,6 +107,12 @@ class RevocationPolicy:
     required: bool = False
     chain: bool = True              # check intermediates too, not only the card
     grace: float | None = None      # None: fail-closed once nextUpdate has passed
+
+    @classmethod
+    def of(cls, settings: RevocationSettings) -> RevocationPolicy:
+        """The runtime policy of an authority set: the one place the config's settings become a policy."""
+        return cls(required=settings.revocation_required, chain=settings.crl_check == "chain",
+                   grace=settings.crl_grace)
 
 
 @dataclass(slots=True)

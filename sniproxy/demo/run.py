@@ -20,7 +20,6 @@ from typing import Any
 
 from sniproxy.app import start_listeners
 from sniproxy.config.load import load
-from sniproxy.connection import OBSERVERS
 from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.demo.backend_base import MailStore
@@ -29,6 +28,7 @@ from sniproxy.demo.crls import write_crls
 from sniproxy.demo.imap_backend import DemoImapServer
 from sniproxy.demo.pki import TestPki, build
 from sniproxy.demo.smtp_backend import DemoSmtpServer
+from sniproxy.driver.shared import OBSERVERS
 from sniproxy.observability.log import configure
 from sniproxy.runtime.snapshot import SnapshotHolder, compile_snapshot
 

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sniproxy.config.model import Address, HttpMode, Protocol
-from sniproxy.connection import LIVE, STATS, ClientConnection, Drain
+from sniproxy.config.model import Address
 from sniproxy.crl.handover import CrlFollower
 from sniproxy.crl.state import RevocationHolder
+from sniproxy.driver.front import ClientConnection
+from sniproxy.driver.shared import LIVE, STATS, Drain
 from sniproxy.errors import ConfigError, ConfigErrors
-from sniproxy.http_connection import HttpsConnection
 from sniproxy.lifecycle.build import Built, addresses, bind_error, compile_at, error_lines, unpack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.procdeath import die_with_parent
@@ -69,11 +69,7 @@ class Worker:
         def make() -> ClientConnection:
             # by_addr and holder.current change together, in one synchronous step of the loop.
             assert self.holder is not None
-            name = self.by_addr[addr]
-            ls = self.holder.current.listeners[name].listener
-            if ls.protocol is Protocol.HTTPS and ls.http is not None and ls.http.mode is HttpMode.HTTP:
-                return HttpsConnection(self.holder, name)
-            return ClientConnection(self.holder, name)
+            return ClientConnection(self.holder, self.by_addr[addr])
         return make
 
     # ------------------------------------------------------------------ load / reload

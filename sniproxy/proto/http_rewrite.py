@@ -4,7 +4,9 @@ Owns: the raw strictness checks h11 does not make (bare LF, obs-fold, control ch
 ambiguities), hop-by-hop removal (RFC 9110 §7.6.1), the removal of every client-supplied identity
 header, the identity headers added per profile, the Host / SNI flow check (421), the card-path rule
 (403) and the error bodies (SOAP 1.1 / 1.2 faults or plain text).
-Must not: parse HTTP itself (h11 does), do I/O, log or read a clock.
+Must not: parse HTTP itself (h11 does) or a certificate (the values come from the ``sniproxy.card``
+identity read at the handshake), import the config or the routing (profiles arrive as their names, routes
+as anything shaped like ``Routes``), do I/O, log or read a clock.
 
 Header lists are ``[(name, value)]`` of bytes, as h11 gives and takes them; names compare
 case-insensitively, and ``_`` equals ``-`` when matching identity names, because CGI, WSGI and
@@ -15,16 +17,13 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
-from sniproxy.config.model import HeaderProfile
-from sniproxy.routing import RouteTable
+from sniproxy.card import CardIdentity, UnreadableCard, identity_fields, openssl_dn, to_pem
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -178,19 +177,24 @@ class TlsFacts:
     cipher_bits: int | None
     session_id: str
     chain_der: tuple[bytes, ...]       # verified chain, leaf first; empty without a card
-    identity: dict[str, str]           # sniproxy.tls.identity.identity_fields of the card
+    card: CardIdentity | UnreadableCard | None   # read once at the handshake (sniproxy.card.read_card)
 
 
-def _pem(der: bytes) -> str:
-    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM).decode("ascii")
+_Named = list[tuple[str, str | bytes]]   # header name and value, before both are encoded
 
 
-def _dn(name: x509.Name) -> str:
-    """RFC 4514 (2253) string with non-ASCII escaped as ``\\XX`` UTF-8 bytes, as OpenSSL's
-    ``XN_FLAG_RFC2253`` (nginx ``$ssl_client_s_dn``) writes it: header values stay ASCII."""
-    text = name.rfc4514_string({x509.NameOID.GIVEN_NAME: "GN", x509.NameOID.SURNAME: "SN",
-                                x509.NameOID.TITLE: "title"})
-    return "".join(c if 0x20 <= ord(c) < 0x7F else "".join(f"\\{b:02X}" for b in c.encode()) for c in text)
+# The header profiles, by the names of the config's ``http.headers`` (``HeaderProfile`` values): compared
+# as strings so that this module needs nothing from the config.
+FORWARDED, NGINX, TOMCAT, ENVOY, RFC9440, CARD = "forwarded", "nginx", "tomcat", "envoy", "rfc9440", "card"
+PROFILES = (FORWARDED, NGINX, TOMCAT, ENVOY, RFC9440, CARD)
+
+
+def _readable(card: CardIdentity | UnreadableCard | None) -> CardIdentity:
+    # A DN-bearing header must never go out empty or guessed: an unreadable card fails the request,
+    # as the library's own error did when this module parsed the leaf itself.
+    if not isinstance(card, CardIdentity):
+        raise ValueError(f"card identity unreadable ({card.error if card is not None else 'none'})")
+    return card
 
 
 def _safe(value: str) -> bytes:
@@ -203,52 +207,77 @@ def _forwarded_node(ip: str, port: int) -> str:
     return f'"[{ip}]:{port}"' if ":" in ip else f'"{ip}:{port}"'
 
 
-def identity_headers(profiles: Iterable[HeaderProfile], facts: TlsFacts,
-                     card_names: Sequence[tuple[str, str]]) -> Headers:
-    """The identity headers of each profile, in profile order (docs/https.md lists every value)."""
-    out: list[tuple[str, str | bytes]] = []
-    leaf = x509.load_der_x509_certificate(facts.chain_der[0]) if facts.chain_der else None
+def _forwarded(facts: TlsFacts) -> _Named:
+    host = f";host={_quote_token(facts.host)}" if facts.host else ""
+    out: _Named = [
+        ("Forwarded", f"for={_forwarded_node(facts.client_ip, facts.client_port)};proto=https{host}"),
+        ("X-Forwarded-For", facts.client_ip), ("X-Forwarded-Proto", "https")]
+    if facts.host:
+        out.append(("X-Forwarded-Host", facts.host))
+    return out
+
+
+def _nginx(facts: TlsFacts) -> _Named:
+    if not facts.chain_der:
+        return [("X-SSL-Client-Verify", "NONE")]
+    card = _readable(facts.card)
+    return [("X-SSL-Client-Verify", "SUCCESS"), ("X-SSL-Client-S-DN", openssl_dn(card.subject)),
+            ("X-SSL-Client-I-DN", openssl_dn(card.issuer)), ("X-SSL-Client-Serial", card.serial),
+            ("X-SSL-Client-Cert", quote(to_pem(facts.chain_der[0]), safe=""))]
+
+
+def _tomcat(facts: TlsFacts) -> _Named:
+    out: _Named = []
+    if facts.chain_der:
+        # SSLValve turns spaces back into newlines (the mod_headers convention it was built for).
+        out.append(("ssl_client_cert", to_pem(facts.chain_der[0]).strip().replace("\n", " ")))
+    out.append(("ssl_cipher", facts.cipher))
+    if facts.session_id:
+        out.append(("ssl_session_id", facts.session_id))
+    if facts.cipher_bits is not None:
+        out.append(("ssl_cipher_usekeysize", str(facts.cipher_bits)))
+    return out
+
+
+def _envoy(facts: TlsFacts) -> _Named:
+    card = _readable(facts.card)
+    chain = "".join(to_pem(d) for d in facts.chain_der)
+    subject = openssl_dn(card.subject).replace("\\", "\\\\").replace('"', '\\"')
+    return [("X-Forwarded-Client-Cert",
+             f'Hash={card.sha256};Cert="{quote(to_pem(facts.chain_der[0]), safe="")}";'
+             f'Chain="{quote(chain, safe="")}";Subject="{subject}"')]
+
+
+def _rfc9440(facts: TlsFacts) -> _Named:
+    out: _Named = [("Client-Cert", f":{base64.b64encode(facts.chain_der[0]).decode()}:")]
+    if len(facts.chain_der) > 1:
+        out.append(("Client-Cert-Chain", ", ".join(f":{base64.b64encode(d).decode()}:" for d in facts.chain_der[1:])))
+    return out
+
+
+def _card(facts: TlsFacts, card_names: Sequence[tuple[str, str]]) -> _Named:
+    values = identity_fields(facts.card)
+    return [(name, _safe(values[field])) for field, name in card_names if values.get(field)]
+
+
+def identity_headers(profiles: Iterable[str], facts: TlsFacts, card_names: Sequence[tuple[str, str]]) -> Headers:
+    """The identity headers of each profile (``PROFILES`` names), in profile order (docs/https.md lists
+    every value). ``card_names`` pairs an identity field (``sniproxy.card.IDENTITY_FIELDS``) with its header."""
+    out: _Named = []
+    with_card = bool(facts.chain_der)
     for profile in profiles:
-        if profile is HeaderProfile.FORWARDED:
-            host = f";host={_quote_token(facts.host)}" if facts.host else ""
-            out.append(("Forwarded", f"for={_forwarded_node(facts.client_ip, facts.client_port)};proto=https{host}"))
-            out.append(("X-Forwarded-For", facts.client_ip))
-            out.append(("X-Forwarded-Proto", "https"))
-            if facts.host:
-                out.append(("X-Forwarded-Host", facts.host))
-        elif profile is HeaderProfile.NGINX:
-            out.append(("X-SSL-Client-Verify", "SUCCESS" if leaf is not None else "NONE"))
-            if leaf is not None:
-                out.append(("X-SSL-Client-S-DN", _dn(leaf.subject)))
-                out.append(("X-SSL-Client-I-DN", _dn(leaf.issuer)))
-                out.append(("X-SSL-Client-Serial", format(leaf.serial_number, "X")))
-                out.append(("X-SSL-Client-Cert", quote(_pem(facts.chain_der[0]), safe="")))
-        elif profile is HeaderProfile.TOMCAT:
-            if leaf is not None:
-                # SSLValve turns spaces back into newlines (the mod_headers convention it was built for).
-                out.append(("ssl_client_cert", _pem(facts.chain_der[0]).strip().replace("\n", " ")))
-            out.append(("ssl_cipher", facts.cipher))
-            if facts.session_id:
-                out.append(("ssl_session_id", facts.session_id))
-            if facts.cipher_bits is not None:
-                out.append(("ssl_cipher_usekeysize", str(facts.cipher_bits)))
-        elif profile is HeaderProfile.ENVOY and leaf is not None:
-            sha = facts.identity.get("sha256", "")
-            chain = "".join(_pem(d) for d in facts.chain_der)
-            subject = _dn(leaf.subject).replace("\\", "\\\\").replace('"', '\\"')
-            out.append(("X-Forwarded-Client-Cert",
-                        f'Hash={sha};Cert="{quote(_pem(facts.chain_der[0]), safe="")}";'
-                        f'Chain="{quote(chain, safe="")}";Subject="{subject}"'))
-        elif profile is HeaderProfile.RFC9440 and leaf is not None:
-            out.append(("Client-Cert", f":{base64.b64encode(facts.chain_der[0]).decode()}:"))
-            if len(facts.chain_der) > 1:
-                out.append(("Client-Cert-Chain",
-                            ", ".join(f":{base64.b64encode(d).decode()}:" for d in facts.chain_der[1:])))
-        elif profile is HeaderProfile.CARD and leaf is not None:
-            for field, name in card_names:
-                value = facts.identity.get(field)
-                if value:
-                    out.append((name, _safe(value)))
+        if profile == FORWARDED:
+            out += _forwarded(facts)
+        elif profile == NGINX:
+            out += _nginx(facts)
+        elif profile == TOMCAT:
+            out += _tomcat(facts)
+        elif profile == ENVOY and with_card:
+            out += _envoy(facts)
+        elif profile == RFC9440 and with_card:
+            out += _rfc9440(facts)
+        elif profile == CARD and with_card:
+            out += _card(facts, card_names)
     return [(n.encode("ascii"), v if isinstance(v, bytes) else v.encode("ascii")) for n, v in out]
 
 
@@ -317,7 +346,19 @@ def request_host(target: bytes, headers: Sequence[tuple[bytes, bytes]]) -> str |
     return host
 
 
-def misdirected(host: str | None, routes: RouteTable, flow: str) -> str | None:
+class Routes(Protocol):
+    """The part of a listener's route table the Host check reads (``sniproxy.routing.RouteTable`` has it)."""
+
+    @property
+    def exact(self) -> Mapping[str, str]:
+        """Exact host name -> flow."""
+
+    @property
+    def wildcards(self) -> Mapping[str, str]:
+        """Parent domain (after ``*.``) -> flow."""
+
+
+def misdirected(host: str | None, routes: Routes, flow: str) -> str | None:
     """The other flow ``host`` is routed to on this listener, when it is not ``flow`` (then 421).
 
     Only names the listener routes count (exact, then wildcard): an IP literal or an unrouted name

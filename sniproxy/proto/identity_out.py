@@ -3,8 +3,9 @@
 Owns: which TLVs carry the verified card identity and how they are sized. The client addresses,
 ``PP2_TYPE_SSL`` (flags, verify result, TLS version, CN, cipher, signature and key algorithms of the
 card certificate), ``PP2_TYPE_AUTHORITY`` (the SNI) and, on request, application TLVs with the full
-identity. Must not do I/O or read certificates: ``CardFacts`` is extracted by the caller once the
-handshake is done (``card_facts``), because the parsed chain is freed right after.
+identity. Must not do I/O or read certificates: the card's ``CardFacts`` and identity fields come from
+the ``sniproxy.card.CardIdentity`` read once at the end of the handshake (the parsed chain is freed
+right after).
 
 Backend facts (docs/domain.md): Dovecot 2.3 keeps the SSL bit and the CN only; Dovecot 2.4 trusts the CN
 only with the certificate-present flags and verify = 0; Dovecot 2.3 drops a header over 1500 bytes,
@@ -15,12 +16,8 @@ push the header over that size.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
-from cryptography.x509.oid import NameOID
-
+from sniproxy.card import CardFacts
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
@@ -46,56 +43,6 @@ IDENTITY_TLVS: Mapping[str, int] = {
     "authority": 0xE6,
     "card_type_name": 0xE7,
 }
-
-
-@dataclass(frozen=True, slots=True)
-class CardFacts:
-    """What the header says about the client certificate, taken from the verified leaf."""
-
-    cn: str | None
-    sig_alg: str | None
-    key_alg: str | None
-
-
-def card_facts(leaf: x509.Certificate) -> CardFacts:
-    """CN, signature and key algorithm names of a verified card, in HAProxy's spelling where it has one.
-
-    The CN is the first CommonName attribute wherever it sits (card subjects put GN + CN + SN in one
-    multi-valued RDN, so it must be read through the RDN model, never a DN string).
-    """
-    cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    cn = str(cns[0].value) if cns else None
-    return CardFacts(cn=cn, sig_alg=_sig_alg(leaf), key_alg=_key_alg(leaf))
-
-
-def _sig_alg(leaf: x509.Certificate) -> str | None:
-    # OpenSSL short names, as HAProxy sends them (OBJ_nid2sn of the signature NID), e.g. RSA-SHA256.
-    hash_alg = leaf.signature_hash_algorithm
-    name = hash_alg.name.upper() if hash_alg is not None else None
-    key = leaf.public_key()
-    if isinstance(key, rsa.RSAPublicKey) and name:
-        return f"RSA-{name}"
-    if isinstance(key, ec.EllipticCurvePublicKey) and name:
-        return f"ecdsa-with-{name}"
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "ED25519"
-    return None
-
-
-def _key_alg(leaf: x509.Certificate) -> str | None:
-    # HAProxy writes the key type and size run together: RSA2048, EC256.
-    key = leaf.public_key()
-    if isinstance(key, rsa.RSAPublicKey):
-        return f"RSA{key.key_size}"
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return f"EC{key.curve.key_size}"
-    if isinstance(key, dsa.DSAPublicKey):
-        return f"DSA{key.key_size}"
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "ED25519"
-    if isinstance(key, ed448.Ed448PublicKey):
-        return "ED448"
-    return None
 
 
 def proxy_v2_header(*, src: Address, dst: Address, sni: str | None, tls_version: str, cipher: str,

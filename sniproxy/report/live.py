@@ -1,6 +1,6 @@
 """The live ``/migration`` page: each worker's figures since its start, merged by the admin process.
 
-``install(dump_dir)`` (once per worker) subscribes to ``sniproxy.connection.OBSERVERS``: every
+``install(dump_dir)`` (once per worker) subscribes to ``sniproxy.driver.shared.OBSERVERS``: every
 ``connection`` event feeds an in-memory ``Aggregate``, and a daemon thread writes it to
 ``dump_dir/live-<pid>.json`` every ``DUMP_INTERVAL`` seconds when it changed (write to a temporary file,
 then rename: a reader never sees half a dump). ``render_live(dump_dir)`` (the admin route) merges every
@@ -104,7 +104,7 @@ _recorder: LiveRecorder | None = None
 def install(dump_dir: Path) -> None:
     """Called once in each worker at start: record this worker's connections for the live page."""
     global _recorder
-    from sniproxy.connection import OBSERVERS
+    from sniproxy.driver.shared import OBSERVERS
 
     if _recorder is not None and _recorder.path.parent == dump_dir and _recorder.observe in OBSERVERS:
         return

@@ -10,11 +10,10 @@ This module reads files; it must not touch sockets or the event loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-from cryptography import x509
 from OpenSSL import SSL, crypto
 
+from sniproxy.card import read_certs
 from sniproxy.config.model import AuthoritySet, ClientAuth, Flow
 from sniproxy.config.tlspolicy import apply_policy
 from sniproxy.crl.state import RevocationPolicy
@@ -36,22 +35,11 @@ class FlowRuntime:
     rules: FlowRules
 
 
-def read_certs(path: Path) -> list[x509.Certificate]:
-    """Every certificate of a PEM file, in file order."""
-    try:
-        certs = x509.load_pem_x509_certificates(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read certificates: {exc}", file=str(path)) from exc
-    return certs
-
-
 def authority_trust(aset: AuthoritySet) -> AuthorityTrust:
     """An enabled authority set's certificates and revocation policy, compiled for verification."""
     roots = [c for p in aset.roots for c in read_certs(p)]
     inter = [c for p in aset.intermediates for c in read_certs(p)]
-    policy = RevocationPolicy(required=aset.revocation_required, chain=aset.crl_check == "chain",
-                              grace=aset.crl_grace)
-    return compile_authority(aset.name, aset.test, roots, inter, policy)
+    return compile_authority(aset.name, aset.test, roots, inter, RevocationPolicy.of(aset))
 
 
 def _verify_mode(mode: ClientAuth) -> int:

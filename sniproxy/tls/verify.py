@@ -22,11 +22,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 
-from sniproxy.config.model import CardType, Profile
+from sniproxy.card.der import der_octet, int_extension, raw_extension
+from sniproxy.card.names import is_test_issuer
+from sniproxy.card.oids import CARD_TYPES, OID_CARD_TYPE, OID_CATEGORY, TEST_CARD_BIT, CardType
+from sniproxy.config.model import Profile
 from sniproxy.crl.index import Revoked
 from sniproxy.crl.state import RevocationHolder, RevocationPolicy, check_chain
 from sniproxy.errors import Reason
-from sniproxy.tls.identity import der_integer, der_octet, is_test_issuer
 
 # X509_V_ERR_* codes (openssl/x509_vfy.h), stable across OpenSSL 1.1 to 4.0.
 _UNKNOWN_CA_CODES = frozenset({2, 3, 20, 21, 19, 24, 25})
@@ -48,9 +50,6 @@ MIN_EC_BITS = 256
 _WEAK_DIGESTS = frozenset({"md2", "md4", "md5", "sha1"})
 # cryptography cannot name these signature algorithms (it raises UnsupportedAlgorithm): named by OID.
 _UNNAMED_DIGESTS = {"1.2.840.113549.1.1.2": "md2", "1.2.840.113549.1.1.3": "md4"}   # md2/md4WithRSAEncryption
-_CARD_TYPE_CODES: dict[int, CardType] = {0: CardType.CPS, 1: CardType.CPF, 2: CardType.CPE, 3: CardType.CPA}
-_OID_CARD_TYPE = x509.ObjectIdentifier("1.2.250.1.71.1.2.2")
-_OID_CATEGORY = x509.ObjectIdentifier("1.2.250.1.71.1.2.5")
 _DER = Encoding.DER
 
 
@@ -174,40 +173,20 @@ def _key_kind(key: rsa.RSAPublicKey | dsa.DSAPublicKey) -> str:
     return "RSA" if isinstance(key, rsa.RSAPublicKey) else "DSA"
 
 
-def _int_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> int | None:
-    """A DER INTEGER private extension (decoded as the identity parser does); None when absent or odd."""
-    try:
-        value = cert.extensions.get_extension_for_oid(oid).value
-    except x509.ExtensionNotFound:
-        return None
-    return der_integer(value.value) if isinstance(value, x509.UnrecognizedExtension) else None
-
-
-def authorize(state: VerifyState, leaf: x509.Certificate, now: float | None = None) -> bool:
-    """Apply the flow's rules to a chain OpenSSL has accepted. Returns False (and records why) to refuse.
-
-    ``now`` (POSIX seconds, default the current time) is the clock for CRL freshness.
-    """
-    rules = state.rules
-    # Before any rule about the card's content: a forgeable chain says nothing reliable about its holder.
-    weak = weak_crypto(state.chain or {0: leaf})
-    if weak is not None:
-        return state.refuse(*weak)
+def _anchor(state: VerifyState) -> AuthorityTrust | None:
+    """The flow's authority set of the nearest CA of the verified chain that belongs to one."""
     authority = None
     # Nearest CA first: a root shared by two sets must not hide which intermediate issued the card.
     for depth in sorted(d for d in state.chain if d > 0):
         fp = _fingerprint(state.chain[depth])
-        authority = next((a for a in rules.authorities if fp in a.fingerprints), None)
+        authority = next((a for a in state.rules.authorities if fp in a.fingerprints), None)
         if authority is not None:
             break
-    if authority is None:
-        # The store holds only this flow's sets, so this means a trust material mix-up: refuse.
-        return state.refuse(Reason.UNKNOWN_CA, "chain anchors in no authority set of this flow")
-    state.authority = authority.name
-    if authority.test and rules.profile is Profile.PRODUCTION:
-        return state.refuse(Reason.TEST_CHAIN, f"authority {authority.name} is a test chain")
-    if not authority.test and rules.profile is Profile.TEST:
-        return state.refuse(Reason.PRODUCTION_CHAIN, f"authority {authority.name} is production")
+    return authority
+
+
+def _usage_ok(state: VerifyState, leaf: x509.Certificate) -> bool:
+    """False (the reason recorded) unless the card is fit for TLS client authentication."""
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
@@ -220,24 +199,32 @@ def authorize(state: VerifyState, leaf: x509.Certificate, now: float | None = No
             return state.refuse(Reason.WRONG_USAGE, "key usage lacks digitalSignature")
     except x509.ExtensionNotFound:
         pass
+    return True
+
+
+def _card_ok(state: VerifyState, leaf: x509.Certificate) -> bool:
+    """False (the reason recorded) for a test card where refused, or a card type the flow does not accept."""
+    rules = state.rules
     if rules.refuse_test_cards:
-        try:
-            ext = leaf.extensions.get_extension_for_oid(_OID_CATEGORY).value
-        except x509.ExtensionNotFound:
-            ext = None
-        if ext is not None:
-            raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
+        raw = raw_extension(leaf, OID_CATEGORY)
+        if raw is not None:
             category = der_octet(raw)
             # Present but unreadable: fail closed, it could be a test card.
             if category is None:
                 return state.refuse(Reason.TEST_CARD, "unreadable product category extension")
-            if category & 0x80:
+            if category & TEST_CARD_BIT:
                 return state.refuse(Reason.TEST_CARD, f"product category 0x{category:02x} is a test card")
     if rules.card_types:
-        code = _int_ext(leaf, _OID_CARD_TYPE)
-        card_type = _CARD_TYPE_CODES.get(code) if code is not None else None
+        code = int_extension(leaf, OID_CARD_TYPE)
+        card_type: CardType | None = CARD_TYPES.get(code) if code is not None else None
         if card_type not in rules.card_types:
             return state.refuse(Reason.CARD_TYPE, f"card type {card_type or code} not accepted by this flow")
+    return True
+
+
+def _revocation_ok(state: VerifyState, authority: AuthorityTrust, now: float | None) -> bool:
+    """False (the reason recorded) when the CRLs in force revoke the chain or cannot vouch for it."""
+    rules = state.rules
     if rules.revocation is not None and authority.revocation.required:
         chain = [state.chain[d] for d in sorted(state.chain)]
         verdict = check_chain(rules.revocation.current, authority.revocation, chain,
@@ -247,6 +234,28 @@ def authorize(state: VerifyState, leaf: x509.Certificate, now: float | None = No
             state.revoked = verdict.revoked
             return state.refuse(verdict.reason, verdict.detail)
     return True
+
+
+def authorize(state: VerifyState, leaf: x509.Certificate, now: float | None = None) -> bool:
+    """Apply the flow's rules to a chain OpenSSL has accepted. Returns False (and records why) to refuse.
+
+    ``now`` (POSIX seconds, default the current time) is the clock for CRL freshness.
+    """
+    rules = state.rules
+    # Before any rule about the card's content: a forgeable chain says nothing reliable about its holder.
+    weak = weak_crypto(state.chain or {0: leaf})
+    if weak is not None:
+        return state.refuse(*weak)
+    authority = _anchor(state)
+    if authority is None:
+        # The store holds only this flow's sets, so this means a trust material mix-up: refuse.
+        return state.refuse(Reason.UNKNOWN_CA, "chain anchors in no authority set of this flow")
+    state.authority = authority.name
+    if authority.test and rules.profile is Profile.PRODUCTION:
+        return state.refuse(Reason.TEST_CHAIN, f"authority {authority.name} is a test chain")
+    if not authority.test and rules.profile is Profile.TEST:
+        return state.refuse(Reason.PRODUCTION_CHAIN, f"authority {authority.name} is production")
+    return _usage_ok(state, leaf) and _card_ok(state, leaf) and _revocation_ok(state, authority, now)
 
 
 def verify_callback(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from sniproxy.demo.pki import TestPki, build
 from tests.conftest import fail_or_skip
+from tests.integration.httppeers import HttpBackend
 from tests.integration.peers import Dovecot, PeerStartError, Postfix, start_dovecot, start_postfix
 from tests.integration.proxyproc import ProxyProcess
 
@@ -109,3 +110,14 @@ def start_proxy(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], ProxyProc
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture
+def http_backend(tmp_path: Path) -> Iterator[HttpBackend]:
+    """A SOAP echo HTTP backend of this test's own (tests/integration/httpbackend.py), stopped after it."""
+    try:
+        b = HttpBackend(tmp_path / "requests.jsonl")
+    except RuntimeError as exc:
+        fail_or_skip(f"HTTP backend did not start: {exc}")
+    yield b
+    b.stop()

@@ -10,15 +10,14 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sniproxy.demo.pki import TestPki
-from tests.conftest import fail_or_skip, free_port
+from tests.conftest import free_port
 from tests.integration.clients import client_context, imap_starttls, smtp_starttls
 from tests.integration.httppeers import HttpBackend
 from tests.integration.lifecycle_kit import lifecycle_config, worker_pids
@@ -83,16 +82,6 @@ def test_sigterm_with_50_idle_sessions_each_gets_bye(pki: TestPki, dovecot: Dove
     assert len(drained) == SESSIONS, [e["reason"] for e in proxy.connection_events()]
     assert all(e["phase"] == "relay" for e in drained)
     print(f"{SESSIONS} IDLE sessions: BYE to all and exit 0 in {elapsed:.2f}s")
-
-
-@pytest.fixture
-def http_backend(tmp_path: Path) -> Iterator[HttpBackend]:
-    try:
-        b = HttpBackend(tmp_path / "requests.jsonl")
-    except RuntimeError as exc:
-        fail_or_skip(f"HTTP backend did not start: {exc}")
-    yield b
-    b.stop()
 
 
 def test_drain_timeout_then_goodbyes_in_each_protocol(pki: TestPki, dovecot: Dovecot, postfix: Postfix,

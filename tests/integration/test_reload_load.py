@@ -16,14 +16,13 @@ import imaplib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from sniproxy.demo.pki import TestPki
-from tests.conftest import fail_or_skip, free_port
+from tests.conftest import free_port
 from tests.integration.clients import client_context, imap_starttls, smtp_starttls
 from tests.integration.httppeers import HttpBackend
 from tests.integration.lifecycle_kit import (
@@ -43,16 +42,6 @@ pytestmark = pytest.mark.integration
 RELOADS, INVALID_EVERY = 100, 10
 WALL_LIMIT = 90.0      # the whole loop; it takes well under a minute here
 CLIENT_ROUNDS = 5000   # per client thread, a bound the wall limit reaches first
-
-
-@pytest.fixture
-def http_backend(tmp_path: Path) -> Iterator[HttpBackend]:
-    try:
-        b = HttpBackend(tmp_path / "requests.jsonl")
-    except RuntimeError as exc:
-        fail_or_skip(f"HTTP backend did not start: {exc}")
-    yield b
-    b.stop()
 
 
 class Clients:

@@ -325,3 +325,15 @@ def test_issuer_identity_is_name_and_key(chain: Chain, pki: TestPki) -> None:
                    (chain.root, IssuerState(loaded(chain.root))))
     verdict = check_chain(view, REQUIRED, chain.certs, T0)
     assert verdict.reason is Reason.CRL_MISSING and verdict.depth == 0
+
+
+def test_the_policy_of_an_authority_set() -> None:
+    from sniproxy.config.model import AuthoritySet
+
+    plain = AuthoritySet(name="a", roots=())
+    assert RevocationPolicy.of(plain) == RevocationPolicy(required=False, chain=True, grace=None)
+    crl = AuthoritySet(name="a", roots=(), crl_sources=("http://crl.example/a.crl",), crl_check="leaf",
+                       crl_grace=3600.0)
+    assert RevocationPolicy.of(crl) == RevocationPolicy(required=True, chain=False, grace=3600.0)
+    dps = AuthoritySet(name="a", roots=(), crl_from_certificates=True, crl_check="chain")
+    assert RevocationPolicy.of(dps) == RevocationPolicy(required=True, chain=True, grace=None)

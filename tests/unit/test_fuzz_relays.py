@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sniproxy.auth.login import LoginRule, decide
-from sniproxy.proto.identity_out import IDENTITY_TLVS, CardFacts, proxy_v2_header
+from sniproxy.card import CardFacts
+from sniproxy.proto.identity_out import IDENTITY_TLVS, proxy_v2_header
 from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 from urllib.parse import unquote
 
@@ -10,6 +11,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sniproxy.card import parse_identity
 from sniproxy.config.model import DEFAULT_CARD_HEADERS, Address, Backend, HeaderProfile, Listener, Protocol, Route
 from sniproxy.demo.pki import TestPki, build
 from sniproxy.proto.http_rewrite import (
@@ -73,14 +75,17 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 
 
 def _facts(pki: TestPki, card: str | None) -> TlsFacts:
-    chain = ()
+    chain: tuple[bytes, ...] = ()
+    ident = None
     if card is not None:
         certs = x509.load_pem_x509_certificates(pki.cards[card].chain.read_bytes())
         chain = tuple(c.public_bytes(Encoding.DER) for c in certs)
+        # Values of its own where the test needs them (a fingerprint and an accented profession to see).
+        ident = dataclasses.replace(parse_identity(certs[0], "igc-sante-fort-pp"), sha256="00ff",
+                                    profession="Médecin")
     return TlsFacts(client_ip="2001:db8::1", client_port=4242, host="mss-msg.mssante.fr", tls_version="TLSv1.3",
                     cipher="TLS_AES_256_GCM_SHA384", cipher_bits=256, session_id="ab" * 32, chain_der=chain,
-                    identity={"idnat_ps": "810009876543", "authority": "igc-sante-fort-pp", "sha256": "00ff",
-                              "profession": "Médecin"} if card else {})
+                    card=ident)
 
 
 def test_identity_headers_per_profile(pki: TestPki) -> None:

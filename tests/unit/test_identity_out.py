@@ -6,8 +6,9 @@ import struct
 
 import pytest
 
+from sniproxy.card import CardFacts, card_facts
 from sniproxy.demo.pki import TestPki, build
-from sniproxy.proto.identity_out import IDENTITY_TLVS, CardFacts, card_facts, proxy_v2_header
+from sniproxy.proto.identity_out import IDENTITY_TLVS, proxy_v2_header
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
@@ -111,3 +112,28 @@ def test_card_facts_read_the_cn_from_the_multivalued_rdn(pki: TestPki, card: str
     leaf = x509.load_pem_x509_certificate(pki.cards[card].chain.read_bytes())
     facts = card_facts(leaf)
     assert facts.cn == cn and facts.sig_alg == "RSA-SHA256" and (facts.key_alg or "").startswith("RSA")
+
+
+def _header(identity: dict[str, str] | None) -> bytes:
+    return proxy_v2_header(src=("192.0.2.7", 1), dst=("127.0.0.1", 143), sni="a.example", tls_version="TLSv1.3",
+                           cipher="X", card=CARD, send_cn=True, identity=identity)
+
+
+def test_an_identity_tlv_that_fits_exactly_is_kept() -> None:
+    room = MAX_HEADER - len(_header(None))
+    h = _header({"idnat_ps": "a" * (room - 3)})            # 3 bytes of type and length, then the value
+    assert len(h) == MAX_HEADER and _parse(h).tlv(IDENTITY_TLVS["idnat_ps"]) == b"a" * (room - 3)
+    h = _header({"idnat_ps": "a" * (room - 2)})
+    assert len(h) == len(_header(None)) and _parse(h).tlv(IDENTITY_TLVS["idnat_ps"]) is None
+
+
+def test_each_kept_identity_tlv_takes_its_room_from_the_next() -> None:
+    room = MAX_HEADER - len(_header(None))
+    first = "a" * 10                                        # 13 bytes with its type and length
+    fits = {"idnat_ps": first, "subject": "s" * (room - 13 - 3)}
+    h = _header(fits)
+    assert len(h) == MAX_HEADER
+    assert _parse(h).tlv(IDENTITY_TLVS["subject"]) == fits["subject"].encode()
+    over = {"idnat_ps": first, "subject": "s" * (room - 13 - 2)}
+    r = _parse(_header(over))
+    assert r.tlv(IDENTITY_TLVS["idnat_ps"]) == first.encode() and r.tlv(IDENTITY_TLVS["subject"]) is None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sniproxy.config.model import Address, Backend, Config, Listener, Profile, Protocol
-from sniproxy.connection import _is_idle_command
+from sniproxy.driver.mail import is_idle_command as _is_idle_command
 from sniproxy.lifecycle.build import bind_error
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import AlreadyRunning, PidFile, read_pid, runtime_dir

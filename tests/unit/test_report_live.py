@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sniproxy import connection
+from sniproxy.driver import shared as connection
 from sniproxy.report import live
 from sniproxy.report.aggregate import Aggregate
 from sniproxy.report.live import LiveRecorder, load_dumps, merge, render_live

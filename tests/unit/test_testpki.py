@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from sniproxy.card.identity import parse_identity
+from sniproxy.card.names import is_test_issuer
 from sniproxy.demo.pki import CARDS, LAYOUT_VERSION, TestPki, build
-from sniproxy.tls.identity import is_test_issuer, parse_identity
 
 OPENSSL = shutil.which("openssl")
 needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl binary not installed")

@@ -1,4 +1,5 @@
-"""sniproxy.tls.identity on the real public samples (tests/data/samples) and on hostile encodings."""
+"""sniproxy.card (identity, names, der, oids) on the real public samples (tests/data/samples) and on hostile
+encodings."""
 
 from __future__ import annotations
 
@@ -11,20 +12,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from sniproxy.tls.identity import (
-    OID_CARD_SERIAL,
-    OID_CARD_TYPE,
-    OID_CATEGORY,
-    OID_PROFESSION,
-    OID_UPN,
-    CardIdentity,
-    der_integer,
-    der_octet,
-    der_text,
-    identity_fields,
-    is_test_issuer,
-    parse_identity,
-)
+from sniproxy.card.der import der_integer, der_octet, der_text
+from sniproxy.card.identity import IDENTITY_FIELDS, CardIdentity, identity_fields, parse_identity
+from sniproxy.card.names import is_test_issuer
+from sniproxy.card.oids import OID_CARD_SERIAL, OID_CARD_TYPE, OID_CATEGORY, OID_PROFESSION, OID_UPN
 
 SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
 
@@ -272,8 +263,10 @@ def test_identity_fields_is_flat_and_skips_none() -> None:
     server = identity_fields(parse_identity(load("EE-PROD-EL-ORG-server-tops.demo.asipsante.fr.pem")))
     assert "given_name" not in server and "authority" not in server
     assert server["is_test_card"] == "false"
-    # every non-None field is there
-    assert set(fields) == {k for k in CardIdentity.__dataclass_fields__ if getattr(ident, k) is not None}
+    # every non-None identity field is there: all the dataclass's fields but the PROXY v2 facts, in their order
+    assert IDENTITY_FIELDS == tuple(k for k in CardIdentity.__dataclass_fields__ if k != "facts")
+    assert set(fields) == {k for k in IDENTITY_FIELDS if getattr(ident, k) is not None}
+    assert list(fields) == [k for k in IDENTITY_FIELDS if k in fields]
 
 
 def test_identity_is_frozen() -> None:

@@ -1,26 +1,29 @@
-"""The per-connection driver of ``https`` listeners in mode ``http``: a strict HTTP/1.1 reverse proxy.
+"""The HTTP back half: ``https`` listeners in mode ``http``, a strict HTTP/1.1 reverse proxy.
 
-Everything up to and including the card check is ``ClientConnection``'s (PROXY header in,
-ClientHello, flow by SNI, handshake with the flow's context, revocation); this subclass takes over
-at ``_after_handshake``. Requests are served one at a time and in order: the sans-IO
-``ClientSide`` delimits, checks and parses them, ``http_rewrite`` decides what the backend sees,
-and each request goes to a backend connection from a small per-backend pool, a ``BackendExchange``
-framing it again (so the backend never sees the client's framing) and parsing the response with
-llhttp. Bodies stream both ways with backpressure: a full backend write buffer stops reading from
-the client, a full client write buffer stops reading from the backend. A request the proxy refuses
-(400, 403, 421) or cannot serve (502, 504) gets its answer, with a SOAP fault body when the request was SOAP, and the
-connection closes; ``_finish`` then logs the one ``connection`` event with its reason.
+Everything up to and including the card check is the front half's (PROXY header in, ClientHello,
+flow by SNI, handshake with the flow's context, revocation); this half takes over at ``start``.
+Requests are served one at a time and in order: the sans-IO ``ClientSide`` delimits, checks and
+parses them, ``http_rewrite`` decides what the backend sees, and each request goes to a backend
+connection from a small per-backend pool (``http_pool``), a ``BackendExchange`` framing it again (so
+the backend never sees the client's framing) and parsing the response with llhttp. Bodies stream
+both ways with backpressure: a full backend write buffer stops reading from the client, a full client
+write buffer stops reading from the backend. A request the proxy refuses (400, 403, 421) or cannot
+serve (502, 504) gets its answer, with a SOAP fault body when the request was SOAP, and the
+connection closes; the front's ``finish`` then logs the one ``connection`` event with its reason.
+Must not: touch the client socket or TLS (``FrontHalf.send_plain`` writes to the client).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from functools import lru_cache
-from typing import Any, cast
+from time import monotonic
+from typing import Any
 
-from sniproxy.config.model import Address, HttpOptions
-from sniproxy.connection import _CLOSED, _PENDING_MAX, _RELAY, _WRITE_HIGH, ClientConnection, Drain
+from sniproxy.config.model import HttpMode, HttpOptions, Listener, Protocol
+from sniproxy.driver.halves import FrontHalf
+from sniproxy.driver.http_pool import BackendConn, pool_for
+from sniproxy.driver.shared import PENDING_MAX, Drain
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.proto.http_backend import (
@@ -54,9 +57,14 @@ from sniproxy.proto.http_server import (
     RequestRefused,
     RequestStarted,
 )
-from sniproxy.runtime.snapshot import SnapshotHolder
 
 _log = get_logger("sniproxy.http")
+
+
+def serves_http(listener: Listener) -> bool:
+    """The listener is an ``https`` one in mode ``http`` (else its bytes are relayed as they are)."""
+    http = listener.http
+    return listener.protocol is Protocol.HTTPS and http is not None and http.mode is HttpMode.HTTP
 
 
 @lru_cache(maxsize=64)
@@ -65,140 +73,8 @@ def _strip_rules(opts: HttpOptions) -> StripRules:
     return StripRules.build((name for _, name in opts.card_headers), opts.strip)
 
 
-class _BackendConn(asyncio.Protocol):
-    """One plaintext HTTP connection to the backend, owned by one client connection at a time."""
-
-    __slots__ = ("closed", "owner", "paused", "pool", "transport")
-
-    def __init__(self, pool: BackendPool) -> None:
-        self.pool = pool
-        self.owner: HttpsConnection | None = None
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.paused = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-        self.transport.set_write_buffer_limits(high=_WRITE_HIGH)
-
-    def data_received(self, data: bytes) -> None:
-        if self.owner is not None:
-            self.owner.backend_data(data)
-        else:  # an idle backend must not speak: never hand this connection out again
-            self.close()
-
-    def eof_received(self) -> bool:
-        self._lost(None)
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._lost(exc)
-
-    def _lost(self, exc: Exception | None) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.pool.forget(self)
-        if self.owner is not None:
-            self.owner.backend_closed(exc)
-
-    def pause_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.backend_full(True)
-
-    def resume_writing(self) -> None:
-        if self.owner is not None:
-            self.owner.backend_full(False)
-
-    def write(self, data: bytes) -> None:
-        """Send bytes unless the connection is already closing."""
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    def close(self) -> None:
-        """Close for good (never back to the pool)."""
-        self.closed = True
-        self.owner = None
-        self.pool.forget(self)
-        if self.transport is not None:
-            self.transport.close()
-
-
-class BackendPool:
-    """Idle keep-alive connections to one backend, at most ``max_idle``, each closed after
-    ``idle_timeout`` unused (a backend's own keep-alive timeout may be shorter: keep this lower)."""
-
-    __slots__ = ("_idle", "_timers", "address", "idle_timeout", "max_idle")
-
-    def __init__(self, address: Address, max_idle: int, idle_timeout: float) -> None:
-        self.address = address
-        self.max_idle = max_idle
-        self.idle_timeout = idle_timeout
-        self._idle: list[_BackendConn] = []
-        self._timers: dict[int, asyncio.TimerHandle] = {}
-
-    @property
-    def idle(self) -> int:
-        """Idle connections kept now."""
-        return len(self._idle)
-
-    def take(self) -> _BackendConn | None:
-        """The most recently used idle connection still open, or None."""
-        while self._idle:
-            conn = self._idle.pop()
-            timer = self._timers.pop(id(conn), None)
-            if timer is not None:
-                timer.cancel()
-            if not conn.closed and conn.transport is not None and not conn.transport.is_closing():
-                return conn
-        return None
-
-    def give(self, conn: _BackendConn) -> None:
-        """Return a connection whose last exchange ended cleanly; closed if the pool is full."""
-        conn.owner = None
-        if conn.paused and conn.transport is not None:
-            conn.transport.resume_reading()   # an idle backend closing must be noticed
-            conn.paused = False
-        if conn.closed or len(self._idle) >= self.max_idle:
-            conn.close()
-            return
-        self._idle.append(conn)
-        loop = asyncio.get_running_loop()
-        self._timers[id(conn)] = loop.call_later(self.idle_timeout, conn.close)
-
-    def forget(self, conn: _BackendConn) -> None:
-        """Drop a closed connection from the idle list."""
-        if conn in self._idle:
-            self._idle.remove(conn)
-        timer = self._timers.pop(id(conn), None)
-        if timer is not None:
-            timer.cancel()
-
-    async def connect(self, owner: HttpsConnection, seconds: float) -> _BackendConn:
-        """A new connection, owned by ``owner``. Raises ``OSError`` or ``TimeoutError``."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(seconds):
-            _, proto = await loop.create_connection(lambda: _BackendConn(self), self.address.host,
-                                                    self.address.port)
-        proto.owner = owner
-        return proto
-
-
-_POOLS: dict[tuple[str, str], BackendPool] = {}
-
-
-def pool_for(listener: str, address: Address, opts: HttpOptions) -> BackendPool:
-    """The process-wide pool of one listener's backend (kept across config snapshots of the same address)."""
-    key = (listener, str(address))
-    pool = _POOLS.get(key)
-    if pool is None:
-        pool = _POOLS[key] = BackendPool(address, opts.pool_max_idle, opts.pool_idle_timeout)
-    return pool
-
-
-class HttpsConnection(ClientConnection):
-    """One client connection of an ``https`` listener in mode ``http``."""
+class HttpBack:
+    """The back half of one client connection of an ``https`` listener in mode ``http``."""
 
     __slots__ = (
         "_bk",
@@ -208,27 +84,34 @@ class HttpsConnection(ClientConnection):
         "_bk_pending",
         "_bk_task",
         "_chain_der",
+        "_closed",
         "_ex",
+        "_flow",
         "_http",
         "_id_cache",
         "_opts",
+        "_pause",
         "_pool",
         "_req_method",
         "_resp_started",
         "_resp_status",
         "_resp_timer",
+        "_resume",
+        "_routes",
+        "_send",
         "_soap",
         "_statuses",
         "_stripped",
+        "front",
     )
 
-    def __init__(self, holder: SnapshotHolder, listener: str) -> None:
-        super().__init__(holder, listener)
-        opts = self._lr.listener.http
-        self._opts: HttpOptions = opts if opts is not None else HttpOptions()
+    def __init__(self, front: FrontHalf) -> None:
+        self.front = front
+        ls = front.lr.listener
+        self._opts: HttpOptions = ls.http if ls.http is not None else HttpOptions()
         self._http: ClientSide | None = None
-        self._pool = pool_for(self._lr.listener.name, self._lr.listener.backend.address, self._opts)
-        self._bk: _BackendConn | None = None
+        self._pool = pool_for(ls.name, ls.backend.address, self._opts)
+        self._bk: BackendConn | None = None
         self._bk_task: asyncio.Task[None] | None = None
         self._bk_pending: list[bytes] | None = None      # request bytes while the backend connects
         self._bk_full = False
@@ -244,29 +127,83 @@ class HttpsConnection(ClientConnection):
         self._soap: str | None = None
         self._statuses: dict[str, int] = {}
         self._stripped = 0
+        self._closed = False               # the front finished (its phase is ``closed``)
+        # Facts and front methods used per request, kept here: one attribute load each, not two.
+        self._routes = front.lr.routes
+        self._flow: str | None = None
+        self._send = front.send_plain
+        self._pause = front.pause_client_reading
+        self._resume = front.resume_client_reading
 
-    # ------------------------------------------------------------------ after the handshake
-    def _after_handshake(self) -> None:
-        tls = self._tls
+    # ------------------------------------------------------------------ BackHalf
+    def start(self) -> None:
+        """Serve requests from now on: no backend yet (one is taken per request)."""
+        front = self.front
+        tls = front.tls
         assert tls is not None
-        if self._identity is not None:   # a verified card (its parsed chain is already freed)
+        if front.card is not None:   # a verified card (its parsed chain is already freed)
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
-        self._phase = _RELAY
-        self._leave_pending()   # serving requests: no longer a handshake in progress (limits.max_pending)
-        self._arm(self._lr.listener.timeouts.idle)
-        self._read_plaintext()
+        self._flow = front.flow
+        front.enter_relay()
 
-    def _client_plaintext(self, data: bytes) -> None:
+    def client_data(self, data: bytes) -> None:
+        """Client plaintext: requests, parsed and forwarded."""
         assert self._http is not None
         self._events(self._http.receive_data(data))
 
-    def _client_eof_received(self) -> bool:
-        if self._phase != _RELAY or self._http is None:
-            self.connection_lost(None)
+    def client_eof(self) -> bool:
+        """Keep the socket open to finish a response still owed."""
+        if self._http is None:
             return False
         self._events(self._http.receive_data(b""))
-        return True   # keep the socket open to finish a response still owed
+        return True
+
+    def pause_writing(self) -> None:
+        """The client's write buffer is full: stop reading the response from the backend."""
+        bk = self._bk
+        if bk is not None and bk.transport is not None and not bk.transport.is_closing():
+            bk.paused = True
+            bk.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Read the response from the backend again."""
+        bk = self._bk
+        if bk is not None and bk.paused and bk.transport is not None and not bk.transport.is_closing():
+            bk.paused = False
+            bk.transport.resume_reading()
+
+    def drain_begin(self) -> None:
+        """Between requests a keep-alive connection owes nothing: close it now (RFC 9112 §9.6)."""
+        if (self._http is not None and self._bk is None and self._bk_task is None
+                and not self._http.waiting and self._http.buffered == 0):
+            self.front.finish(Reason.SHUTDOWN, "drain")
+
+    def finish(self) -> None:
+        """Stop the response timer and the connect; a backend mid-exchange never goes back to the pool."""
+        self._closed = True
+        if self._resp_timer is not None:
+            self._resp_timer.cancel()
+            self._resp_timer = None
+        if self._bk_task is not None:
+            self._bk_task.cancel()
+            self._bk_task = None
+        if self._bk is not None:
+            self._bk.close()   # mid-exchange: its state is unknown, never back to the pool
+            self._bk = None
+
+    def event_fields(self) -> dict[str, Any]:
+        """The mode, request and status counts, stripped headers and backend connections opened."""
+        fields: dict[str, Any] = {"mode": "http"}
+        if self._http is not None:
+            fields["requests"] = self._http.requests
+        if self._statuses:
+            fields["statuses"] = dict(self._statuses)
+        if self._stripped:
+            fields["stripped_headers"] = self._stripped
+        if self._bk_opened:
+            fields["backend_connections"] = self._bk_opened
+        return fields
 
     # ------------------------------------------------------------------ client events
     def _events(self, events: list[Event]) -> None:
@@ -276,7 +213,7 @@ class HttpsConnection(ClientConnection):
         if refused is not None:
             events = [refused]
         for event in events:
-            if self._phase == _CLOSED:
+            if self._closed:
                 return
             if isinstance(event, RequestStarted):
                 self._start_request(event)
@@ -287,7 +224,7 @@ class HttpsConnection(ClientConnection):
                 try:
                     out = ex.body(event.data) if isinstance(event, BodyReceived) else ex.end()
                 except RequestError as exc:   # a body the head it came with cannot carry
-                    self._finish(Reason.BAD_REQUEST, f"request body cannot be forwarded: {exc}")
+                    self.front.finish(Reason.BAD_REQUEST, f"request body cannot be forwarded: {exc}")
                     return
                 self._to_backend(out)
                 if isinstance(event, RequestEnded):
@@ -296,9 +233,9 @@ class HttpsConnection(ClientConnection):
                 self._refuse(event.status, event.detail, event.soap, Reason.BAD_REQUEST)
             elif isinstance(event, ClientClosed):
                 if event.mid_request:
-                    self._finish(Reason.CLIENT_CLOSED, "client closed in the middle of a request")
+                    self.front.finish(Reason.CLIENT_CLOSED, "client closed in the middle of a request")
                 else:
-                    self._finish(Reason.OK, "client closed")
+                    self.front.finish(Reason.OK, "client closed")
         self._flush_backend()
         self._update_reading()
 
@@ -314,7 +251,7 @@ class HttpsConnection(ClientConnection):
         except BadRequest as exc:
             self._refuse(400, "bad request", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
-        other = misdirected(host, self._lr.routes, self._flow or "")
+        other = misdirected(host, self._routes, self._flow or "")
         if other is not None:
             self._refuse(421, f"{host} is served by another flow than this connection's", self._soap,
                          Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
@@ -350,19 +287,20 @@ class HttpsConnection(ClientConnection):
             return
         self._ex = ex
         self._to_backend(data)
-        _log.debug("http_request", conn_id=self.id, method=req.method.decode("latin-1"),
+        _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                    target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
 
     def _identity_headers(self, headers: Headers) -> Headers:
         host = next((v for n, v in headers if n == b"host"), None)
         if self._id_cache is not None and self._id_cache[0] == host:
             return list(self._id_cache[1])
-        tls = self._tls
+        front = self.front
+        tls = front.tls
         assert tls is not None
-        facts = TlsFacts(client_ip=self._client_addr[0], client_port=self._client_addr[1],
+        facts = TlsFacts(client_ip=front.client_addr[0], client_port=front.client_addr[1],
                          host=host.decode("latin-1") if host else None, tls_version=tls.version,
                          cipher=tls.cipher, cipher_bits=tls.cipher_bits, session_id=tls.session_id,
-                         chain_der=self._chain_der, identity=self._identity or {})
+                         chain_der=self._chain_der, card=front.card)
         out = identity_headers(self._opts.headers, facts, self._opts.card_headers)
         check_fields(out)
         self._id_cache = (host, out)
@@ -378,9 +316,9 @@ class HttpsConnection(ClientConnection):
             return
         data = b"".join(self._bk_out)
         self._bk_out.clear()
-        if self._phase == _CLOSED:
+        if self._closed:
             return
-        self._last_io = time.monotonic()
+        self.front.last_io = monotonic()
         if self._bk is not None:
             self._bk.write(data)
         elif self._bk_pending is not None:
@@ -388,7 +326,7 @@ class HttpsConnection(ClientConnection):
 
     async def _connect(self) -> None:
         try:
-            bk = await self._pool.connect(self, self._lr.listener.timeouts.connect)
+            bk = await self._pool.connect(self, self.front.lr.listener.timeouts.connect)
         except TimeoutError:
             self._bk_task = None
             self._backend_error(504, Reason.BACKEND_TIMEOUT, f"connect to {self._pool.address}: timeout")
@@ -403,7 +341,7 @@ class HttpsConnection(ClientConnection):
             self._backend_error(502, Reason.INTERNAL_ERROR, f"{self._pool.address}: {type(exc).__name__}")
             return
         self._bk_task = None
-        if self._phase == _CLOSED:
+        if self._closed:
             bk.close()
             return
         self._bk = bk
@@ -420,29 +358,29 @@ class HttpsConnection(ClientConnection):
 
     def _response_timeout(self) -> None:
         self._resp_timer = None
-        if not self._resp_started and self._phase != _CLOSED:
+        if not self._resp_started and not self._closed:
             self._backend_error(504, Reason.BACKEND_TIMEOUT,
                                 f"no response head in {self._opts.response_timeout:g} s")
 
-    # ------------------------------------------------------------------ backend events
+    # ------------------------------------------------------------------ backend events (BackendOwner)
     def backend_data(self, data: bytes) -> None:
         """Bytes from the current backend connection."""
         try:
             self._backend_bytes(data)
-        except Exception as exc:  # the one catch-all, as in ClientConnection.data_received
-            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
-            self._finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+        except Exception as exc:  # the one catch-all, as in the front's data_received
+            _log.error("internal_error", conn_id=self.front.id, error=repr(exc), exc_info=True)
+            self.front.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
 
     def _backend_bytes(self, data: bytes) -> None:
         bk = self._bk
         ex = self._ex
-        if bk is None or ex is None or self._http is None or self._phase == _CLOSED:
+        if bk is None or ex is None or self._http is None or self._closed:
             return
-        self._last_io = time.monotonic()
+        self.front.last_io = monotonic()
         # Plaintext for the client, encrypted and written once per read (head, body and end together).
         out: list[bytes] = []
         for event in ex.receive_data(data):
-            if self._phase == _CLOSED or self._bk is not bk:
+            if self._closed or self._bk is not bk:
                 return
             if isinstance(event, ResponseBody):
                 out.append(self._http.body(event.data))
@@ -463,8 +401,8 @@ class HttpsConnection(ClientConnection):
         self._flush_client(out)
 
     def _flush_client(self, out: list[bytes]) -> None:
-        if out and self._phase != _CLOSED:
-            self._send_plain(b"".join(out))
+        if out and not self._closed:
+            self._send(b"".join(out))
 
     def _response_head(self, event: ResponseHead) -> bytes:
         assert self._http is not None
@@ -480,7 +418,7 @@ class HttpsConnection(ClientConnection):
             headers.append((b"connection", b"close"))
         return self._http.response(event.status, headers, event.reason)
 
-    def _response_end(self, bk: _BackendConn, out: list[bytes], reusable: bool) -> None:
+    def _response_end(self, bk: BackendConn, out: list[bytes], reusable: bool) -> None:
         assert self._http is not None
         end, keep = self._http.end()
         out.append(end)
@@ -495,21 +433,21 @@ class HttpsConnection(ClientConnection):
             self._pool.give(bk)
         else:
             bk.close()
-        if self._phase == _CLOSED:
+        if self._closed:
             return
         if not keep:
-            self._finish(Reason.OK, "response ended the connection")
+            self.front.finish(Reason.OK, "response ended the connection")
             return
         self._events(self._http.next_request())
 
     def backend_closed(self, exc: Exception | None) -> None:
         """The current backend connection went away."""
         bk = self._bk
-        if bk is None or self._phase == _CLOSED:
+        if bk is None or self._closed:
             return
         # A response framed by the connection's end (HTTP/1.0 style) completes only now.
         self._backend_bytes(b"")
-        if self._bk is bk and self._phase != _CLOSED:
+        if self._bk is bk and not self._closed:
             self._bk = None
             what = "reset" if exc is not None else "closed"
             self._backend_error(502, Reason.BACKEND_PROTOCOL, f"backend {what} before the response ended")
@@ -529,68 +467,21 @@ class HttpsConnection(ClientConnection):
     # ------------------------------------------------------------------ answers and flow control
     def _refuse(self, status: int, message: str, soap: str | None, reason: Reason, detail: str = "") -> None:
         """Answer ``status`` ourselves (unless a response is already on its way) and close."""
-        if self._phase == _CLOSED:
+        if self._closed:
             return
         key = str(status)
         if self._http is not None and not self._resp_started:
             self._statuses[key] = self._statuses.get(key, 0) + 1
-            self._send_plain(self._http.error(status, message, soap))
-        self._finish(reason, detail or message)
+            self._send(self._http.error(status, message, soap))
+        self.front.finish(reason, detail or message)
 
     def _update_reading(self) -> None:
         """Read from the client only while what it sends has somewhere to go."""
         http = self._http
         pending = sum(len(b) for b in self._bk_pending) if self._bk_pending else 0
-        stop = self._bk_full or pending > _PENDING_MAX or (
+        stop = self._bk_full or pending > PENDING_MAX or (
             http is not None and http.waiting and http.buffered > self._opts.max_header_bytes)
         if stop:
-            self.pause_client_reading()
+            self._pause()
         else:
-            self.resume_client_reading()
-
-    def pause_writing(self) -> None:
-        # The client's write buffer is full: stop reading the response from the backend.
-        bk = self._bk
-        if bk is not None and bk.transport is not None and not bk.transport.is_closing():
-            bk.paused = True
-            bk.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        bk = self._bk
-        if bk is not None and bk.paused and bk.transport is not None and not bk.transport.is_closing():
-            bk.paused = False
-            bk.transport.resume_reading()
-
-    # ------------------------------------------------------------------ drain
-    def drain_begin(self) -> None:
-        """Between requests a keep-alive connection owes nothing: close it now (RFC 9112 §9.6)."""
-        if (self._phase == _RELAY and self._http is not None and self._bk is None and self._bk_task is None
-                and not self._http.waiting and self._http.buffered == 0):
-            self._finish(Reason.SHUTDOWN, "drain")
-
-    # ------------------------------------------------------------------ end
-    def _finish(self, reason: Reason, detail: str = "") -> None:
-        if self._phase == _CLOSED:
-            return
-        if self._resp_timer is not None:
-            self._resp_timer.cancel()
-            self._resp_timer = None
-        if self._bk_task is not None:
-            self._bk_task.cancel()
-            self._bk_task = None
-        if self._bk is not None:
-            self._bk.close()   # mid-exchange: its state is unknown, never back to the pool
-            self._bk = None
-        super()._finish(reason, detail)
-
-    def _event_fields(self) -> dict[str, Any]:
-        fields: dict[str, Any] = {"mode": "http"}
-        if self._http is not None:
-            fields["requests"] = self._http.requests
-        if self._statuses:
-            fields["statuses"] = dict(self._statuses)
-        if self._stripped:
-            fields["stripped_headers"] = self._stripped
-        if self._bk_opened:
-            fields["backend_connections"] = self._bk_opened
-        return fields
+            self._resume()

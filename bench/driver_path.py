@@ -1,0 +1,204 @@
+"""The connection driver's per-record cost in one process, no sockets: what the driver adds, not the kernel.
+
+``python bench/driver_path.py`` (about 30 s). The driver runs over the in-memory transports of
+``tests/unit/driver/kit.py`` (a fake client socket, a fake backend dialer, a pyOpenSSL client with the
+test PKI's ``fort`` card), so no loopback ``send()`` and no other process's scheduling enters the
+figure. Two paths, each timed over ``--n`` iterations, best of ``--repeat`` runs (perf_counter; the
+best run is the one the machine's other load disturbed least):
+
+- ``mail``: a ``tls`` listener (the raw relay, as ``bench/run.py``): 1 KB client -> backend, then
+  1 KB backend -> client, each through TLS;
+- ``http``: an ``https`` listener in mode http with every identity header profile: one small SOAP
+  POST and its response on a kept-alive connection (pooled backend connection).
+
+- ``imap``: an ``imaps`` listener after the backend's greeting: a NOOP to the backend and its answer,
+  through the IMAP backend filter.
+
+Both include the client's own TLS work (the same for any driver): compare runs of this script, not
+its figures with other benches. ``--count`` measures what does not depend on the machine's load: the
+bytecode the interpreter runs in ``sniproxy/`` per iteration (``sys.settrace`` opcode events), with
+the attribute loads and stores and the calls among them; ``driver`` is the part in the driver's own
+modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dis
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sniproxy.demo.pki import build  # noqa: E402
+from sniproxy.observability.log import configure  # noqa: E402
+from tests.unit.driver.kit import (  # noqa: E402
+    IMAP_SNI,
+    MSG,
+    FakeDialer,
+    Harness,
+    TlsClient,
+    https_config,
+    mail_config,
+    settle,
+    snapshot,
+)
+
+SOAP = (b'<?xml version="1.0" encoding="UTF-8"?><soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/'
+        b'envelope/"><soap:Body><m:Ping xmlns:m="urn:mss"><m:Id>42</m:Id></m:Ping></soap:Body></soap:Envelope>')
+POST = (b"POST /echo HTTP/1.1\r\nHost: " + MSG.encode() + b"\r\nContent-Type: text/xml\r\nContent-Length: "
+        + str(len(SOAP)).encode() + b"\r\n\r\n" + SOAP)
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: " + str(len(SOAP)).encode()
+            + b"\r\n\r\n" + SOAP)
+
+
+Step = Callable[[], None]
+ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}
+DRIVER_FILES = ("sniproxy/driver/", "sniproxy/connection.py", "sniproxy/http_connection.py")
+
+
+def timed(step: Step, n: int, repeat: int) -> float:
+    """Best microseconds per ``step`` over ``repeat`` runs of ``n``."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step()
+        best = min(best, (time.perf_counter() - t0) / n)
+    return best * 1e6
+
+
+def counted(step: Step, n: int) -> dict[str, float]:
+    """Bytecode run in sniproxy/ per ``step``: all, attribute loads/stores, calls; and in the driver alone."""
+    root = str(ROOT / "sniproxy") + "/"
+    counts: Counter[tuple[bool, str]] = Counter()
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        name = frame.f_code.co_filename
+        if not name.startswith(root):
+            return None
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        if event == "opcode":
+            driver = any(name.endswith(f) or f in name for f in DRIVER_FILES)
+            counts[(driver, dis.opname[frame.f_code.co_code[frame.f_lasti]])] += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        for _ in range(n):
+            step()
+    finally:
+        sys.settrace(None)
+    out: dict[str, float] = {}
+    for scope, keep in (("all", (True, False)), ("driver", (True,))):
+        ops = [(op, c) for (d, op), c in counts.items() if d in keep]
+        out[f"{scope} ops"] = sum(c for _, c in ops) / n
+        out[f"{scope} attr"] = sum(c for op, c in ops if op in ATTR_OPS) / n
+        out[f"{scope} calls"] = sum(c for op, c in ops if op == "CALL") / n
+    return out
+
+
+async def mail_step(tmp: Path) -> Step:
+    pki = build(tmp / "pki")
+    dialer = FakeDialer()
+    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
+    h = Harness(snapshot(mail_config(pki), tmp), "tls")
+    client = TlsClient(pki, sni=IMAP_SNI)
+    client.handshake(h)
+    await settle()
+    backend, proto = dialer.last
+    payload = b"x" * 1024
+
+    def step() -> None:
+        client.ssl.send(payload)
+        h.conn.data_received(client.outgoing())
+        backend.out.clear()
+        proto.data_received(payload)
+        client.ssl.bio_write(h.t.take())
+        client.ssl.recv(65536)
+    return step
+
+
+async def imap_step(tmp: Path) -> Step:
+    pki = build(tmp / "pki")
+    dialer = FakeDialer()
+    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
+    h = Harness(snapshot(mail_config(pki), tmp), "imaps")
+    client = TlsClient(pki, sni=IMAP_SNI)
+    client.handshake(h)
+    await settle()
+    backend, proto = dialer.last
+    proto.data_received(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+    client.recv(h)
+
+    def step() -> None:
+        client.ssl.send(b"a1 NOOP\r\n")
+        h.conn.data_received(client.outgoing())
+        backend.out.clear()
+        proto.data_received(b"a1 OK NOOP completed\r\n")
+        client.ssl.bio_write(h.t.take())
+        client.ssl.recv(65536)
+    return step
+
+
+async def http_step(tmp: Path) -> Step:
+    pki = build(tmp / "pki")
+    dialer = FakeDialer()
+    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
+    h = Harness(snapshot(https_config(pki), tmp), "https")
+    client = TlsClient(pki, sni=MSG)
+    client.handshake(h)
+    client.send(h, POST)
+    await settle()
+    backend, proto = dialer.last
+    proto.data_received(RESPONSE)
+    client.recv(h)
+
+    def step() -> None:
+        client.ssl.send(POST)
+        h.conn.data_received(client.outgoing())
+        backend.out.clear()
+        proto.data_received(RESPONSE)
+        client.ssl.bio_write(h.t.take())
+        client.ssl.recv(65536)
+        assert len(dialer.conns) == 1, "the backend connection was not reused"
+    return step
+
+
+async def measure(make: Callable[[Path], Any], tmp: Path, args: argparse.Namespace) -> str:
+    step = await make(tmp)
+    if args.count:
+        c = counted(step, 50)
+        return " ".join(f"{k} {v:.1f}" for k, v in c.items())
+    return f"{timed(step, args.n, args.repeat):.1f} us"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000, help="iterations per run")
+    ap.add_argument("--repeat", type=int, default=7, help="runs; the best is reported")
+    ap.add_argument("--count", action="store_true", help="count bytecode per iteration instead of timing")
+    args = ap.parse_args()
+    configure("warning", "json")
+    with tempfile.TemporaryDirectory(prefix="sniproxy-driver-bench-") as d:
+        tmp = Path(d)
+        for label, make in (("mail (tls relay, 1 KB each way)", mail_step),
+                            ("imap (imaps NOOP and answer)", imap_step),
+                            ("http (small SOAP POST + response, keep-alive)", http_step)):
+            sub = tmp / make.__name__
+            sub.mkdir()
+            print(f"{label}: {asyncio.run(measure(make, sub, args))}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

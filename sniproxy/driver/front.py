@@ -1,0 +1,574 @@
+"""The front half of every connection: from accept to the verified card, then the hand-over.
+
+Phases (``shared.PHASE_NAMES``): PROXY header (from trusted load balancers only) -> pre-TLS dialog
+(STARTTLS listeners) -> ClientHello (flow chosen from SNI) -> handshake with the flow's own context
+and card checks -> hand-over to the listener mode's back half (``back_half``), which connects its
+backend and relays. The front keeps the client socket and the TLS session to the end: back halves
+write to the client through ``send_plain`` and end the connection through ``finish``, which logs the
+one ``connection`` event with a stable ``reason``.
+Built on asyncio Protocols rather than streams because IMAP clients idle for hours and a stream pair
+costs several times the memory (docs/decisions/0001-tls-engine.md). Timeouts are timer handles, not
+tasks, for the same reason.
+Must not: know how a backend is spoken to (that is the back halves'), or import their private names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from time import monotonic
+from typing import cast
+
+from sniproxy.card import CardIdentity, UnreadableCard, read_card
+from sniproxy.config.model import Protocol
+from sniproxy.config.names import peer_ip
+from sniproxy.driver.event import log_connection
+from sniproxy.driver.halves import BackHalf
+from sniproxy.driver.http import HttpBack, serves_http
+from sniproxy.driver.mail import MailBack
+from sniproxy.driver.shared import (
+    ACCEPT,
+    BACKEND_CONNECT,
+    CLIENT_HELLO,
+    CLOSED,
+    HANDSHAKE,
+    LIVE,
+    PENDING_MAX,
+    PHASE_NAMES,
+    PRETLS,
+    PROXY_HEADER,
+    RELAY,
+    STATS,
+    WRITE_HIGH,
+    decrement,
+)
+from sniproxy.errors import Reason
+from sniproxy.observability.log import get_logger
+from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES
+from sniproxy.proto.actions import Action, Send, StartTls, Stop
+from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
+from sniproxy.proto.imap import ImapPreTls, imap_unavailable
+from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
+from sniproxy.proto.smtp import SmtpPreTls
+from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
+from sniproxy.tls.session import TlsFailure, TlsSession
+
+_log = get_logger("sniproxy.connection")
+_ids = itertools.count(1)
+# A fatal unrecognized_name alert (RFC 8446 §6.2, alert 112), sent before any TLS state exists.
+_ALERT_UNRECOGNIZED_NAME = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
+_ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
+_IMAP_PROTOCOLS = (Protocol.IMAP, Protocol.IMAPS)
+_SMTP_PROTOCOLS = (Protocol.SMTP, Protocol.SMTPS)
+
+
+def _no_plaintext(data: bytes) -> None:
+    """Where client plaintext goes before the hand-over: nowhere, as none can be decrypted yet."""
+
+
+def back_half(front: ClientConnection) -> BackHalf:
+    """The back half for the front's listener: HTTP for ``https`` in mode ``http``, else the byte relay."""
+    if serves_http(front.lr.listener):
+        return HttpBack(front)
+    return MailBack(front)
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection through the proxy (every listener, every mode)."""
+
+    __slots__ = (
+        "_back",
+        "_dialog",
+        "_hello",
+        "_hello_buf",
+        "_hs_started",
+        "_in_pending",
+        "_ip",
+        "_pending",
+        "_pending_ip",
+        "_pending_size",
+        "_phase",
+        "_proxy_parser",
+        "_reading_paused",
+        "_sniff",
+        "_timer",
+        "_to_back",
+        "bytes_in",
+        "bytes_out",
+        "card",
+        "client_addr",
+        "client_eof",
+        "detail",
+        "flow",
+        "id",
+        "last_io",
+        "local_addr",
+        "lr",
+        "peer",
+        "reason",
+        "snapshot",
+        "sni",
+        "started",
+        "tls",
+        "transport",
+        "via",
+    )
+
+    def __init__(self, holder: SnapshotHolder, listener: str) -> None:
+        self.snapshot: Snapshot = holder.current          # pinned for the connection's life
+        self.lr: ListenerRuntime = self.snapshot.listeners[listener]
+        self.id = next(_ids)
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self._phase = PRETLS
+        self._dialog: ImapPreTls | SmtpPreTls | None = None
+        self._hello: ClientHelloParser | None = None
+        self._hello_buf = bytearray()
+        self.tls: TlsSession | None = None
+        self.flow: str | None = None
+        self.sni: str | None = None
+        self.card: CardIdentity | UnreadableCard | None = None   # read once, at the end of the handshake
+        self.client_addr: tuple[str, int] = ("", 0)       # real client (from a PROXY header if any)
+        self.local_addr: tuple[str, int] = ("", 0)        # where the client connected to
+        self.via: str | None = None                       # the load balancer, when a header was read
+        self._proxy_parser: ProxyHeaderParser | None = None
+        # First bytes of a peer not trusted to send a PROXY header, until they prove they are none.
+        # b"" (a shared singleton) rather than a bytearray: idle connections must stay small.
+        self._sniff: bytes | None = None
+        self._in_pending = False               # counted in STATS.pending
+        self._ip: str | None = None            # the address counted in STATS.per_ip
+        self._pending_ip: str | None = None    # the address counted in STATS.pending_per_ip, until relaying
+        self._pending: list[bytes] = []        # client plaintext before the back half relays
+        self._pending_size = 0
+        self._reading_paused = False
+        self.client_eof = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.last_io = 0.0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.started = 0.0
+        self._hs_started = 0.0
+        self.reason: Reason | None = None
+        self.detail = ""
+        # Made at accept: its event fields (the HTTP mode's) belong to every event of its listener.
+        self._back: BackHalf = back_half(self)
+        # Where decrypted client plaintext goes: held in backend_connect, the back half's in relay. A
+        # slot rather than a test of the phase: one attribute load per record.
+        self._to_back: Callable[[bytes], None] = _no_plaintext
+
+    # ------------------------------------------------------------------ accept and admission
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it: no isinstance check.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if isinstance(peer, tuple):
+            self.client_addr = (str(peer[0]), int(peer[1]))
+        local = transport.get_extra_info("sockname")
+        if isinstance(local, tuple):
+            self.local_addr = (str(local[0]), int(local[1]))
+        self.started = monotonic()
+        LIVE.add(self)
+        STATS.accepted += 1
+        STATS.active += 1
+        STATS.pending += 1
+        self._in_pending = True
+        if peer is None:
+            # Reset while still in the kernel's accept queue: the socket has no peer any more. Without
+            # this the event read peer "None", phase "pretls" and counted a greeting never delivered.
+            self.peer = "unknown"
+            self._phase = ACCEPT
+            self.finish(Reason.CLIENT_RESET, "reset in the accept queue")
+            return
+        ls = self.lr.listener
+        ACTIVE.inc(ls.name, ls.protocol.value)
+        if ls.proxy_protocol_from and self._trusted_balancer():
+            # A trusted load balancer speaks first: nothing is sent until its header is read. Its
+            # address is shared by every client behind it: per-address limits wait for the header.
+            if self._admit(None):
+                self._phase = PROXY_HEADER
+                self._proxy_parser = ProxyHeaderParser()
+                self._arm(ls.timeouts.handshake)
+            return
+        if self._admit(self.client_addr[0]):
+            self._sniff = b""
+            self._begin()
+
+    def _admit(self, ip: str | None) -> bool:
+        """Count this connection against the limits (``ip``: its client address); refuse it if over one."""
+        limits = self.snapshot.config.limits
+        if STATS.active > limits.max_connections:
+            return self._shed(Reason.TOO_MANY_CONNECTIONS, f"{STATS.active - 1} connections in this worker")
+        if STATS.pending > limits.max_pending:
+            return self._shed(Reason.TOO_MANY_HANDSHAKES, f"{STATS.pending - 1} connections not yet relaying")
+        return ip is None or self._admit_address(ip)
+
+    def _admit_address(self, ip: str) -> bool:
+        """The per-address limits (at accept, or once a trusted balancer's header names the client)."""
+        limits = self.snapshot.config.limits
+        self._ip = self._pending_ip = ip
+        STATS.per_ip[ip] = per_ip = STATS.per_ip.get(ip, 0) + 1
+        STATS.pending_per_ip[ip] = pending_ip = STATS.pending_per_ip.get(ip, 0) + 1
+        if per_ip > limits.max_per_ip:
+            return self._shed(Reason.TOO_MANY_FROM_IP, f"{per_ip - 1} connections from {ip}")
+        if pending_ip > limits.max_pending_per_ip:
+            return self._shed(Reason.TOO_MANY_FROM_IP, f"{pending_ip - 1} connections from {ip} not yet relaying")
+        return True
+
+    def _shed(self, reason: Reason, detail: str) -> bool:
+        """Refuse at once, in the listener's protocol when it speaks first: shed load, never queue it."""
+        ls = self.lr.listener
+        if ls.protocol is Protocol.IMAP:
+            self._write_raw(imap_unavailable("Too many connections, try again later"))
+        elif ls.protocol is Protocol.SMTP:
+            self._write_raw(f"421 4.7.0 {ls.hostname} Too many connections, try again later\r\n".encode())
+        self.finish(reason, detail)
+        return False
+
+    def _leave_pending(self) -> None:
+        """This connection is relaying, or over: it no longer counts as one in its handshake."""
+        if self._in_pending:
+            self._in_pending = False
+            STATS.pending -= 1
+        if self._pending_ip is not None:
+            decrement(STATS.pending_per_ip, self._pending_ip)
+            self._pending_ip = None
+
+    def _trusted_balancer(self) -> bool:
+        addr = peer_ip(self.client_addr[0])
+        return addr is not None and any(addr in net for net in self.lr.listener.proxy_protocol_from)
+
+    def _begin(self) -> None:
+        """Start the client-facing protocol: the pre-TLS greeting, or wait for a ClientHello."""
+        ls = self.lr.listener
+        if ls.protocol is Protocol.IMAP:
+            self._dialog = ImapPreTls(ls.hostname, ls.max_line, ls.max_pretls_commands)
+        elif ls.protocol is Protocol.SMTP:
+            self._dialog = SmtpPreTls(ls.hostname, ls.max_line, ls.max_pretls_commands)
+        if self._dialog is not None:
+            self._phase = PRETLS
+            self._arm(ls.timeouts.pretls)
+            self._apply(self._dialog.greeting())
+        else:
+            self._start_hello()
+
+    # ------------------------------------------------------------------ client socket events
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._phase == RELAY:
+            self.finish(Reason.OK, "client closed")
+        else:
+            self.finish(Reason.CLIENT_RESET if exc else Reason.CLIENT_CLOSED, PHASE_NAMES[self._phase])
+
+    def eof_received(self) -> bool:
+        try:
+            return self._client_eof_received()
+        except Exception as exc:  # see data_received
+            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
+            self.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+            return False
+
+    def _client_eof_received(self) -> bool:
+        if self._phase == BACKEND_CONNECT:
+            # Keep what the client sent before its EOF; it reaches the backend once it is ready.
+            self.client_eof = True
+            return True
+        if self._phase == RELAY and self._back.client_eof():
+            return True   # the back half keeps the socket open to finish what it owes
+        self.connection_lost(None)
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._client_data(data)
+        except Exception as exc:  # the one catch-all: a bug here must close this connection, not others
+            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
+            self.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+
+    def _client_data(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        self.last_io = monotonic()
+        if self._phase == PROXY_HEADER:
+            rest = self._proxy_header(data)
+            if not rest:
+                return
+            data = rest
+        if self._sniff is not None:
+            # Never believe a client: a PROXY header from a peer outside proxy_protocol_from is refused.
+            data = self._sniff + data if self._sniff else data
+            verdict = looks_like_header(data[:12])
+            if verdict is None:
+                self._sniff = data      # fewer than 12 bytes: a prefix of a signature
+                return
+            if verdict:
+                self.finish(Reason.UNTRUSTED_PROXY_HEADER, "PROXY header from a peer not in proxy_protocol_from")
+                return
+            self._sniff = None
+        phase = self._phase
+        if phase == PRETLS:
+            assert self._dialog is not None
+            self._apply(self._dialog.receive_data(data))
+        elif phase == CLIENT_HELLO:
+            self._client_hello(data)
+        elif phase >= HANDSHAKE and phase != CLOSED:
+            assert self.tls is not None
+            self.tls.feed(data)
+            if phase == HANDSHAKE:
+                self._step_handshake()
+            else:
+                self._read_plaintext()
+
+    # ------------------------------------------------------------------ timers
+    def _arm(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(seconds, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._phase == RELAY:
+            idle = self.lr.listener.timeouts.idle
+            remaining = self.last_io + idle - monotonic()
+            if remaining > 0:
+                self._arm(remaining)
+                return
+            self.finish(Reason.TIMEOUT, "idle")
+        else:
+            self.finish(Reason.TIMEOUT, PHASE_NAMES[self._phase])
+
+    # ------------------------------------------------------------------ PROXY header in
+    def _proxy_header(self, data: bytes) -> bytes:
+        """Feed the trusted balancer's header; return the bytes after it once it is complete."""
+        assert self._proxy_parser is not None
+        try:
+            result = self._proxy_parser.feed(data)
+        except ProxyHeaderError as exc:
+            self.finish(Reason.BAD_PROXY_HEADER, str(exc))
+            return b""
+        if result is None:
+            return b""
+        self._proxy_parser = None
+        if result.src is not None and result.dst is not None:
+            # From now on the client is the one the balancer names; the balancer is kept as ``via``.
+            self.via = self.peer
+            self.client_addr, self.local_addr = result.src, result.dst
+            self.peer = f"{result.src[0]}:{result.src[1]}"   # same form as the socket's peer
+        self._sniff = b""   # a second header, from the client behind the balancer, is a spoof
+        if not self._admit_address(self.client_addr[0]):
+            return b""
+        self._begin()
+        return result.rest if self._phase != CLOSED else b""
+
+    # ------------------------------------------------------------------ pre-TLS and ClientHello
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self._write_raw(action.data)
+            elif isinstance(action, StartTls):
+                self._dialog = None
+                self._start_hello()
+            elif isinstance(action, Stop):
+                self.finish(action.reason, action.detail)
+                return
+
+    def _start_hello(self) -> None:
+        self._phase = CLIENT_HELLO
+        self._hello = ClientHelloParser()
+        self._arm(self.lr.listener.timeouts.handshake)
+
+    def _client_hello(self, data: bytes) -> None:
+        assert self._hello is not None
+        self._hello_buf += data
+        try:
+            info = self._hello.feed(data)
+        except ClientHelloError as exc:
+            self.finish(Reason.BAD_CLIENT_HELLO, str(exc))
+            return
+        if info is None:
+            return
+        self._hello = None
+        self.sni = info.sni
+        flow = self.lr.routes.choose(info.sni)
+        if flow is None:
+            self._write_raw(_ALERT_UNRECOGNIZED_NAME if info.sni else _ALERT_HANDSHAKE_FAILURE)
+            self.finish(Reason.UNKNOWN_SNI, info.sni or "no SNI and no default flow")
+            return
+        self.flow = flow
+        self.tls = TlsSession(self.snapshot.flows[flow])
+        self._phase = HANDSHAKE
+        self._hs_started = monotonic()
+        buf, self._hello_buf = bytes(self._hello_buf), bytearray()
+        self.tls.feed(buf)
+        self._step_handshake()
+
+    # ------------------------------------------------------------------ handshake and card
+    def _step_handshake(self) -> None:
+        tls = self.tls
+        assert tls is not None
+        try:
+            done = tls.handshake()
+        except TlsFailure as exc:
+            self._flush_tls()
+            self.finish(exc.reason, exc.detail)
+            return
+        self._flush_tls()
+        if not done:
+            return
+        HANDSHAKES.observe(self.lr.listener.name, self.flow or "", value=monotonic() - self._hs_started)
+        leaf = tls.leaf
+        if leaf is None and tls.flow.rules.require_cert:
+            self.finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
+            return
+        if leaf is not None:
+            self.card = read_card(leaf, tls.state.authority)   # every consumer takes its values from it
+        if tls.state.crl_grace:
+            CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
+            _log.warning("crl_grace_accept", conn_id=self.id, flow=self.flow, authority=tls.state.authority,
+                         stale_issuers=tls.state.crl_grace)
+        # The parsed chain is no longer needed; IMAP connections idle for hours, so free it now.
+        tls.state.chain.clear()
+        # The card is verified: the back half takes over (bytes that came with the client's Finished next).
+        self._back.start()
+        self._read_plaintext()
+
+    # ------------------------------------------------------------------ the hand-over (FrontHalf)
+    def await_backend(self) -> None:
+        """Enter ``backend_connect``: client plaintext is held until ``enter_relay``."""
+        self._phase = BACKEND_CONNECT
+        self._to_back = self._hold
+        self._arm(self.lr.listener.timeouts.connect)
+
+    def enter_relay(self) -> None:
+        """Enter ``relay``: no longer a handshake in progress (limits.max_pending); the idle timer runs."""
+        self._phase = RELAY
+        self._to_back = self._back.client_data
+        self._leave_pending()
+        self._arm(self.lr.listener.timeouts.idle)
+
+    def _hold(self, data: bytes) -> None:
+        """Client plaintext before the relay: kept for the back half; too much stops reading the client."""
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > PENDING_MAX:
+            self.pause_client_reading()
+
+    def take_pending(self) -> bytes:
+        """The client plaintext held before ``enter_relay`` (then forgotten)."""
+        if not self._pending:
+            return b""
+        pending = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return pending
+
+    # ------------------------------------------------------------------ TLS and the client socket
+    def _flush_tls(self) -> None:
+        if self.tls is not None:
+            out = self.tls.outgoing()
+            if out:
+                self._write_raw(out)
+
+    def _write_raw(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.bytes_out += len(data)
+            self.transport.write(data)
+
+    def send_plain(self, data: bytes) -> None:
+        """Encrypt ``data`` to the client (a TLS failure finishes the connection)."""
+        assert self.tls is not None
+        try:
+            self.tls.write(data)
+        except TlsFailure as exc:
+            self.finish(exc.reason, exc.detail)
+            return
+        self._flush_tls()
+
+    def _read_plaintext(self) -> None:
+        assert self.tls is not None
+        try:
+            data, eof = self.tls.read()
+        except TlsFailure as exc:
+            self._flush_tls()
+            self.finish(exc.reason, exc.detail)
+            return
+        self._flush_tls()
+        if data:
+            self._to_back(data)
+        if eof:
+            self._client_eof_received()
+
+    def pause_writing(self) -> None:
+        self._back.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._back.resume_writing()
+
+    def pause_client_reading(self) -> None:
+        """Stop reading from the client (backend slow, or plaintext piling up before the relay)."""
+        if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_client_reading(self) -> None:
+        """Read from the client again."""
+        if self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ drain
+    def drain_begin(self) -> None:
+        """The worker started draining: the back half ends now what waiting cannot help (IMAP IDLE)."""
+        if self._phase == RELAY:
+            self._back.drain_begin()
+
+    def goodbye(self) -> None:
+        """End the session for a drain with the protocol's own goodbye, then close.
+
+        IMAP ``* BYE [UNAVAILABLE]`` (RFC 9051 §7.1.5: the client reconnects), SMTP ``421 4.3.2``
+        (RFC 3463: system not accepting messages); before TLS on a STARTTLS listener, in clear.
+        """
+        if self._phase == CLOSED:
+            return
+        ls = self.lr.listener
+        if ls.protocol in _IMAP_PROTOCOLS:
+            msg = imap_unavailable("Server shutting down, please reconnect")
+        elif ls.protocol in _SMTP_PROTOCOLS:
+            msg = f"421 4.3.2 {ls.hostname} Service shutting down, try again later\r\n".encode()
+        else:
+            msg = b""
+        if msg:
+            if self.tls is not None and self.tls.established:
+                self.send_plain(msg)
+            elif self._phase == PRETLS:
+                self._write_raw(msg)
+        self.finish(Reason.SHUTDOWN, "drain")
+
+    # ------------------------------------------------------------------ end
+    def finish(self, reason: Reason, detail: str = "") -> None:
+        """End the connection (idempotent): back half first, close_notify, counters, the event."""
+        if self._phase == CLOSED:
+            return
+        LIVE.discard(self)
+        phase = self._phase
+        self._phase = CLOSED
+        self.reason, self.detail = reason, detail
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._back.finish()
+        if self.tls is not None and self.tls.established:
+            self.tls.close_notify()
+            out = self.tls.outgoing()
+            if out:
+                self._write_raw(out)
+        if self.transport is not None:
+            self.transport.close()
+        STATS.active -= 1
+        self._leave_pending()
+        if self._ip is not None:
+            decrement(STATS.per_ip, self._ip)
+            self._ip = None
+        STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
+        log_connection(self, PHASE_NAMES[phase], self._back.event_fields())

@@ -1,0 +1,123 @@
+"""The interface between the front half of a connection and its back half, in both directions.
+
+Owns: ``FrontHalf``, all a back half may use of the front (``driver.front.ClientConnection``), and
+``BackHalf``, all the front calls on a back half (``driver.mail.MailBack``, ``driver.http.HttpBack``).
+mypy holds both sides to them. Must not: hold code; a back half needing more of the front grows
+``FrontHalf`` here, in plain sight, rather than reaching into the front's private state.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sniproxy.card import CardIdentity, UnreadableCard
+from sniproxy.errors import Reason
+from sniproxy.runtime.snapshot import ListenerRuntime
+from sniproxy.tls.session import TlsSession
+
+
+class FrontHalf(Protocol):
+    """The client side of one connection, as its back half sees it.
+
+    The facts are read-only and settled before ``BackHalf.start``: the flow and TLS session, the
+    card's identity fields, the real client and local addresses. ``last_io`` is the one field a back
+    half writes: the idle timer (the front's) counts backend traffic as activity too.
+    """
+
+    last_io: float
+
+    @property
+    def id(self) -> int:
+        """The connection number of the log events."""
+
+    @property
+    def peer(self) -> str:
+        """The client as ``host:port`` (the one a trusted balancer's header named, if any)."""
+
+    @property
+    def lr(self) -> ListenerRuntime:
+        """The listener and its routes, from the snapshot pinned at accept."""
+
+    @property
+    def flow(self) -> str | None:
+        """The flow the ClientHello chose."""
+
+    @property
+    def sni(self) -> str | None:
+        """The server name the client asked for."""
+
+    @property
+    def tls(self) -> TlsSession | None:
+        """The established TLS session."""
+
+    @property
+    def card(self) -> CardIdentity | UnreadableCard | None:
+        """The verified card, read once at the end of the handshake; None without a card."""
+
+    @property
+    def client_addr(self) -> tuple[str, int]:
+        """The real client."""
+
+    @property
+    def local_addr(self) -> tuple[str, int]:
+        """Where the client connected to."""
+
+    @property
+    def client_eof(self) -> bool:
+        """The client half-closed before the back half started relaying."""
+
+    def send_plain(self, data: bytes) -> None:
+        """Encrypt ``data`` to the client (a TLS failure finishes the connection)."""
+
+    def pause_client_reading(self) -> None:
+        """Stop reading from the client."""
+
+    def resume_client_reading(self) -> None:
+        """Read from the client again."""
+
+    def await_backend(self) -> None:
+        """Enter ``backend_connect``: client plaintext is held until ``enter_relay``."""
+
+    def enter_relay(self) -> None:
+        """Enter ``relay``: client plaintext goes to ``BackHalf.client_data`` from now on."""
+
+    def take_pending(self) -> bytes:
+        """The client plaintext held before ``enter_relay`` (then forgotten)."""
+
+    def goodbye(self) -> None:
+        """End for a drain, with the listener protocol's goodbye."""
+
+    def finish(self, reason: Reason, detail: str = "") -> None:
+        """End the connection (idempotent): calls ``BackHalf.finish``, logs the one event."""
+
+
+class BackHalf(Protocol):
+    """What serves a connection after its card check, one kind per listener mode.
+
+    Created at accept (its event fields belong to every event of its listener), started once the
+    handshake is done. Every call comes from the front half, on the event loop.
+    """
+
+    def start(self) -> None:
+        """The card is verified: begin (``FrontHalf.await_backend`` or ``enter_relay``)."""
+
+    def client_data(self, data: bytes) -> None:
+        """Client plaintext, in the ``relay`` phase."""
+
+    def client_eof(self) -> bool:
+        """The client half-closed in the ``relay`` phase; False: the front closes now."""
+
+    def pause_writing(self) -> None:
+        """The client's write buffer is full: stop reading from the backend."""
+
+    def resume_writing(self) -> None:
+        """The client's write buffer drained: read from the backend again."""
+
+    def drain_begin(self) -> None:
+        """The worker started draining while this connection relays."""
+
+    def finish(self) -> None:
+        """The connection is ending: cancel timers and tasks, close the backend side."""
+
+    def event_fields(self) -> dict[str, Any]:
+        """This half's fields of the ``connection`` event."""

@@ -1,0 +1,80 @@
+"""What the halves of the connection driver share: phase names, buffer limits, worker-wide state.
+
+Owns: the phase numbers and their public names (the ``phase`` field of the ``connection`` event),
+the write high-water mark and the plaintext-held limit, the worker's connection counters (``STATS``),
+its set of live connections (``LIVE``), its drain flag (``Drain``) and the event observers
+(``OBSERVERS``). Must not: import the halves (they import this), hold per-connection state, or do I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+PENDING_MAX = 65536   # plaintext held while the backend is not ready, before pausing the client
+WRITE_HIGH = 65536    # transport write buffer high-water mark, per direction
+
+# Plain ints, not an enum: the relay path compares the phase on every record.
+PROXY_HEADER, PRETLS, CLIENT_HELLO, HANDSHAKE, BACKEND_CONNECT, RELAY, CLOSED, ACCEPT = range(8)
+# ACCEPT only names the event of a connection that died in the accept queue: no code path compares it.
+PHASE_NAMES = ("proxy_header", "pretls", "client_hello", "handshake", "backend_connect", "relay", "closed",
+               "accept")
+
+
+class Stats:
+    """Process-wide counters: admission limits read them, tests and the ``stats`` event report them.
+
+    ``pending`` counts connections not yet relaying (pre-TLS, handshake, backend connect): where a
+    slowloris or a handshake flood sits. ``per_ip`` and ``pending_per_ip`` hold only addresses with
+    at least one connection (entries are removed at zero, so the tables stay bounded by the limits).
+    """
+
+    __slots__ = ("accepted", "active", "by_reason", "pending", "pending_per_ip", "per_ip")
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.active = 0
+        self.pending = 0
+        self.per_ip: dict[str, int] = {}
+        self.pending_per_ip: dict[str, int] = {}
+        self.by_reason: dict[str, int] = {}
+
+    def report(self) -> dict[str, Any]:
+        """The counters as one event's fields."""
+        return {"accepted": self.accepted, "active": self.active, "pending": self.pending,
+                "client_addresses": len(self.per_ip), "pending_addresses": len(self.pending_per_ip),
+                "by_reason": dict(self.by_reason)}
+
+
+def decrement(table: dict[str, int], key: str) -> None:
+    """One less under ``key``; the entry goes at zero (the tables stay bounded)."""
+    n = table.get(key, 0) - 1
+    if n > 0:
+        table[key] = n
+    else:
+        table.pop(key, None)
+
+
+class LiveConnection(Protocol):
+    """What a drain needs of a connection."""
+
+    def drain_begin(self) -> None:
+        """The worker started draining."""
+
+    def goodbye(self) -> None:
+        """End now, with the protocol's goodbye."""
+
+
+class Drain:
+    """Worker-wide drain state: set once by the worker's drain, read by connections."""
+
+    active = False
+
+
+STATS = Stats()
+# Every connection not yet finished, so a drain can say goodbye to each (a worker-wide set: one
+# pointer per connection, no per-connection task).
+LIVE: set[LiveConnection] = set()
+# Called with every connection event (the same dict that is logged). The demo and the metrics
+# layer subscribe here; an observer must be quick and must not raise.
+OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
