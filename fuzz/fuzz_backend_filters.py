@@ -1,6 +1,6 @@
 """atheris harness: the backend->client IMAP filter (SMTP replies go through SmtpRelay: fuzz_smtp_relay).
 
-Only ``Send`` and one final ``Close``; partial and held lines bounded by ``max_line``; any chunking sends
+Only ``ToClient`` and one final ``Stop``; partial and held lines bounded by ``max_line``; any chunking sends
 the same bytes and closes the same way; the output is never longer than the input."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports():
-    from sniproxy.proto.actions import Close, Send
-    from sniproxy.proto.imap import ImapBackendFilter
+    from sniproxy.proto.imap_relay import ImapBackendFilter
+    from sniproxy.proto.relay import Stop, ToClient
 
 from _harness import bytewise, main, plan, seeded
 
@@ -25,10 +25,10 @@ def run(f: ImapBackendFilter, chunks: list[bytes]) -> tuple[bytes, object]:
             continue
         assert len(f._line) <= MAX_LINE
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, ToClient):
                 sent += action.data
             else:
-                assert isinstance(action, Close)
+                assert isinstance(action, Stop)
                 close = action
     return bytes(sent), close
 

@@ -1,6 +1,6 @@
 """atheris harness: the IMAP and SMTP pre-TLS dialogs (the top bit of the first byte picks one).
 
-Only ``Send`` then one final ``StartTls``/``Close``; the line buffer bounded; any chunking gives the same
+Only ``Send`` then one final ``StartTls``/``Stop``; the line buffer bounded; any chunking gives the same
 replies and end, except that bytes in the same read as STARTTLS must make it an injection refusal."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ import atheris
 
 with atheris.instrument_imports():
     from sniproxy.errors import Reason
-    from sniproxy.proto.actions import Close, Send, StartTls
+    from sniproxy.proto.actions import Send, StartTls, Stop
     from sniproxy.proto.imap import ImapPreTls
     from sniproxy.proto.smtp import SmtpPreTls
 
 from _harness import bytewise, main, plan, seeded
 
 MAX_LINE = 96
-INJECTION = Close(Reason.STARTTLS_INJECTION, "data after STARTTLS")
+INJECTION = Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")
 
 
 def run(dialog: ImapPreTls | SmtpPreTls, chunks: list[bytes]) -> tuple[bytes, object, int]:
@@ -32,7 +32,7 @@ def run(dialog: ImapPreTls | SmtpPreTls, chunks: list[bytes]) -> tuple[bytes, ob
             if isinstance(action, Send):
                 sent += action.data
             else:
-                assert isinstance(action, StartTls | Close) and i == len(actions) - 1
+                assert isinstance(action, StartTls | Stop) and i == len(actions) - 1
                 final = action
     return bytes(sent), final, fed
 

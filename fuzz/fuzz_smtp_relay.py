@@ -36,10 +36,10 @@ def merged(actions: list[RelayAction]) -> list[RelayAction]:
 def play(script: list[tuple[bool, list[bytes]]]) -> list[RelayAction]:
     r = SmtpRelay(client_addr=("192.0.2.7", 1), helo="c", hostname="p", consume_greeting=True,
                   decide=lambda z: decide(RULE, {"idnat_ps": "810001234567"}, z), max_line=MAX_LINE)
-    out = [*r.backend_data(b"220 mx\r\n"), *r.backend_data(EHLO), *r.backend_data(b"220 mx\r\n")]
+    out = [*r.from_backend(b"220 mx\r\n"), *r.from_backend(EHLO), *r.from_backend(b"220 mx\r\n")]
     for client, chunks in script:
         for chunk in chunks:
-            actions = r.client_data(chunk) if client else r.backend_data(chunk)
+            actions = r.from_client(chunk) if client else r.from_backend(chunk)
             if not (actions and isinstance(actions[-1], Stop)):
                 assert len(r._bline) <= MAX_LINE and len(r._cbuf) <= max(HOLD_MAX, MAX_LINE) + len(chunk)
             assert sum(len(x) for x in r._reply) <= MAX_REPLY

@@ -10,24 +10,10 @@ import ipaddress
 import re
 
 from sniproxy.config.model import Address
+from sniproxy.proto.netaddr import peer_ip as peer_ip  # one owner, in proto/ (which imports nothing above it)
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-
-
-def peer_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    """The IP address of a socket peer's host string, as the client really has it; None if not an IP.
-
-    A zone id (``fe80::1%eth0``) is dropped, and an IPv4 peer seen through a dual-stack socket
-    (``::ffff:a.b.c.d``) is its IPv4 address: trust lists and backends must see the same client either way.
-    """
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return None
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
 
 
 def check_object_name(name: str, what: str) -> str:

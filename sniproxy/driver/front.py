@@ -46,7 +46,7 @@ from sniproxy.driver.shared import (
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES
-from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
 from sniproxy.proto.imap import ImapPreTls, imap_unavailable
 from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
@@ -369,7 +369,7 @@ class ClientConnection(asyncio.Protocol):
             elif isinstance(action, StartTls):
                 self._dialog = None
                 self._start_hello()
-            elif isinstance(action, Close):
+            elif isinstance(action, Stop):
                 self.finish(action.reason, action.detail)
                 return
 

@@ -24,11 +24,11 @@ from sniproxy.driver.halves import FrontHalf
 from sniproxy.driver.shared import WRITE_HIGH, Drain
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
-from sniproxy.proto.actions import Close, Send
 from sniproxy.proto.identity_out import proxy_v2_header
-from sniproxy.proto.imap import ImapBackendFilter, imap_unavailable
+from sniproxy.proto.imap import imap_unavailable
 from sniproxy.proto.imap_auth import ImapExternal
-from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
+from sniproxy.proto.imap_relay import ImapRelay
+from sniproxy.proto.relay import MailRelay, Notice, RelayAction, Stop, ToBackend, ToClient
 from sniproxy.proto.smtp import smtp_unavailable
 from sniproxy.proto.smtp_relay import SmtpRelay
 
@@ -88,13 +88,10 @@ class MailBack:
         "_closed",
         "_connect_task",
         "_connecting",
-        "_external",
-        "_filter",
         "_from_backend",
         "_idling",
         "_imap",
         "_relay",
-        "_smtp",
         "front",
     )
 
@@ -103,13 +100,10 @@ class MailBack:
         self._imap = front.lr.listener.protocol in _IMAP_PROTOCOLS
         self._backend: _Backend | None = None
         self._connect_task: asyncio.Task[None] | None = None
-        # The relays of proto/ (see _open_relays): the two-sided dialog the client's bytes go
-        # through, and what the backend's go through.
-        self._relay: SmtpRelay | ImapExternal | None = None
-        self._smtp: SmtpRelay | None = None
-        self._filter: ImapBackendFilter | None = None
-        self._external: ImapExternal | None = None
-        # Chosen once by protocol, so the per-record path asks no question about relay kinds.
+        # The mail relay of proto/ (see _open_relays): both directions of an IMAP or SMTP session; None
+        # on raw TCP listeners.
+        self._relay: MailRelay | None = None
+        # Chosen once: through the relay, or straight on (raw TCP).
         self._from_backend: Callable[[bytes], None] = self._plain_from_backend
         self._auth: list[dict[str, Any]] | None = None    # proxy-side login outcomes, for the event
         self._idling = False         # IMAP: the client's last line was IDLE (drain says BYE at once)
@@ -124,7 +118,7 @@ class MailBack:
         self._connect_task = asyncio.get_running_loop().create_task(self._connect())
 
     def client_data(self, data: bytes) -> None:
-        """Client plaintext during the relay: through the two-sided dialog if any, else straight on."""
+        """Client plaintext during the relay: through the mail relay if any, else straight on."""
         if self._imap:
             self._idling = idling = is_idle_command(data)
             if idling and Drain.active:
@@ -133,7 +127,7 @@ class MailBack:
                 return
         relay = self._relay
         if relay is not None:
-            self._relay_actions(relay.client_data(data))
+            self._relay_actions(relay.from_client(data))
             return
         bt = self._writable()
         if bt is not None:
@@ -195,7 +189,7 @@ class MailBack:
             return
         finally:
             self._connect_task = None
-        if self._connecting and self._filter is None and self._relay is None and self._backend is proto:
+        if self._connecting and self._relay is None and self._backend is proto:
             self._start_relay()  # raw TCP: nothing to wait for
 
     def backend_attached(self, backend: _Backend) -> None:
@@ -285,10 +279,11 @@ class MailBack:
         if self._connecting:
             self._backend_failed(Reason.BACKEND_REFUSED, "closed before greeting")
             return
-        filt = self._filter
-        if filt is not None and self.front.tls is not None and filt.owes_goodbye():
-            # An IMAP backend that went away without a BYE (Dovecot stopping): the client is told why.
-            self.front.send_plain(imap_unavailable("Backend closed the connection"))
+        relay = self._relay
+        if relay is not None and self.front.tls is not None:
+            # What the client is still owed: an IMAP backend that went away without a BYE (Dovecot
+            # stopping) is told why.
+            self._relay_actions(relay.backend_closed())
         self.front.finish(Reason.OK, "backend closed" if exc is None else f"backend reset: {exc}")
 
     # ------------------------------------------------------------------ relay calls
@@ -296,50 +291,28 @@ class MailBack:
         """The dialogs between client and backend for this listener, built once before the backend connects."""
         backend = ls.backend
         if self._imap:
-            auth = None
-            if backend.login is not None and backend.login.master_user and backend.login.master_password:
-                auth = ImapExternal(decide=self._decide, master_user=backend.login.master_user,
-                                    master_password=backend.login.master_password)
-                self._relay = self._external = auth
-            self._filter = ImapBackendFilter(consume_greeting=ls.protocol is Protocol.IMAP, auth=auth)
-            self._from_backend = self._imap_from_backend
+            login, external = backend.login, None
+            if login is not None and login.master_user and login.master_password:
+                external = ImapExternal(decide=self._decide, master_user=login.master_user,
+                                        master_password=login.master_password)
+            self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP, login=external)
+            self._from_backend = self._relay_from_backend
         elif ls.protocol in _SMTP_PROTOCOLS:
             # Every SMTP session goes through the command filter, XCLIENT opening or not: a backend
             # that trusts this proxy for XCLIENT on one listener trusts it on all of them.
             xclient = backend.identity is Identity.XCLIENT
-            self._relay = self._smtp = SmtpRelay(
+            self._relay = SmtpRelay(
                 client_addr=self.front.client_addr, helo="", hostname=ls.hostname,
                 consume_greeting=ls.protocol is Protocol.SMTP, xclient=xclient,
                 decide=self._decide if xclient and backend.login is not None else None)
-            self._from_backend = self._smtp_from_backend
+            self._from_backend = self._relay_from_backend
 
-    def _smtp_from_backend(self, data: bytes) -> None:
+    def _relay_from_backend(self, data: bytes) -> None:
         self.front.last_io = monotonic()
-        relay = self._smtp
+        relay = self._relay
         assert relay is not None
-        self._relay_actions(relay.backend_data(data))
+        self._relay_actions(relay.from_backend(data))
         if self._connecting and relay.ready:
-            self._start_relay()
-
-    def _imap_from_backend(self, data: bytes) -> None:
-        front = self.front
-        front.last_io = monotonic()
-        filt = self._filter
-        assert filt is not None
-        for action in filt.receive_data(data):
-            if isinstance(action, Send):
-                front.send_plain(action.data)
-            elif isinstance(action, Close):
-                self._backend_failed(action.reason, action.detail)
-                return
-        external = self._external
-        if external is not None:
-            self._relay_actions(external.take_notices())
-            if external.done:
-                # Logged in: the rest of a session that may idle for hours needs no login dialog.
-                self._relay = self._external = None
-                filt.detach_auth()
-        if self._connecting and filt.greeting_done:
             self._start_relay()
 
     def _relay_actions(self, actions: list[RelayAction]) -> None:

@@ -1,7 +1,8 @@
 """Actions returned by the sans-IO protocol dialogs.
 
 Inputs are bytes; outputs are these frozen values, named as imperatives. The connection driver
-(``sniproxy.connection``) is the only code that turns them into I/O.
+(``sniproxy.connection``) is the only code that turns them into I/O. ``Stop`` is the one way every
+dialog, before TLS or after it (``proto.relay``), ends a connection.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ class StartTls:
 
 
 @dataclass(frozen=True, slots=True)
-class Close:
-    """Close the connection after sending whatever ``Send`` actions came before this one."""
+class Stop:
+    """End the connection with this reason, after the actions before it."""
 
     reason: Reason
     detail: str = ""
 
 
-Action = Send | StartTls | Close
+Action = Send | StartTls | Stop

@@ -31,26 +31,24 @@ from collections.abc import Callable
 from sniproxy.auth.login import LoginDecision
 from sniproxy.auth.sasl import SaslError, decode_external, plain_response
 from sniproxy.errors import Reason
+from sniproxy.proto.imap import LITERAL_END, valid_tag
 from sniproxy.proto.linebuf import safe_text, strip_eol
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 Decide = Callable[[str], LoginDecision]
 
-_LITERAL_END = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
-_TAG = re.compile(rb"[\x21-\x7e]+")
-_TAG_FORBIDDEN = frozenset(b'(){%*"\\+')
 _TAGGED = re.compile(rb"(\S+) (OK|NO|BAD)(?: |\r?\n|\Z)", re.IGNORECASE)
 MAX_LINE = 65536          # longest command line before login (Dovecot's own limit is 64 KiB)
 MAX_INFLIGHT = 256        # tagged commands pipelined before login and not yet answered
 EXTRA_CAPS = b"AUTH=EXTERNAL"
 
 
-def _valid_tag(tag: bytes) -> bool:
-    return bool(_TAG.fullmatch(tag)) and not any(b in _TAG_FORBIDDEN for b in tag)
-
-
 class ImapExternal:
-    """The client->backend direction of one IMAP session, until the backend says the login worked."""
+    """The client->backend direction of one IMAP session, until the backend says the login worked.
+
+    A part of ``imap_relay.ImapRelay``, which feeds it the client's bytes and, through the backend filter,
+    the backend's response lines (the ``AuthWatcher`` side).
+    """
 
     __slots__ = ("_buf", "_decide", "_ext_tag", "_inflight", "_literal", "_master_password", "_master_user",
                  "_max_line", "_notices", "_sasl_tag", "_tail", "_watched", "logged_in")
@@ -159,7 +157,7 @@ class ImapExternal:
                 return [*out, replies]
             if replies is None:
                 to_backend += line
-                m = _LITERAL_END.search(line[-32:])
+                m = LITERAL_END.search(line[-32:])
                 if m:
                     self._literal = int(m.group(1))
                 continue
@@ -174,7 +172,7 @@ class ImapExternal:
             tag, self._ext_tag = self._ext_tag, None
             return self._external(tag, strip_eol(line))
         words = strip_eol(line).split(b" ")
-        if len(words) < 2 or not _valid_tag(words[0]):
+        if len(words) < 2 or not valid_tag(words[0]):
             return None
         tag, verb = words[0], words[1].upper()
         if tag in self._inflight or tag in self._watched:

@@ -79,6 +79,6 @@ def strip_eol(line: bytes) -> bytes:
 
 
 def safe_text(data: bytes, limit: int = 200) -> str:
-    """Printable, bounded rendering of peer bytes, for a ``Close.detail`` (logs must not carry CTLs)."""
+    """Printable, bounded rendering of peer bytes, for a ``Stop.detail`` (logs must not carry CTLs)."""
     text = strip_eol(data[:limit + 2])[:limit].decode("ascii", "replace")
     return "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)

@@ -42,7 +42,7 @@ class PreTlsDialog:
 
     @property
     def finished(self) -> bool:
-        """True once ``StartTls`` or ``Close`` was returned; later input is ignored."""
+        """True once ``StartTls`` or ``Stop`` was returned; later input is ignored."""
         return self._state is not State.DIALOG
 
     def _move(self, new: State) -> None:

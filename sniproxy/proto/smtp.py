@@ -8,7 +8,7 @@ returns ``Action`` values. After TLS, both directions go through ``smtp_relay.Sm
 from __future__ import annotations
 
 from sniproxy.errors import Reason
-from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.linebuf import LineTooLong, strip_eol
 from sniproxy.proto.pretls import PreTlsDialog, State
 
@@ -54,7 +54,7 @@ class SmtpPreTls(PreTlsDialog):
                 # RFC 5321 §4.5.3.1.4 gives 500 for a too-long command line; we then close.
                 self._move(State.CLOSED)
                 return _flush(out, b"500 5.5.0 Line too long\r\n421 4.7.0 " + self._hostname
-                              + b" Closing connection\r\n", Close(Reason.LINE_TOO_LONG))
+                              + b" Closing connection\r\n", Stop(Reason.LINE_TOO_LONG))
             if line is None:
                 return [Send(bytes(out))] if out else []
             self._commands += 1
@@ -62,7 +62,7 @@ class SmtpPreTls(PreTlsDialog):
                 self._move(State.CLOSED)
                 return _flush(out, b"421 4.7.0 " + self._hostname
                               + b" Too many commands, closing connection\r\n",
-                              Close(Reason.TOO_MANY_COMMANDS))
+                              Stop(Reason.TOO_MANY_COMMANDS))
             final = self._command(strip_eol(line), out)
             if final is not None:
                 return final
@@ -94,14 +94,14 @@ class SmtpPreTls(PreTlsDialog):
             out += _OK
         elif verb == b"QUIT":
             self._move(State.CLOSED)
-            return _flush(out, b"221 2.0.0 Bye\r\n", Close(Reason.CLIENT_QUIT))
+            return _flush(out, b"221 2.0.0 Bye\r\n", Stop(Reason.CLIENT_QUIT))
         elif verb == b"STARTTLS":
             if len(self._lines):
                 # RFC 3207 §4.2 and RFC 2920 §3.1: STARTTLS must be the last command of a group;
                 # bytes already queued behind it would be read as if sent over TLS. Refuse.
                 self._move(State.CLOSED)
                 return _flush(out, b"554 5.5.1 Error: command pipelined after STARTTLS\r\n",
-                              Close(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
+                              Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
             self._move(State.TLS)
             return _flush(out, b"220 2.0.0 Ready to start TLS\r\n", StartTls())
         else:

@@ -17,7 +17,8 @@ Owns, for a backend such as Postfix (which may trust the proxy's address for XCL
 - the backend's replies, correlated one to one with the commands sent (pipelining), with EHLO
   keywords the client must not use hidden (``STARTTLS``, ``XCLIENT``, ``XFORWARD``, ``CHUNKING``) and
   ``EXTERNAL`` added to ``AUTH`` when the proxy answers it.
-No I/O: bytes in, ``ToClient``/``ToBackend``/``Notice``/``Stop`` out.
+No I/O: bytes in, ``ToClient``/``ToBackend``/``Notice``/``Stop`` out (the ``MailRelay`` of SMTP listeners,
+``proto.relay``).
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from __future__ import annotations
 import re
 from collections import deque
 from collections.abc import Callable
+from enum import Enum, auto
 
 from sniproxy.auth.login import LoginDecision
 from sniproxy.auth.sasl import SaslError, decode_external, xtext
-from sniproxy.config.names import peer_ip
 from sniproxy.errors import Reason
 from sniproxy.proto.linebuf import safe_text, strip_eol
+from sniproxy.proto.netaddr import peer_ip
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 _REPLY = re.compile(rb"^([2-5][0-9][0-9])([ -])")
@@ -49,6 +51,38 @@ LONG_DATA_LINE = 1 << 16  # a message line longer than this without LF is passed
 MAX_REPLY = 1 << 16
 
 Decide = Callable[[str], LoginDecision]
+
+
+class Phase(Enum):
+    """The backend opening, driven by the backend's replies: ``GREETING`` -> (``EHLO`` -> ``XCLIENT``) -> ``READY``."""
+
+    GREETING = auto()
+    EHLO = auto()
+    XCLIENT = auto()
+    READY = auto()
+
+
+class Mode(Enum):
+    """What the client's next bytes are, once ``READY``."""
+
+    COMMAND = auto()      # command lines, filtered
+    HOLD = auto()         # kept until the backend answers (DATA, AUTH, a login)
+    CONTENT = auto()      # message data, until the line "."
+    AUTH_RESP = auto()    # a SASL response for the backend (the client's own AUTH)
+    EXT_RESP = auto()     # the response to the proxy's "334" (AUTH EXTERNAL without initial response)
+
+
+class Expect(Enum):
+    """What a backend reply still due answers (the queue also holds the proxy's own replies, as bytes)."""
+
+    EHLO = auto()
+    DATA = auto()
+    AUTH = auto()
+    XCLIENT_LOGIN = auto()
+    EHLO_LOGIN = auto()
+    DOT = auto()
+    OTHER = auto()
+    UNSOLICITED = auto()  # a reply with nothing due (never queued)
 
 
 def _xclient_addr(host: str) -> str:
@@ -75,15 +109,15 @@ class SmtpRelay:
         self._xclient = xclient
         if not xclient:
             self._decide = None
-        self._phase = "greeting"          # greeting -> ehlo -> xclient -> ready
+        self._phase = Phase.GREETING
         self._reply: list[bytes] = []     # lines of the backend reply being assembled
         self._reply_size = 0              # their bytes, bounded by MAX_REPLY
         self._bline = bytearray()         # unterminated backend line
         # What each expected backend reply answers (a str), and the proxy's own replies (bytes) to
         # commands pipelined after them, released in order (RFC 2920: replies in command order).
-        self._queue: deque[str | bytes] = deque()
+        self._queue: deque[Expect | bytes] = deque()
         self._cbuf = bytearray()          # client bytes not yet processed
-        self._mode = "command"            # command | hold | content | auth_resp | ext_resp
+        self._mode = Mode.COMMAND
         self._line_start = True           # in content: the next byte starts a line
         self._ehlo_ok = False             # the client's EHLO/HELO was accepted
         self._authenticated = False
@@ -91,7 +125,7 @@ class SmtpRelay:
         self.ready = False
 
     # ------------------------------------------------------------------ backend -> proxy
-    def backend_data(self, data: bytes) -> list[RelayAction]:
+    def from_backend(self, data: bytes) -> list[RelayAction]:
         """Feed backend bytes."""
         out: list[RelayAction] = []
         self._bline += data
@@ -120,63 +154,72 @@ class SmtpRelay:
                     assert isinstance(local, bytes)
                     out.append(ToClient(local))
         # Held client bytes may now be processed (after 354, a login, or the opening dance).
-        if self.ready and self._mode != "hold" and self._cbuf:
+        if self.ready and self._mode is not Mode.HOLD and self._cbuf:
             out += self._client_process()
         return out
 
     def _on_reply(self, code: int, lines: list[bytes]) -> list[RelayAction]:
         text = safe_text(b" ".join(strip_eol(x[4:]) for x in lines))
-        if self._phase == "greeting":
+        if self._phase is not Phase.READY:
+            return self._opening(code, lines, text)
+        return self._answer(code, lines, text)
+
+    def _opening(self, code: int, lines: list[bytes], text: str) -> list[RelayAction]:
+        """One reply of the backend opening (greeting, EHLO, XCLIENT), before the session is relayed."""
+        if self._phase is Phase.GREETING:
             if code != 220:
                 return [Stop(Reason.BACKEND_REFUSED, f"{code} {text}")]
             if not self._xclient:
-                self._phase, self.ready = "ready", True
+                self._phase, self.ready = Phase.READY, True
                 return [] if self._consume else [ToClient(b"".join(lines))]
-            self._phase = "ehlo"
+            self._phase = Phase.EHLO
             return [ToBackend(f"EHLO {self._hostname}\r\n".encode())]
-        if self._phase == "ehlo":
+        if self._phase is Phase.EHLO:
             keywords = {strip_eol(x[4:]).split(b" ", 1)[0].upper() for x in lines[1:]}
             if code != 250 or b"XCLIENT" not in keywords:
                 return [Stop(Reason.BACKEND_PROTOCOL, "backend does not offer XCLIENT to the proxy "
                                                       "(smtpd_authorized_xclient_hosts)")]
-            self._phase = "xclient"
+            self._phase = Phase.XCLIENT
             host, port = self._client_addr
             # NAME: the proxy does no reverse DNS; Postfix then logs the client as "unknown".
             cmd = (f"XCLIENT ADDR={xtext(_xclient_addr(host))} PORT={port} PROTO=ESMTP "
                    f"HELO={xtext(self._helo)} NAME=[UNAVAILABLE]\r\n")
             return [ToBackend(cmd.encode())]
-        if self._phase == "xclient":
-            if code != 220:
-                return [Stop(Reason.BACKEND_REFUSED, f"XCLIENT refused: {code} {text}")]
-            self._phase = "ready"
-            self.ready = True
-            return [] if self._consume else [ToClient(b"".join(lines))]
-        kind = self._queue.popleft() if self._queue else "unsolicited"
-        assert isinstance(kind, str)   # proxy replies are released as soon as they reach the head
-        if kind == "ehlo":
+        # Phase.XCLIENT: the answer to the XCLIENT command, a new greeting.
+        if code != 220:
+            return [Stop(Reason.BACKEND_REFUSED, f"XCLIENT refused: {code} {text}")]
+        self._phase = Phase.READY
+        self.ready = True
+        return [] if self._consume else [ToClient(b"".join(lines))]
+
+    def _answer(self, code: int, lines: list[bytes], text: str) -> list[RelayAction]:
+        """One reply of the relayed session, to the command at the head of the queue (RFC 2920 order)."""
+        kind = self._queue.popleft() if self._queue else Expect.UNSOLICITED
+        assert isinstance(kind, Expect)   # proxy replies are released as soon as they reach the head
+        if kind is Expect.EHLO:
             self._ehlo_ok = self._ehlo_ok or code == 250
             return [ToClient(self._rewrite_ehlo(lines))]
-        if kind == "data":
-            self._mode = "content" if code == 354 else "command"
+        if kind is Expect.DATA:
+            self._mode = Mode.CONTENT if code == 354 else Mode.COMMAND
             self._line_start = True
             return [ToClient(b"".join(lines))]
-        if kind == "auth":
+        if kind is Expect.AUTH:
             if code == 334:
-                self._mode = "auth_resp"
+                self._mode = Mode.AUTH_RESP
             else:
-                self._mode = "command"
+                self._mode = Mode.COMMAND
                 self._authenticated = self._authenticated or code == 235
             return [ToClient(b"".join(lines))]
-        if kind == "xclient_login":
+        if kind is Expect.XCLIENT_LOGIN:
             if code != 220:
-                self._mode = "command"
+                self._mode = Mode.COMMAND
                 return [ToClient(b"454 4.7.0 Temporary authentication failure\r\n"),
                         Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
                                         "mailbox": self._mailbox, "detail": f"{code} {text}"})]
-            self._queue.append("ehlo_login")
+            self._queue.append(Expect.EHLO_LOGIN)
             return [ToBackend(f"EHLO {self._helo}\r\n".encode())]
-        if kind == "ehlo_login":
-            self._mode = "command"
+        if kind is Expect.EHLO_LOGIN:
+            self._mode = Mode.COMMAND
             if code != 250:
                 # The backend session is logged in already: the client must not go on as if it failed,
                 # so the session ends (the driver answers 421 for a backend failure).
@@ -207,10 +250,14 @@ class SmtpRelay:
         return b"".join(x[:3] + (b" " if i == len(kept) - 1 else b"-") + x[4:] for i, x in enumerate(kept))
 
     # ------------------------------------------------------------------ client -> proxy
-    def client_data(self, data: bytes) -> list[RelayAction]:
+    def backend_closed(self) -> list[RelayAction]:
+        """Nothing: Postfix says its own ``421`` when it ends a session (and the proxy says it on a ``Stop``)."""
+        return []
+
+    def from_client(self, data: bytes) -> list[RelayAction]:
         """Feed client plaintext (call only once ``ready``)."""
         self._cbuf += data
-        if self._mode == "hold":
+        if self._mode is Mode.HOLD:
             if len(self._cbuf) > HOLD_MAX:
                 return [Stop(Reason.CLIENT_PROTOCOL, "client sent too much while its command was pending")]
             return []
@@ -218,8 +265,8 @@ class SmtpRelay:
 
     def _client_process(self) -> list[RelayAction]:
         out: list[RelayAction] = []
-        while self._cbuf and self._mode != "hold":
-            if self._mode == "content":
+        while self._cbuf and self._mode is not Mode.HOLD:
+            if self._mode is Mode.CONTENT:
                 sent = self._content()
                 if not sent:
                     break  # only a possible start of the end marker is left: wait for more bytes
@@ -268,20 +315,20 @@ class SmtpRelay:
             return [ToBackend(norm)]
         end = at + 5 - len(pre)
         self._cbuf = bytearray(norm[end:] + rest)
-        self._mode, self._line_start = "command", True
-        self._queue.append("dot")
+        self._mode, self._line_start = Mode.COMMAND, True
+        self._queue.append(Expect.DOT)
         return [ToBackend(norm[:end])]
 
     def _client_line(self, line: bytes) -> list[RelayAction]:
         # As Postfix reads a line: up to LF, every CR before it dropped.
         body = strip_eol(line).rstrip(b"\r")
-        if self._mode == "auth_resp":
+        if self._mode is Mode.AUTH_RESP:
             # A SASL response for the backend: base64 or "*" only, so it cannot carry a command.
-            self._mode = "hold"
-            self._queue.append("auth")
+            self._mode = Mode.HOLD
+            self._queue.append(Expect.AUTH)
             return [ToBackend((body if _SASL_RESPONSE.fullmatch(body) else b"*") + b"\r\n")]
-        if self._mode == "ext_resp":
-            self._mode = "command"
+        if self._mode is Mode.EXT_RESP:
+            self._mode = Mode.COMMAND
             return self._external(body.decode("ascii", "replace"))
         if not body or body[:1] == b" " or _CONTROL.search(body):
             return self._local(b"500 5.5.2 Syntax error: control character or leading space in command\r\n")
@@ -305,22 +352,22 @@ class SmtpRelay:
                 return [ToClient(b"503 5.5.1 Already authenticated\r\n")]
             if len(words) > 2:
                 return self._external(words[2].decode("ascii", "replace"))
-            self._mode = "ext_resp"
+            self._mode = Mode.EXT_RESP
             return [ToClient(b"334 \r\n")]
         if verb in (b"EHLO", b"HELO"):
             if len(words) > 1:
                 self._helo = safe_text(words[1])
-            self._queue.append("ehlo")
+            self._queue.append(Expect.EHLO)
         elif verb == b"DATA":
-            self._queue.append("data")
-            self._mode = "hold"
+            self._queue.append(Expect.DATA)
+            self._mode = Mode.HOLD
         elif verb == b"AUTH":
             # Held until the backend answers: pipelined bytes after it could be read by the backend
             # as a SASL response and by the proxy as a command, or the other way round.
-            self._queue.append("auth")
-            self._mode = "hold"
+            self._queue.append(Expect.AUTH)
+            self._mode = Mode.HOLD
         else:
-            self._queue.append("other")
+            self._queue.append(Expect.OTHER)
         return [ToBackend(body + b"\r\n")]
 
     def _local(self, reply: bytes) -> list[RelayAction]:
@@ -346,6 +393,6 @@ class SmtpRelay:
                                     "authzid": safe_text(authzid.encode("utf-8", "replace")),
                                     "detail": decision.detail})]
         self._mailbox = decision.mailbox
-        self._mode = "hold"
-        self._queue.append("xclient_login")
+        self._mode = Mode.HOLD
+        self._queue.append(Expect.XCLIENT_LOGIN)
         return [ToBackend(f"XCLIENT LOGIN={xtext(decision.mailbox)}\r\n".encode())]

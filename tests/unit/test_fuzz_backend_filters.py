@@ -1,7 +1,7 @@
 """Fuzzing the backend->client IMAP filter (``ImapBackendFilter``; SMTP replies go through ``SmtpRelay``).
 
 Properties, for any backend bytes and any chunking of them:
-- only ``Send`` then at most one ``Close`` (backend_refused / backend_protocol), nothing after it,
+- only ``ToClient`` then at most one ``Stop`` (backend_refused / backend_protocol), nothing after it,
   never an exception;
 - memory bounded by ``max_line``: one partial line (and, for SMTP, one held reply line);
 - chunking-invariant: whole, byte by byte and random splits send the same bytes and the same close;
@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sniproxy.errors import Reason
-from sniproxy.proto.actions import Action, Close, Send
-from sniproxy.proto.imap import ImapBackendFilter
+from sniproxy.proto.imap_relay import ImapBackendFilter
+from sniproxy.proto.relay import RelayAction, Stop, ToClient
 from tests.unit.fuzzkit import FUZZ, bytewise, mutated, random_splits
 
 Filter = ImapBackendFilter
@@ -77,8 +77,8 @@ STREAMS: dict[str, tuple[Callable[[bool], Filter], st.SearchStrategy[bytes], byt
 
 
 # ---------------------------------------------------------------------------- the runner
-def run(f: Filter, chunks: Iterable[bytes]) -> tuple[bytes, Action | None]:
-    """Feed ``chunks``; (bytes sent, the Close or None), checking the per-step invariants."""
+def run(f: Filter, chunks: Iterable[bytes]) -> tuple[bytes, RelayAction | None]:
+    """Feed ``chunks``; (bytes sent, the Stop or None), checking the per-step invariants."""
     sent, close = bytearray(), None
     for chunk in chunks:
         actions = f.receive_data(chunk)
@@ -86,14 +86,14 @@ def run(f: Filter, chunks: Iterable[bytes]) -> tuple[bytes, Action | None]:
             assert actions == [], "a closed filter must ignore input"
             continue
         assert len(f._line) <= MAX_LINE
-        # At most one Send, then at most one Close.
+        # At most one ToClient, then at most one Stop.
         assert len(actions) <= 2
         for i, action in enumerate(actions):
-            if isinstance(action, Send):
+            if isinstance(action, ToClient):
                 assert i == 0 and action.data
                 sent += action.data
             else:
-                assert isinstance(action, Close) and action.reason in CLOSES and i == len(actions) - 1, actions
+                assert isinstance(action, Stop) and action.reason in CLOSES and i == len(actions) - 1, actions
                 close = action
     return bytes(sent), close
 

@@ -1,7 +1,7 @@
 """Fuzzing the pre-TLS dialogs (``ImapPreTls``, ``SmtpPreTls``) and the line buffer under them.
 
 Properties, for any input and any chunking of it:
-- only the documented outcomes: ``Send`` actions then at most one final ``StartTls`` or ``Close``
+- only the documented outcomes: ``Send`` actions then at most one final ``StartTls`` or ``Stop``
   (never an exception, never a ``Send`` after the final action, nothing at all once finished);
 - memory bounded by the configured limits: the line buffer never holds more than ``max_line + 1``
   bytes beyond the chunk just fed, and at most ``max_commands`` commands are answered;
@@ -18,7 +18,7 @@ from hypothesis import event, given
 from hypothesis import strategies as st
 
 from sniproxy.errors import Reason
-from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.imap import ImapPreTls
 from sniproxy.proto.linebuf import LineBuffer, LineTooLong
 from sniproxy.proto.smtp import SmtpPreTls
@@ -26,8 +26,8 @@ from tests.unit.fuzzkit import FUZZ, bytewise, mutated, random_splits
 
 Dialog = ImapPreTls | SmtpPreTls
 MAX_LINE, MAX_COMMANDS = 96, 10
-INJECTION = Close(Reason.STARTTLS_INJECTION, "data after STARTTLS")
-FINALS = (StartTls(), Close(Reason.LINE_TOO_LONG), Close(Reason.TOO_MANY_COMMANDS), Close(Reason.CLIENT_QUIT),
+INJECTION = Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")
+FINALS = (StartTls(), Stop(Reason.LINE_TOO_LONG), Stop(Reason.TOO_MANY_COMMANDS), Stop(Reason.CLIENT_QUIT),
           INJECTION)
 
 # ---------------------------------------------------------------------------- inputs
@@ -90,7 +90,7 @@ def run(dialog: Dialog, chunks: Iterable[bytes]) -> tuple[bytes, Action | None, 
         for i, action in enumerate(actions):
             if isinstance(action, Send):
                 assert action.data, "an empty Send"
-                assert i == len(actions) - 1 or isinstance(actions[i + 1], StartTls | Close), actions
+                assert i == len(actions) - 1 or isinstance(actions[i + 1], StartTls | Stop), actions
                 sent += action.data
             else:
                 assert action in FINALS, action
@@ -144,7 +144,7 @@ def test_command_budget_holds_however_commands_arrive(proto: str, n: int) -> Non
     payload = b"NOOP\r\n" if proto == "smtp" else b"t NOOP\r\n"
     for chunks in ([payload * n], bytewise(payload * n)):
         sent, final, _ = run(factory(), chunks)
-        assert final == Close(Reason.TOO_MANY_COMMANDS)
+        assert final == Stop(Reason.TOO_MANY_COMMANDS)
         assert _replies(sent) == MAX_COMMANDS + 1   # one reply per allowed command, then the closing one
 
 

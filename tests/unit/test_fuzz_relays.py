@@ -78,8 +78,8 @@ def smtp_client_segment(draw: st.DrawFn) -> bytes:
 def _smtp_relay(consume: bool) -> tuple[SmtpRelay, list[RelayAction]]:
     r = SmtpRelay(client_addr=("192.0.2.7", 40000), helo="c.example", hostname="p.example",
                   consume_greeting=consume, decide=lambda z: decide(RULE, CARD, z), max_line=MAX_LINE)
-    opening = [*r.backend_data(b"220 mx ESMTP\r\n"), *r.backend_data(POSTFIX_EHLO),
-               *r.backend_data(b"220 mx ESMTP\r\n")]
+    opening = [*r.from_backend(b"220 mx ESMTP\r\n"), *r.from_backend(POSTFIX_EHLO),
+               *r.from_backend(b"220 mx ESMTP\r\n")]
     assert r.ready
     return r, opening
 
@@ -88,7 +88,7 @@ def _smtp_play(consume: bool, script: list[tuple[str, list[bytes]]]) -> list[Rel
     r, out = _smtp_relay(consume)
     for side, chunks in script:
         for chunk in chunks:
-            actions = r.client_data(chunk) if side == "client" else r.backend_data(chunk)
+            actions = r.from_client(chunk) if side == "client" else r.from_backend(chunk)
             # Bounds hold after every read, whatever came in, while the session goes on.
             if not (actions and isinstance(actions[-1], Stop)):
                 assert len(r._bline) <= MAX_LINE
@@ -133,7 +133,7 @@ def test_client_xclient_with_any_whitespace_is_refused(line: bytes) -> None:
     the fix only a space was recognised and the line went through. Now a command line with a control
     character or leading blank is refused outright (500), whatever its verb; plain ones get 550."""
     r, _ = _smtp_relay(True)
-    out = r.client_data(line + b"\r\n")
+    out = r.from_client(line + b"\r\n")
     assert not any(isinstance(a, ToBackend) for a in out), out
     assert any(isinstance(a, ToClient) and a.data.startswith((b"500 5.5.2", b"550 5.7.0")) for a in out)
 
@@ -141,11 +141,11 @@ def test_client_xclient_with_any_whitespace_is_refused(line: bytes) -> None:
 def test_smtp_reply_assembly_is_bounded() -> None:
     """A backend that never ends a multi-line reply is stopped at ``MAX_REPLY`` bytes, not buffered forever."""
     r, _ = _smtp_relay(True)
-    r.client_data(b"NOOP\r\n")
+    r.from_client(b"NOOP\r\n")
     line = b"250-" + b"x" * 100 + b"\r\n"
     stopped = None
     for _ in range(MAX_REPLY // len(line) + 2):
-        out = r.backend_data(line)
+        out = r.from_backend(line)
         assert sum(len(x) for x in r._reply) <= MAX_REPLY
         if out and isinstance(out[-1], Stop):
             stopped = out[-1]

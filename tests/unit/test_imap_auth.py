@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from sniproxy.auth.login import LoginDecision, LoginRule, decide
 from sniproxy.errors import Reason
-from sniproxy.proto.imap import ImapBackendFilter, filter_capabilities
 from sniproxy.proto.imap_auth import ImapExternal
+from sniproxy.proto.imap_relay import ImapBackendFilter, filter_capabilities
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 RULE = LoginRule(mapping={"810001234567": ("alice@example.test", "cabinet@example.test")})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from sniproxy.errors import Reason
-from sniproxy.proto.actions import Close, Send, StartTls
+from sniproxy.proto.actions import Send, StartTls, Stop
 from sniproxy.proto.imap import ImapPreTls
 from sniproxy.proto.pretls import TRANSITIONS, PreTlsDialog, State
 from sniproxy.proto.smtp import SmtpPreTls
@@ -35,7 +35,7 @@ def test_default_command_limit_is_32(factory: type[ImapPreTls] | type[SmtpPreTls
         out = d.receive_data(NOOP[factory])
         assert all(isinstance(a, Send) for a in out) and not d.finished
     out = d.receive_data(NOOP[factory])
-    assert isinstance(out[-1], Close) and out[-1].reason is Reason.TOO_MANY_COMMANDS and d.finished
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.TOO_MANY_COMMANDS and d.finished
 
 
 @pytest.mark.parametrize("factory", DIALOGS)
@@ -44,9 +44,9 @@ def test_default_line_limit_is_8192_bytes(factory: type[ImapPreTls] | type[SmtpP
     ok = noop[:-2] + b" " * (8192 - len(noop)) + b"\r\n"              # 8192 bytes with its CRLF
     assert len(ok) == 8192
     d = factory("h")
-    assert not any(isinstance(a, Close) for a in d.receive_data(ok))
+    assert not any(isinstance(a, Stop) for a in d.receive_data(ok))
     out = factory("h").receive_data(ok[:-2] + b" \r\n")                # 8193
-    assert isinstance(out[-1], Close) and out[-1].reason is Reason.LINE_TOO_LONG
+    assert isinstance(out[-1], Stop) and out[-1].reason is Reason.LINE_TOO_LONG
 
 
 def test_state_machine() -> None:

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sniproxy.errors import Reason
-from sniproxy.proto.actions import Action, Close, Send, StartTls
+from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
 
 Outcome = tuple[bytes, list[Action]]
@@ -74,21 +74,21 @@ def test_syntax_errors() -> None:
 def test_quit_and_bare_lf() -> None:
     sent, other = dialog(b"EHLO x\nQUIT\n")
     assert sent == EHLO_REPLY + b"221 2.0.0 Bye\r\n"
-    assert other == [Close(Reason.CLIENT_QUIT)]
+    assert other == [Stop(Reason.CLIENT_QUIT)]
 
 
 def test_starttls_injection() -> None:
     d = SmtpPreTls("mx.test")
     actions = d.receive_data(b"STARTTLS\r\nMAIL FROM:<a>\r\n")
     assert actions == [Send(b"554 5.5.1 Error: command pipelined after STARTTLS\r\n"),
-                       Close(Reason.STARTTLS_INJECTION, "data after STARTTLS")]
+                       Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")]
     assert d.finished
     assert d.receive_data(b"RCPT TO:<b>\r\n") == []
 
 
 def test_starttls_injection_partial_and_after_ehlo() -> None:
     _, other = run(SmtpPreTls("h"), [b"EHLO a\r\n", b"EHLO a\r\nSTARTTLS\r\nM"])
-    assert other == [Close(Reason.STARTTLS_INJECTION, "data after STARTTLS")]
+    assert other == [Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")]
 
 
 def test_after_starttls_data_ignored() -> None:
@@ -102,13 +102,13 @@ def test_line_too_long() -> None:
     sent, other = dialog(b"NOOP\r\nMAIL FROM:<" + b"a" * 200 + b">\r\nQUIT\r\n", max_line=100)
     assert sent == (b"250 2.0.0 OK\r\n500 5.5.0 Line too long\r\n"
                     b"421 4.7.0 mx.test Closing connection\r\n")
-    assert other == [Close(Reason.LINE_TOO_LONG)]
+    assert other == [Stop(Reason.LINE_TOO_LONG)]
 
 
 def test_too_many_commands() -> None:
     sent, other = dialog(b"NOOP\r\n" * 5, max_commands=4)
     assert sent == b"250 2.0.0 OK\r\n" * 4 + b"421 4.7.0 mx.test Too many commands, closing connection\r\n"
-    assert other == [Close(Reason.TOO_MANY_COMMANDS)]
+    assert other == [Stop(Reason.TOO_MANY_COMMANDS)]
 
 
 def test_garbage_is_not_echoed() -> None:
@@ -132,7 +132,7 @@ def test_property_dialog(cmds: list[tuple[bytes, bytes]], tail: bytes) -> None:
     assert len(other) <= 1
     assert len(sent) <= 9 * 100
     split = run(SmtpPreTls("h", 128, 8), bytewise(data))
-    if other == [Close(Reason.STARTTLS_INJECTION, "data after STARTTLS")]:
+    if other == [Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS")]:
         assert split[1] == [StartTls()]
         assert split[0].endswith(b"220 2.0.0 Ready to start TLS\r\n")
         assert sent.endswith(b"554 5.5.1 Error: command pipelined after STARTTLS\r\n")
