@@ -39,18 +39,13 @@ PROTO_BANNED = ("sniproxy.config", "sniproxy.routing", "sniproxy.tls", "sniproxy
 DEMO_ENTRY = {("sniproxy.cli", "cmd_demo")}
 BASE_EXCEPTION = "sniproxy.errors.SniproxyError"
 
-# rule -> {violation key: why it is still there}. Each entry is someone else's change in flight (issue 12);
-# remove it with the change that fixes it (the test below says when).
+# rule -> {violation key: why it is still there}: a violation tolerated while the change that fixes it is in flight.
+# Empty since issue 12 landed; the test below fails on an entry that is no longer needed.
 KNOWN_VIOLATIONS: dict[str, dict[str, str]] = {
-    "proto_layer": {
-        # SMTP relay's peer_ip helper: moves with the mail relay work.
-        "sniproxy.proto.smtp_relay -> sniproxy.config.names": "mail relay (issue 12)",
-    },
+    "proto_layer": {},
     "private_import": {},
     "module_size": {},
-    "function_size": {
-        "sniproxy.proto.smtp_relay.SmtpRelay._on_reply": "mail relay (issue 12)",
-    },
+    "function_size": {},
     "demo_import": {},
     "exception_base": {},
     "import_cycle": {},
