@@ -56,13 +56,13 @@ EQUIVALENTS = ROOT / "tests" / "mutation-equivalents.txt"
 MUST_KILL = ROOT / "tests" / "mutation-must-kill.txt"
 #: Unit tests that exercise a module through the classes built on it, without importing it themselves.
 EXTRA_TESTS: dict[str, tuple[str, ...]] = {
-    "sniproxy/proto/pretls.py": ("tests/unit/test_proto_imap.py", "tests/unit/test_proto_smtp.py",
-                                 "tests/unit/test_fuzz_pretls.py"),
-    "sniproxy/proto/linebuf.py": ("tests/unit/test_proto_imap.py", "tests/unit/test_proto_smtp.py",
-                                  "tests/unit/test_imap_relay.py"),
+    "sniproxy/proto/pretls.py": ("tests/unit/proto/test_imap.py", "tests/unit/proto/test_smtp.py",
+                                 "tests/unit/proto/test_fuzz_pretls.py"),
+    "sniproxy/proto/linebuf.py": ("tests/unit/proto/test_imap.py", "tests/unit/proto/test_smtp.py",
+                                  "tests/unit/proto/test_imap_relay.py"),
     # The IMAP syntax (valid tag, literal marker) is read by the relay modules, tested through them.
-    "sniproxy/proto/imap.py": ("tests/unit/test_imap_auth.py", "tests/unit/test_imap_relay.py"),
-    "sniproxy/auth/sasl.py": ("tests/unit/test_smtp_relay.py", "tests/unit/test_imap_auth.py"),
+    "sniproxy/proto/imap.py": ("tests/unit/proto/test_imap_auth.py", "tests/unit/proto/test_imap_relay.py"),
+    "sniproxy/auth/sasl.py": ("tests/unit/proto/test_smtp_relay.py", "tests/unit/proto/test_imap_auth.py"),
 }
 #: Imported once in the parent so each forked child starts warm (never sniproxy: it comes from the copy).
 _WARM = ("pytest", "_pytest.python", "hypothesis", "cryptography.x509", "cryptography.hazmat.primitives.hashes",
@@ -293,7 +293,7 @@ def tests_for(module: str) -> list[str]:
             re.compile(rf"^\s*import {re.escape(name)}\b", re.M),
             re.compile(rf"^\s*from {re.escape(package)} import [^\n]*\b{leaf}\b", re.M)]
     found = []
-    for path in sorted((ROOT / "tests" / "unit").glob("test_*.py")):
+    for path in sorted((ROOT / "tests" / "unit").rglob("test_*.py")):
         text = path.read_text()
         if any(p.search(text) for p in pats):
             found.append(str(path.relative_to(ROOT)))

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sniproxy.card.pem import load_certs, read_certs, to_pem
 from sniproxy.errors import ConfigError
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 SAMPLES = sorted((DATA / "samples").glob("*.pem")) + sorted((DATA / "card_golden").glob("*.pem"))
 
 

@@ -23,7 +23,7 @@ from sniproxy.config.model import DEFAULT_CARD_HEADERS, HeaderProfile
 from sniproxy.proto.http_rewrite import TlsFacts, identity_headers
 from sniproxy.proto.identity_out import proxy_v2_header
 
-DATA = Path(__file__).resolve().parent.parent / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 GOLDEN = DATA / "card_golden"
 EXPECTED: dict[str, Any] = json.loads((GOLDEN / "expected.json").read_text())
 CARDS = sorted(k for k in EXPECTED if k != "<none>")

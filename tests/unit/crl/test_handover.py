@@ -12,7 +12,7 @@ import sniproxy.crl.handover as handover
 from sniproxy.crl.handover import CrlFollower, manifest_key, published_dir, read_published
 from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
-from tests.unit.test_crl_manager import (
+from tests.unit.crl.test_manager import (
     KC,
     Clock,
     Env,

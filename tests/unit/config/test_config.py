@@ -31,7 +31,7 @@ from sniproxy.config.names import parse_address
 from sniproxy.config.tlspolicy import policy_problems, policy_weaknesses
 from sniproxy.errors import ConfigError, ConfigErrors
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 NOW = dt.datetime.now(dt.UTC)
 
 

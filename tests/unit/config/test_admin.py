@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sniproxy.config.load import load
 from sniproxy.config.model import Address
-from tests.unit.test_config import (
+from tests.unit.config.test_config import (
     BASE,
     Work,
     assert_error,

@@ -27,7 +27,7 @@ from sniproxy.config.model import CardType as ConfigCardType
 from sniproxy.proto.http_rewrite import PROFILES, TlsFacts, identity_headers
 from sniproxy.proto.identity_out import proxy_v2_header
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 GOLDEN = ROOT / "tests" / "data" / "card_golden"
 
 

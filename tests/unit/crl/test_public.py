@@ -23,7 +23,7 @@ from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationPolicy, Revocat
 from sniproxy.crl.validate import ca_key, validate
 from sniproxy.errors import Reason
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRL_PEM = REPO / "tests/data/public/ACI-EL-ORG-TEST-2019-06-27.crl.pem"
 ISSUER = REPO / "conf/pki/public/ACI-EL-ORG-TEST.pem"
 ROOT = REPO / "conf/pki/public/ACR-EL-TEST.pem"

@@ -17,7 +17,7 @@ from sniproxy.card.identity import IDENTITY_FIELDS, CardIdentity, identity_field
 from sniproxy.card.names import is_test_issuer
 from sniproxy.card.oids import OID_CARD_SERIAL, OID_CARD_TYPE, OID_CATEGORY, OID_PROFESSION, OID_UPN
 
-SAMPLES = Path(__file__).resolve().parent.parent / "data" / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "data" / "samples"
 
 
 def load(name: str) -> x509.Certificate:

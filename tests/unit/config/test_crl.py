@@ -16,7 +16,7 @@ from sniproxy.config.fields import parse_duration
 from sniproxy.config.load import load
 from sniproxy.config.model import CrlSettings
 from sniproxy.config.pemfiles import distribution_points
-from tests.unit.test_config import (
+from tests.unit.config.test_config import (
     BASE,
     Cert,
     Pki,

@@ -15,7 +15,7 @@ from sniproxy.report import live
 from sniproxy.report.aggregate import Aggregate
 from sniproxy.report.live import LiveRecorder, load_dumps, merge, render_live
 from sniproxy.report.summary import Options, build
-from tests.unit.test_report import _mixed
+from tests.unit.report.test_report import _mixed
 
 
 def _strip(report: dict[str, Any]) -> dict[str, Any]:

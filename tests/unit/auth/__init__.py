@@ -1,0 +1,1 @@
+"""Unit tests of login decisions and SASL (sniproxy/auth/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the config readers and model (sniproxy/config/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of CRL sources, validation, index, state, manager (sniproxy/crl/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of processes, cutovers, reload watch (sniproxy/lifecycle/)."""

@@ -1,0 +1,1 @@
+"""Unit tests of the sans-IO protocol code (sniproxy/proto/)."""

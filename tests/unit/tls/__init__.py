@@ -1,0 +1,1 @@
+"""Unit tests of contexts and verification (sniproxy/tls/)."""
