@@ -13,8 +13,7 @@ import re
 
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Send, StartTls, Stop
-from sniproxy.proto.linebuf import LineTooLong, strip_eol
-from sniproxy.proto.pretls import PreTlsDialog, State
+from sniproxy.proto.pretls import PreTlsDialog, State, flush, one_line
 
 CAPABILITIES = b"IMAP4rev1 STARTTLS LOGINDISABLED"
 
@@ -29,12 +28,7 @@ LITERAL_END = re.compile(rb"\{(\d{1,20})\+?\}\r?\n\Z")
 
 def imap_unavailable(detail: str) -> bytes:
     """Untagged BYE sent on TLS when the backend cannot serve (RFC 9051 §7.1.5, §7.1 UNAVAILABLE)."""
-    return b"* BYE [UNAVAILABLE] " + _one_line(detail) + b"\r\n"
-
-
-def _one_line(text: str) -> bytes:
-    """ASCII bytes of ``text`` with no CR/LF, so a reply can never be split by its content."""
-    return text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+    return b"* BYE [UNAVAILABLE] " + one_line(detail) + b"\r\n"
 
 
 def valid_tag(tag: bytes) -> bool:
@@ -56,27 +50,11 @@ class ImapPreTls(PreTlsDialog):
         """The server greeting (RFC 9051 §7.1.1), with capabilities so clients skip a round trip."""
         return [Send(b"* OK [CAPABILITY " + CAPABILITIES + b"] " + self._hostname + b" ready\r\n")]
 
-    def receive_data(self, data: bytes) -> list[Action]:
-        """Feed bytes from the client; return what to send and whether to start TLS or close."""
-        if self._state is not State.DIALOG:
-            return []
-        self._lines.feed(data)
-        out = bytearray()
-        while True:
-            try:
-                line = self._lines.next_line()
-            except LineTooLong:
-                self._move(State.CLOSED)
-                return _flush(out, b"* BYE Line too long\r\n", Stop(Reason.LINE_TOO_LONG))
-            if line is None:
-                return [Send(bytes(out))] if out else []
-            self._commands += 1
-            if self._commands > self._max_commands:
-                self._move(State.CLOSED)
-                return _flush(out, b"* BYE Too many commands\r\n", Stop(Reason.TOO_MANY_COMMANDS))
-            final = self._command(strip_eol(line), out)
-            if final is not None:
-                return final
+    def _too_long(self) -> bytes:
+        return b"* BYE Line too long\r\n"
+
+    def _too_many(self) -> bytes:
+        return b"* BYE Too many commands\r\n"
 
     def _command(self, line: bytes, out: bytearray) -> list[Action] | None:
         """Answer one command into ``out``; return the final action list when the dialog ends."""
@@ -95,7 +73,7 @@ class ImapPreTls(PreTlsDialog):
             out += tag + b" OK NOOP completed\r\n"
         elif verb == b"LOGOUT":
             self._move(State.CLOSED)
-            return _flush(out, b"* BYE " + self._hostname + b" logging out\r\n" + tag
+            return flush(out, b"* BYE " + self._hostname + b" logging out\r\n" + tag
                           + b" OK LOGOUT completed\r\n", Stop(Reason.CLIENT_QUIT))
         elif verb == b"STARTTLS":
             if len(self._lines):
@@ -103,17 +81,12 @@ class ImapPreTls(PreTlsDialog):
                 # sent them (RFC 9051 §6.2.1: TLS starts right after the tagged OK), so they are
                 # an injection attempt. Never start TLS with them pending.
                 self._move(State.CLOSED)
-                return _flush(out, tag + b" BAD [CLIENTBUG] Data pipelined after STARTTLS\r\n",
+                return flush(out, tag + b" BAD [CLIENTBUG] Data pipelined after STARTTLS\r\n",
                               Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
             self._move(State.TLS)
-            return _flush(out, tag + b" OK Begin TLS negotiation now\r\n", StartTls())
+            return flush(out, tag + b" OK Begin TLS negotiation now\r\n", StartTls())
         elif verb in (b"LOGIN", b"AUTHENTICATE"):
             out += tag + b" NO [PRIVACYREQUIRED] Use STARTTLS first\r\n"
         else:
             out += tag + b" BAD Command unknown or not allowed before STARTTLS\r\n"
         return None
-
-
-def _flush(out: bytearray, last: bytes, action: Action) -> list[Action]:
-    """One coalesced ``Send`` of everything answered so far plus ``last``, then ``action``."""
-    return [Send(bytes(out) + last), action]

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Send, StartTls, Stop
-from sniproxy.proto.linebuf import LineTooLong, strip_eol
-from sniproxy.proto.pretls import PreTlsDialog, State
+from sniproxy.proto.pretls import PreTlsDialog, State, flush, one_line
 
 _OK = b"250 2.0.0 OK\r\n"
 _SYNTAX = b"501 5.5.4 Syntax error in parameters\r\n"
@@ -19,12 +18,7 @@ _NEED_TLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"   # RFC 3207 §
 
 def smtp_unavailable(detail: str) -> bytes:
     """Reply sent on TLS when the backend cannot serve (RFC 5321 §3.8: 421, then close)."""
-    return b"421 4.3.0 " + _one_line(detail) + b"\r\n"
-
-
-def _one_line(text: str) -> bytes:
-    """ASCII bytes of ``text`` with no CR/LF, so a reply can never be split by its content."""
-    return text.encode("ascii", "replace").replace(b"\r", b" ").replace(b"\n", b" ")
+    return b"421 4.3.0 " + one_line(detail) + b"\r\n"
 
 
 class SmtpPreTls(PreTlsDialog):
@@ -41,31 +35,12 @@ class SmtpPreTls(PreTlsDialog):
         """The 220 service-ready greeting (RFC 5321 §4.2, §3.1)."""
         return [Send(b"220 " + self._hostname + b" ESMTP ready\r\n")]
 
-    def receive_data(self, data: bytes) -> list[Action]:
-        """Feed bytes from the client; return what to send and whether to start TLS or close."""
-        if self._state is not State.DIALOG:
-            return []
-        self._lines.feed(data)
-        out = bytearray()
-        while True:
-            try:
-                line = self._lines.next_line()
-            except LineTooLong:
-                # RFC 5321 §4.5.3.1.4 gives 500 for a too-long command line; we then close.
-                self._move(State.CLOSED)
-                return _flush(out, b"500 5.5.0 Line too long\r\n421 4.7.0 " + self._hostname
-                              + b" Closing connection\r\n", Stop(Reason.LINE_TOO_LONG))
-            if line is None:
-                return [Send(bytes(out))] if out else []
-            self._commands += 1
-            if self._commands > self._max_commands:
-                self._move(State.CLOSED)
-                return _flush(out, b"421 4.7.0 " + self._hostname
-                              + b" Too many commands, closing connection\r\n",
-                              Stop(Reason.TOO_MANY_COMMANDS))
-            final = self._command(strip_eol(line), out)
-            if final is not None:
-                return final
+    def _too_long(self) -> bytes:
+        # RFC 5321 §4.5.3.1.4 gives 500 for a too-long command line; we then close.
+        return b"500 5.5.0 Line too long\r\n421 4.7.0 " + self._hostname + b" Closing connection\r\n"
+
+    def _too_many(self) -> bytes:
+        return b"421 4.7.0 " + self._hostname + b" Too many commands, closing connection\r\n"
 
     def _command(self, line: bytes, out: bytearray) -> list[Action] | None:
         """Answer one command into ``out``; return the final action list when the dialog ends."""
@@ -94,21 +69,16 @@ class SmtpPreTls(PreTlsDialog):
             out += _OK
         elif verb == b"QUIT":
             self._move(State.CLOSED)
-            return _flush(out, b"221 2.0.0 Bye\r\n", Stop(Reason.CLIENT_QUIT))
+            return flush(out, b"221 2.0.0 Bye\r\n", Stop(Reason.CLIENT_QUIT))
         elif verb == b"STARTTLS":
             if len(self._lines):
                 # RFC 3207 §4.2 and RFC 2920 §3.1: STARTTLS must be the last command of a group;
                 # bytes already queued behind it would be read as if sent over TLS. Refuse.
                 self._move(State.CLOSED)
-                return _flush(out, b"554 5.5.1 Error: command pipelined after STARTTLS\r\n",
+                return flush(out, b"554 5.5.1 Error: command pipelined after STARTTLS\r\n",
                               Stop(Reason.STARTTLS_INJECTION, "data after STARTTLS"))
             self._move(State.TLS)
-            return _flush(out, b"220 2.0.0 Ready to start TLS\r\n", StartTls())
+            return flush(out, b"220 2.0.0 Ready to start TLS\r\n", StartTls())
         else:
             out += _NEED_TLS     # MAIL, RCPT, DATA, BDAT, AUTH, VRFY, EXPN and the unknown
         return None
-
-
-def _flush(out: bytearray, last: bytes, action: Action) -> list[Action]:
-    """One coalesced ``Send`` of everything answered so far plus ``last``, then ``action``."""
-    return [Send(bytes(out) + last), action]

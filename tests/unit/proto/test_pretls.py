@@ -8,7 +8,7 @@ import pytest
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Send, StartTls, Stop
 from sniproxy.proto.imap import ImapPreTls
-from sniproxy.proto.pretls import TRANSITIONS, PreTlsDialog, State
+from sniproxy.proto.pretls import TRANSITIONS, PreTlsDialog, State, flush, one_line
 from sniproxy.proto.smtp import SmtpPreTls
 
 DIALOGS = (ImapPreTls, SmtpPreTls)
@@ -56,3 +56,19 @@ def test_state_machine() -> None:
     d = SmtpPreTls("h")
     out = d.receive_data(b"STARTTLS\r\n")
     assert isinstance(out[-1], StartTls) and d.finished
+
+
+def test_the_base_dialog_has_no_words_of_its_own() -> None:
+    """A protocol must say its greeting's limits and commands: the base never answers in its place."""
+    for feed in (b"NOOP\r\n", b"x" * 9000 + b"\r\n"):
+        with pytest.raises(NotImplementedError):
+            PreTlsDialog("h", max_commands=1).receive_data(feed)
+    d = PreTlsDialog("h", max_commands=0)
+    with pytest.raises(NotImplementedError):
+        d.receive_data(b"NOOP\r\n")
+
+
+def test_one_line_and_flush() -> None:
+    assert one_line("a\r\nb\xe9") == b"a  b?"
+    out = bytearray(b"1 OK\r\n")
+    assert flush(out, b"* BYE\r\n", Stop(Reason.CLIENT_QUIT)) == [Send(b"1 OK\r\n* BYE\r\n"), Stop(Reason.CLIENT_QUIT)]
