@@ -26,12 +26,13 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from sniproxy.config.model import AuthoritySet, Config, CrlSettings
+from sniproxy.card import read_certs
+from sniproxy.config.model import Config, CrlSettings
 from sniproxy.crl import sources
 from sniproxy.crl.cache import CrlCache
 from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.prepare import Prepared, background_priority, map_files, prepare, prepare_file, temp_file
-from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder, RevocationPolicy
+from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder
 from sniproxy.crl.validate import CrlMeta, ca_key, check_delta_base, check_not_older
 from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import CRL_FETCH_FAILURES, CRL_FETCHES
@@ -111,18 +112,6 @@ class _Readiness:
     problems: list[str] = field(default_factory=list)
 
 
-def _read_cas(aset: AuthoritySet) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
-    roots = [c for p in aset.roots for c in x509.load_pem_x509_certificates(p.read_bytes())]
-    inters = [c for p in aset.intermediates for c in x509.load_pem_x509_certificates(p.read_bytes())]
-    return roots, inters
-
-
-def policy_of(aset: AuthoritySet) -> RevocationPolicy:
-    """The runtime revocation policy of an authority set."""
-    return RevocationPolicy(required=aset.revocation_required, chain=aset.crl_check == "chain",
-                            grace=aset.crl_grace)
-
-
 class CrlManager:
     """Loads, refreshes and reports the CRLs of one config into a ``RevocationHolder``."""
 
@@ -151,7 +140,8 @@ class CrlManager:
         for name, aset in config.authorities.items():
             if not aset.enabled or not aset.revocation_required:
                 continue
-            roots, inters = _read_cas(aset)
+            roots = [c for p in aset.roots for c in read_certs(p)]
+            inters = [c for p in aset.intermediates for c in read_certs(p)]
             for url in aset.crl_sources:
                 names, cas = by_url.setdefault(url, ([], []))
                 names.append(name)

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sniproxy.card import read_certs
 from sniproxy.demo.pki import TestPki
 
 Entry = tuple[int, datetime, x509.ReasonFlags | None]
@@ -24,7 +25,7 @@ Entry = tuple[int, datetime, x509.ReasonFlags | None]
 
 def load_cert(path: Path) -> x509.Certificate:
     """The first certificate of a PEM file."""
-    return x509.load_pem_x509_certificates(path.read_bytes())[0]
+    return read_certs(path)[0]
 
 
 def load_key(path: Path) -> CertificateIssuerPrivateKeyTypes:

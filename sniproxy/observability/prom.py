@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography import x509
 from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client import Counter as PCounter
 from prometheus_client import Gauge as PGauge
@@ -30,6 +29,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
+from sniproxy.card import read_certs
+from sniproxy.errors import ConfigError
 from sniproxy.lifecycle.pidfile import pid_alive
 from sniproxy.observability.metrics import REGISTRY, Metric
 
@@ -201,8 +202,8 @@ class StateCollector:
         key = (path, stat.st_mtime_ns, stat.st_size)
         if key not in self._not_after:
             try:
-                cert = x509.load_pem_x509_certificates(path.read_bytes())[0]
+                cert = read_certs(path)[0]
                 self._not_after[key] = cert.not_valid_after_utc.timestamp()
-            except (OSError, ValueError, IndexError):
+            except ConfigError:   # unreadable now: the gauge says nothing rather than something stale
                 self._not_after[key] = None
         return self._not_after[key]

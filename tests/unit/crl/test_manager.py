@@ -23,9 +23,9 @@ from sniproxy.config.model import Config, CrlSettings
 from sniproxy.crl.cache import CrlCache, atomic_write, slug
 from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.index import map_index
-from sniproxy.crl.manager import CrlManager, next_delay, policy_of
+from sniproxy.crl.manager import CrlManager, next_delay
 from sniproxy.crl.prepare import PreparedFiles, prepare, prepare_file
-from sniproxy.crl.state import RevocationHolder
+from sniproxy.crl.state import RevocationHolder, RevocationPolicy
 from sniproxy.crl.validate import ca_key
 from sniproxy.demo.conf import DemoPorts, config_dict, write_config
 from sniproxy.demo.crls import Entry, load_cert, load_key, make_crl
@@ -272,8 +272,8 @@ def test_a_source_shared_by_two_sets(env: Env, pki: TestPki) -> None:
 def test_leaf_check_needs_only_the_intermediate(env: Env) -> None:
     m = env.manager(env.config({"sources": [str(env.inter_src)], "check": "leaf", "stale": {"grace": "2h"}}))
     assert [(n.key, n.grace) for n in m.needs] == [(env.inter.key_id, 7200.0)]
-    policy = policy_of(env.config({"sources": [str(env.inter_src)], "check": "leaf",
-                                   "stale": {"grace": "2h"}}).authorities[FORT])
+    policy = RevocationPolicy.of(env.config({"sources": [str(env.inter_src)], "check": "leaf",
+                                             "stale": {"grace": "2h"}}).authorities[FORT])
     assert (policy.required, policy.chain, policy.grace) == (True, False, 7200.0)
 
 
