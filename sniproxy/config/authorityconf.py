@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.model import AuthoritySet
-from sniproxy.config.names import check_object_name
 from sniproxy.config.pemfiles import Files, distribution_points, looks_test
 from sniproxy.config.yamlloc import LocDict
 
@@ -33,13 +32,8 @@ class AuthorityReader:
         sec = top.section("authorities")
         if sec is None:
             return
-        for name, value, line in sec.items():
+        for name, asec in sec.named_objects("authority set"):
             self.names.add(name)
-            try:
-                check_object_name(name, "authority set")
-            except ValueError as exc:
-                sec.error(name, str(exc))
-            asec = Section.of(self.r, value, sec.key(name), line, sec.base_dir)
             if asec is not None:
                 aset = self._authority(name, asec)
                 if aset is not None:

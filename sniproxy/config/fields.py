@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from sniproxy.config.names import check_object_name
 from sniproxy.config.yamlloc import LocDict, LocList
 from sniproxy.errors import ConfigError
 
@@ -130,6 +131,19 @@ class Section:
                 self.error(key, f"name must be a string, got {_type_name(key)} {key!r}")
                 continue
             yield key, value, self.data.line_of(key)
+
+    def named_objects(self, what: str) -> Iterator[tuple[str, Section | None]]:
+        """Each ``name: {mapping}`` of a section of named objects (authority sets, flows).
+
+        A bad name is reported but still yielded, so that what refers to it is not reported again; the
+        value is a ``Section``, or None when it is not a mapping (reported).
+        """
+        for name, value, line in self.items():
+            try:
+                check_object_name(name, what)
+            except ValueError as exc:
+                self.error(name, str(exc))
+            yield name, Section.of(self.report, value, self.key(name), line, self.base_dir)
 
     # -- typed readers -------------------------------------------------------------------------
     def raw(self, key: str, *, required: bool = False) -> Any:

@@ -14,7 +14,6 @@ from typing import Any
 from sniproxy.config.authorityconf import AuthorityReader
 from sniproxy.config.fields import MISSING, Report, Section
 from sniproxy.config.model import CardType, ClientAuth, Flow, Profile, TlsPolicy
-from sniproxy.config.names import check_object_name
 from sniproxy.config.pemfiles import Files
 from sniproxy.config.tlspolicy import policy_problems, policy_weaknesses
 
@@ -43,13 +42,8 @@ class FlowReader:
             return
         if not sec.data:
             sec.error(None, "at least one flow is required")
-        for name, value, line in sec.items():
+        for name, fsec in sec.named_objects("flow"):
             self.names.add(name)
-            try:
-                check_object_name(name, "flow")
-            except ValueError as exc:
-                sec.error(name, str(exc))
-            fsec = Section.of(self.r, value, sec.key(name), line, sec.base_dir)
             if fsec is not None:
                 flow = self._flow(name, fsec)
                 if flow is not None:
