@@ -32,6 +32,7 @@ from sniproxy.crl import sources
 from sniproxy.crl.cache import CrlCache
 from sniproxy.crl.errors import CrlRejected
 from sniproxy.crl.prepare import Prepared, background_priority, map_files, prepare, prepare_file, temp_file
+from sniproxy.crl.published import publish, published_dir
 from sniproxy.crl.state import IssuerState, LoadedCrl, RevocationHolder
 from sniproxy.crl.validate import CrlMeta, ca_key, check_delta_base, check_not_older
 from sniproxy.observability.log import get_logger
@@ -296,8 +297,6 @@ class CrlManager:
         """Hand what was just put in force over to the workers (``sniproxy.crl.handover``)."""
         if not self._to_publish or self.cache is None:
             return
-        from sniproxy.crl.handover import publish, published_dir
-
         batch, self._to_publish = self._to_publish, []
         directory = published_dir(self.cache.directory)
         for url, prepared in batch:

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-import sniproxy.crl.handover as handover
-from sniproxy.crl.handover import CrlFollower, manifest_key, published_dir, read_published
+import sniproxy.crl.published as published
+from sniproxy.crl.handover import CrlFollower
 from sniproxy.crl.manager import CrlManager
+from sniproxy.crl.published import manifest_key, published_dir, read_published
 from sniproxy.crl.state import RevocationHolder
 from tests.unit.crl.test_manager import (
     KC,
@@ -98,7 +99,7 @@ async def test_a_vanished_version_is_retried(env: Env, monkeypatch: pytest.Monke
     f, w = fetcher(env), follower(env)
     try:
         await f.start()
-        real = handover.map_index
+        real = published.map_index
         calls = []
 
         def flaky(der: Path, idx: Path) -> object:
@@ -107,7 +108,7 @@ async def test_a_vanished_version_is_retried(env: Env, monkeypatch: pytest.Monke
                 raise FileNotFoundError(der)
             return real(der, idx)
 
-        monkeypatch.setattr(handover, "map_index", flaky)
+        monkeypatch.setattr(published, "map_index", flaky)
         url = str(env.inter_src)
         assert await w.refresh(url) == "handover_error"
         assert await w.refresh(url) == "updated"                      # not marked seen after the failure
