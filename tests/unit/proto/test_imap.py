@@ -11,32 +11,19 @@ from hypothesis import strategies as st
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.imap import ImapPreTls, imap_unavailable
+from tests.unit.proto.kit import both_ways, bytewise, run_chunks
 
 Outcome = tuple[bytes, list[Action]]
 
 
 def run(target: ImapPreTls, chunks: Iterable[bytes]) -> Outcome:
-    """Concatenated Send data and the list of non-Send actions, in order."""
-    sent, other = bytearray(), list[Action]()
-    for chunk in chunks:
-        for action in target.receive_data(chunk):
-            if isinstance(action, Send):
-                assert not other, "Send after a final action"
-                sent += action.data
-            else:
-                other.append(action)
-    return bytes(sent), other
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [bytes([b]) for b in data]
+    """Concatenated Send data and the list of other actions, in order."""
+    return run_chunks(target, chunks, Send)
 
 
 def both(factory: type[ImapPreTls], data: bytes, **kw: object) -> Outcome:
     """Run whole and byte by byte; assert they agree; return the outcome."""
-    whole = run(factory(**kw), [data])  # type: ignore[arg-type]
-    assert run(factory(**kw), bytewise(data)) == whole  # type: ignore[arg-type]
-    return whole
+    return both_ways(lambda: factory(**kw), data, Send)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- pre-TLS dialog

@@ -15,32 +15,19 @@ from sniproxy.errors import Reason
 from sniproxy.proto.imap_auth import ImapExternal
 from sniproxy.proto.imap_relay import ImapBackendFilter, ImapRelay, filter_capabilities
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
+from tests.unit.proto.kit import both_ways, bytewise, run_chunks
 
 Outcome = tuple[bytes, list[RelayAction]]
 
 
 def run(target: ImapBackendFilter, chunks: Iterable[bytes]) -> Outcome:
     """Concatenated ToClient data and the list of other actions, in order."""
-    sent, other = bytearray(), list[RelayAction]()
-    for chunk in chunks:
-        for action in target.receive_data(chunk):
-            if isinstance(action, ToClient):
-                assert not other, "ToClient after a final action"
-                sent += action.data
-            else:
-                other.append(action)
-    return bytes(sent), other
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [bytes([b]) for b in data]
+    return run_chunks(target, chunks, ToClient)
 
 
 def both(factory: type[ImapBackendFilter], data: bytes, **kw: object) -> Outcome:
     """Run whole and byte by byte; assert they agree; return the outcome."""
-    whole = run(factory(**kw), [data])  # type: ignore[arg-type]
-    assert run(factory(**kw), bytewise(data)) == whole  # type: ignore[arg-type]
-    return whole
+    return both_ways(lambda: factory(**kw), data, ToClient)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- backend filter

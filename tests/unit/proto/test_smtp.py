@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from sniproxy.errors import Reason
 from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.smtp import SmtpPreTls, smtp_unavailable
+from tests.unit.proto.kit import bytewise, run_chunks
 
 Outcome = tuple[bytes, list[Action]]
 NEED_TLS = b"530 5.7.0 Must issue a STARTTLS command first\r\n"
@@ -18,20 +19,8 @@ EHLO_REPLY = b"250-mx.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 STA
 
 
 def run(target: SmtpPreTls, chunks: Iterable[bytes]) -> Outcome:
-    """Concatenated Send data and the list of non-Send actions, in order."""
-    sent, other = bytearray(), list[Action]()
-    for chunk in chunks:
-        for action in target.receive_data(chunk):
-            if isinstance(action, Send):
-                assert not other, "Send after a final action"
-                sent += action.data
-            else:
-                other.append(action)
-    return bytes(sent), other
-
-
-def bytewise(data: bytes) -> list[bytes]:
-    return [bytes([b]) for b in data]
+    """Concatenated Send data and the list of other actions, in order."""
+    return run_chunks(target, chunks, Send)
 
 
 def dialog(data: bytes, **kw: int) -> Outcome:
