@@ -6,6 +6,7 @@ not produced by the code under test. Two fixtures were captured from haproxy 2.6
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sniproxy.errors import Reason
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
@@ -810,3 +812,27 @@ def test_v1_address_syntax_is_checked_before_ipaddress() -> None:
     assert why == "v1_malformed" and text == "bad IPv6 address b'1': not IPv6 characters"
     why, text = detail(b"PROXY TCP4 192.0.2 192.0.2.2 1 2\r\n")
     assert why == "v1_malformed" and text == "bad IPv4 address b'192.0.2': not dotted decimal"
+
+
+# --- issue 11: mutation survivors of proxy_wire.py ----------------------------------------------
+
+
+def test_a_refused_header_ends_the_connection_as_bad_proxy_header() -> None:
+    # Kills delete `REASON = Reason.BAD_PROXY_HEADER` (the outcome the connection ends with).
+    assert ProxyHeaderError("bad_crc").REASON is Reason.BAD_PROXY_HEADER
+
+
+def test_a_parsed_header_cannot_be_changed() -> None:
+    # Kills `frozen=True` -> `frozen=False` on ProxyResult: the addresses the rest of sniproxy believes.
+    result = parse(TCP4_HEADER)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.src = ("203.0.113.9", 1)  # type: ignore[misc]
+
+
+def test_a_tlv_of_more_than_255_bytes_is_split_by_its_16_bit_length() -> None:
+    # Kills `block[pos + 1] << 8` -> `>>` in split_tlvs: the high byte of a TLV length counts.
+    noop = b"\x04\x01\x2c" + b"\x00" * 300
+    header = SIG + b"\x21\x11" + (12 + len(noop)).to_bytes(2, "big") + TCP4_HEADER[16:] + noop
+    result = parse(header + IMAP_CMD)
+    assert result.tlvs == [(PP2_TYPE_NOOP, b"\x00" * 300)]
+    assert result.rest == IMAP_CMD
