@@ -48,7 +48,8 @@ SECURITY_MODULES = (
     "sniproxy/proto/pretls.py", "sniproxy/proto/imap.py", "sniproxy/proto/smtp_relay.py",
     "sniproxy/proto/imap_auth.py", "sniproxy/proto/imap_relay.py", "sniproxy/proto/smtp.py",
     "sniproxy/proto/linebuf.py",
-    "sniproxy/proto/clienthello.py", "sniproxy/proto/proxy_protocol.py", "sniproxy/proto/identity_out.py",
+    "sniproxy/proto/clienthello.py", "sniproxy/proto/proxy_protocol.py", "sniproxy/proto/proxy_wire.py",
+    "sniproxy/proto/identity_out.py",
     "sniproxy/crl/validate.py", "sniproxy/crl/index.py", "sniproxy/crl/entries.py", "sniproxy/crl/state.py",
     "sniproxy/routing.py", "sniproxy/auth/login.py", "sniproxy/auth/sasl.py",
 )
@@ -60,6 +61,9 @@ EXTRA_TESTS: dict[str, tuple[str, ...]] = {
                                  "tests/unit/proto/test_fuzz_pretls.py"),
     "sniproxy/proto/linebuf.py": ("tests/unit/proto/test_imap.py", "tests/unit/proto/test_smtp.py",
                                   "tests/unit/proto/test_imap_relay.py"),
+    # The PROXY header wire constants, CRC32c and TLV splitter: read by the parser, tested through it.
+    "sniproxy/proto/proxy_wire.py": ("tests/unit/proto/test_proxy_protocol.py",
+                                     "tests/unit/proto/test_fuzz_proxy_protocol.py"),
     # The IMAP syntax (valid tag, literal marker) is read by the relay modules, tested through them.
     "sniproxy/proto/imap.py": ("tests/unit/proto/test_imap_auth.py", "tests/unit/proto/test_imap_relay.py"),
     "sniproxy/auth/sasl.py": ("tests/unit/proto/test_smtp_relay.py", "tests/unit/proto/test_imap_auth.py"),

@@ -118,3 +118,45 @@ def test_property_chunking_invariant(data: bytes, cuts: list[int]) -> None:
     lines, _ = whole
     assert all(line.endswith(b"\n") and len(line) <= max_line for line in lines)
     assert b"".join(lines) == data[:len(b"".join(lines))]
+
+
+# --- issue 11: mutation survivors of linebuf.py (each test names the mutant it kills) -----------
+
+
+def test_one_per_connection_without_instance_dict() -> None:
+    # Kills delete `__slots__ = ('_buf', '_max')`.
+    assert not hasattr(LineBuffer(8), "__dict__")
+
+
+def test_bad_max_line_message() -> None:
+    # Kills the XX prefix on 'max_line must be positive'.
+    with pytest.raises(ValueError) as info:
+        LineBuffer(0)
+    assert str(info.value) == "max_line must be positive"
+
+
+def test_an_unterminated_tail_is_cut_to_max_line_plus_one() -> None:
+    # Kills `1` -> `2` in `len(buf) - start > self._max + 1`: max + 2 bytes without LF keep only max + 1.
+    buf = LineBuffer(4)
+    buf.feed(b"ab\n" + b"x" * 6)
+    assert buf.pending() == b"ab\n" + b"x" * 5
+    assert len(buf) == 8
+
+
+def test_an_empty_line_at_the_start_of_the_buffer_is_a_line() -> None:
+    # Kills `idx < 0` -> `<=` and `0` -> `1`: a bare LF first in the buffer is a complete line.
+    buf = LineBuffer(4)
+    buf.feed(b"\nab")
+    assert buf.next_line() == b"\n"
+    assert buf.next_line() is None
+    assert buf.pending() == b"ab"
+
+
+def test_an_unterminated_line_of_exactly_max_line_bytes_waits() -> None:
+    # Kills `len(buf) > self._max` -> `>=`: a line is too long when it exceeds max_line, not at it.
+    buf = LineBuffer(4)
+    buf.feed(b"abcd")
+    assert buf.next_line() is None
+    buf.feed(b"e")
+    with pytest.raises(LineTooLong):
+        buf.next_line()

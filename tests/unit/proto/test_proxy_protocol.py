@@ -6,6 +6,7 @@ not produced by the code under test. Two fixtures were captured from haproxy 2.6
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sniproxy.errors import Reason
 from sniproxy.proto.proxy_protocol import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
@@ -730,3 +732,107 @@ def test_looks_like_header(first: bytes, verdict: bool | None) -> None:
     from sniproxy.proto.proxy_protocol import looks_like_header
 
     assert looks_like_header(first) is verdict
+
+
+# --- issue 11: mutation survivors of proxy_protocol.py (each test names the mutant it kills) ----
+
+
+def detail(data: bytes, **kwargs: Any) -> tuple[str, str]:
+    with pytest.raises(ProxyHeaderError) as info:
+        ProxyHeaderParser(**kwargs).feed(data)
+    return info.value.reason, info.value.detail
+
+
+def test_parse_ssl_tlv_of_exactly_five_bytes_is_accepted() -> None:
+    # Kills `len(value) < 5` -> `<=` and `5` -> `6`: client flags + verify and no sub-TLV is valid.
+    info = parse_ssl_tlv(b"\x07\x00\x00\x00\x02")
+    assert (info["client_flags"], info["verify"], info["tlvs"]) == (7, 2, [])
+    assert info["version"] is None and info["cn"] is None
+
+
+def test_parse_ssl_tlv_unknown_subtypes_are_never_decoded_nor_deduplicated() -> None:
+    # Kills delete `if name is None: continue` and delete `continue`: an unknown sub-TLV may repeat and
+    # need not be UTF-8; only the known string subtypes are decoded and refused twice.
+    info = parse_ssl_tlv(b"\x00\x00\x00\x00\x00" + b"\x99\x00\x01\xff" * 2 + b"\x22\x00\x02cn")
+    assert info["tlvs"] == [(0x99, b"\xff"), (0x99, b"\xff"), (0x22, b"cn")]
+    assert info["cn"] == "cn"
+
+
+def test_v1_tcp_address_byte_refused_at_once() -> None:
+    # Kills `11` -> `12` (the first address byte is checked too) and the `XX` prefix on _V1_ADDR_CHARS
+    # ('X' is not an address character): refused on that byte, without waiting for the CRLF.
+    assert detail(b"PROXY TCP4 X") == ("v1_malformed", "byte 0x58 in a TCP line")
+    assert ProxyHeaderParser().feed(b"PROXY TCP4 1") is None
+
+
+def test_parser_smallest_limits_are_accepted() -> None:
+    # Kills `max_v1 < len(b'PROXY UNKNOWN\r\n')` -> `<=` (and its XX prefix), `max_v2 < V2_HEADER_LEN` -> `<=`.
+    assert parse(b"PROXY UNKNOWN\r\n", max_v1=15).consumed == 15
+    assert parse(SIG + b"\x20\x00\x00\x00", max_v2=16).command == "LOCAL"
+    with pytest.raises(ValueError) as too_small:
+        ProxyHeaderParser(max_v1=14)
+    assert str(too_small.value) == "max_v1 is too small for the shortest v1 line"
+
+
+def test_v2_fixed_bytes_refused_on_the_byte_that_proves_them_wrong() -> None:
+    # Kills `13` -> `14` (the version/command byte is checked when it is the last byte fed) and
+    # `14` -> `15` (likewise the family byte).
+    parser = ProxyHeaderParser()
+    with pytest.raises(ProxyHeaderError) as info:
+        parser.feed(SIG + b"\x31")
+    assert info.value.reason == "bad_version"
+    parser = ProxyHeaderParser()
+    assert parser.feed(SIG + b"\x21") is None
+    with pytest.raises(ProxyHeaderError) as info:
+        parser.feed(b"\x41")
+    assert info.value.reason == "bad_family"
+
+
+def test_error_details_name_what_was_wrong() -> None:
+    # Kills the `XX` prefix on each detail text below (the detail is what the log says about the drop).
+    assert detail(b"PROXY", require_crc32c=True) == ("missing_crc", "a v1 header cannot carry a checksum")
+    assert detail(b"PROXY\t") == ("v1_malformed", "PROXY is not followed by one space")
+    assert detail(b"PROXY UNKNOWN a\rb") == ("v1_malformed", "CR not followed by LF")
+    assert detail(b"PROXY UNKNOWN a\n") == ("v1_malformed", "LF not preceded by CR")
+    two = SIG + b"\x21\x00\x00\x0e" + b"\x03\x00\x04\x00\x00\x00\x00" * 2
+    assert detail(two) == ("bad_tlv", "more than one CRC32C TLV")
+    assert detail(TCP4_HEADER, require_crc32c=True) == ("missing_crc", "no CRC32C TLV")
+    parser = ProxyHeaderParser()
+    assert parser.feed(TCP4_HEADER) is not None
+    with pytest.raises(RuntimeError) as done:
+        parser.feed(IMAP_CMD)
+    assert str(done.value) == "PROXY header already parsed: later bytes belong to the next layer"
+
+
+def test_v1_address_syntax_is_checked_before_ipaddress() -> None:
+    # Kills delete `if _V1_IPV6.fullmatch(token) is None: raise ...` (and its raise, and the text),
+    # delete `if _V1_IPV4.fullmatch(token) is None: raise ...` (and its raise, and the text): the
+    # detail says which syntax the token failed, not ipaddress's own words.
+    why, text = detail(b"PROXY TCP6 1 ::1 1 2\r\n")
+    assert why == "v1_malformed" and text == "bad IPv6 address b'1': not IPv6 characters"
+    why, text = detail(b"PROXY TCP4 192.0.2 192.0.2.2 1 2\r\n")
+    assert why == "v1_malformed" and text == "bad IPv4 address b'192.0.2': not dotted decimal"
+
+
+# --- issue 11: mutation survivors of proxy_wire.py ----------------------------------------------
+
+
+def test_a_refused_header_ends_the_connection_as_bad_proxy_header() -> None:
+    # Kills delete `REASON = Reason.BAD_PROXY_HEADER` (the outcome the connection ends with).
+    assert ProxyHeaderError("bad_crc").REASON is Reason.BAD_PROXY_HEADER
+
+
+def test_a_parsed_header_cannot_be_changed() -> None:
+    # Kills `frozen=True` -> `frozen=False` on ProxyResult: the addresses the rest of sniproxy believes.
+    result = parse(TCP4_HEADER)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.src = ("203.0.113.9", 1)  # type: ignore[misc]
+
+
+def test_a_tlv_of_more_than_255_bytes_is_split_by_its_16_bit_length() -> None:
+    # Kills `block[pos + 1] << 8` -> `>>` in split_tlvs: the high byte of a TLV length counts.
+    noop = b"\x04\x01\x2c" + b"\x00" * 300
+    header = SIG + b"\x21\x11" + (12 + len(noop)).to_bytes(2, "big") + TCP4_HEADER[16:] + noop
+    result = parse(header + IMAP_CMD)
+    assert result.tlvs == [(PP2_TYPE_NOOP, b"\x00" * 300)]
+    assert result.rest == IMAP_CMD

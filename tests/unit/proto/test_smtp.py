@@ -132,3 +132,8 @@ def test_property_dialog(cmds: list[tuple[bytes, bytes]], tail: bytes) -> None:
 
 def test_unavailable() -> None:
     assert smtp_unavailable("try later\nnow") == b"421 4.3.0 try later now\r\n"
+
+
+def test_the_dialog_has_no_instance_dict() -> None:
+    """One per pre-TLS connection: slots all the way down (issue 11: kills delete `__slots__ = ()`)."""
+    assert not hasattr(SmtpPreTls("h"), "__dict__")
