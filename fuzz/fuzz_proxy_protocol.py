@@ -7,13 +7,9 @@ from __future__ import annotations
 import atheris
 
 with atheris.instrument_imports():
-    from sniproxy.proto.proxy_protocol import (
-        MAX_V1_LINE,
-        ProxyHeaderError,
-        ProxyHeaderParser,
-        encode_v2,
-        looks_like_header,
-    )
+    from sniproxy.proto.proxy_encode import encode_v2
+    from sniproxy.proto.proxy_protocol import ProxyHeaderParser, looks_like_header
+    from sniproxy.proto.proxy_wire import MAX_V1_LINE, ProxyHeaderError
 
 from _harness import bytewise, main, plan, seeded
 

@@ -10,7 +10,6 @@ import ipaddress
 import re
 
 from sniproxy.config.model import Address
-from sniproxy.proto.netaddr import peer_ip as peer_ip  # one owner, in proto/ (which imports nothing above it)
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

@@ -22,7 +22,6 @@ from typing import cast
 
 from sniproxy.card import CardIdentity, UnreadableCard, read_card
 from sniproxy.config.model import Protocol
-from sniproxy.config.names import peer_ip
 from sniproxy.driver.event import log_connection
 from sniproxy.driver.halves import BackHalf
 from sniproxy.driver.http import HttpBack, serves_http
@@ -49,7 +48,9 @@ from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES
 from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
 from sniproxy.proto.imap import ImapPreTls, imap_unavailable
-from sniproxy.proto.proxy_protocol import ProxyHeaderError, ProxyHeaderParser, looks_like_header
+from sniproxy.proto.netaddr import peer_ip
+from sniproxy.proto.proxy_protocol import ProxyHeaderParser, looks_like_header
+from sniproxy.proto.proxy_wire import ProxyHeaderError
 from sniproxy.proto.smtp import SmtpPreTls
 from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
 from sniproxy.tls.session import TlsFailure, TlsSession

@@ -18,17 +18,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sniproxy.card import CardFacts
-from sniproxy.proto.proxy_protocol import (
+from sniproxy.proto.proxy_encode import authority_tlv, custom_tlv, encode_v2, ssl_tlv
+from sniproxy.proto.proxy_wire import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
     PP2_CLIENT_SSL,
     Address,
     Tlv,
-    authority_tlv,
-    custom_tlv,
-    encode_v2,
-    ssl_tlv,
 )
 
 #: Application TLVs (0xE0-0xEF, spec 2.2.8) carrying the identity when ``identity_tlvs`` is on.

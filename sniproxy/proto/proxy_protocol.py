@@ -17,7 +17,6 @@ import re
 import struct
 from typing import Final
 
-from sniproxy.proto.proxy_encode import alpn_tlv, authority_tlv, custom_tlv, encode_v2, ssl_tlv, unique_id_tlv
 from sniproxy.proto.proxy_wire import (
     ADDR_LEN,
     BAD_COMMAND,
@@ -32,30 +31,16 @@ from sniproxy.proto.proxy_wire import (
     FAM_TCP4,
     FAM_TCP6,
     FAM_UNSPEC,
-    MAX_HEADER,
-    MAX_TLV_VALUE,
-    MAX_UNIQUE_ID,
     MAX_V1_LINE,
     MAX_V2_HEADER,
     MISSING_CRC,
     NO_PROXY_HEADER,
-    PP2_CLIENT_CERT_CONN,
-    PP2_CLIENT_CERT_SESS,
-    PP2_CLIENT_SSL,
     PP2_SUBTYPE_SSL_CIPHER,
     PP2_SUBTYPE_SSL_CN,
     PP2_SUBTYPE_SSL_KEY_ALG,
     PP2_SUBTYPE_SSL_SIG_ALG,
     PP2_SUBTYPE_SSL_VERSION,
-    PP2_TYPE_ALPN,
-    PP2_TYPE_AUTHORITY,
     PP2_TYPE_CRC32C,
-    PP2_TYPE_MAX_CUSTOM,
-    PP2_TYPE_MIN_CUSTOM,
-    PP2_TYPE_NETNS,
-    PP2_TYPE_NOOP,
-    PP2_TYPE_SSL,
-    PP2_TYPE_UNIQUE_ID,
     TOO_LONG,
     UNSUPPORTED_FAMILY,
     V1_MALFORMED,
@@ -64,7 +49,6 @@ from sniproxy.proto.proxy_wire import (
     V2_HEADER_LEN,
     V2_SIGNATURE,
     Address,
-    Command,
     ProxyHeaderError,
     ProxyResult,
     SslTlvInfo,
@@ -352,17 +336,3 @@ def looks_like_header(first: bytes) -> bool | None:
         if first[:n] == sig[:n]:
             return True if len(first) >= len(sig) else None
     return False
-
-
-# What this module offered before the encoder and the shared constants had modules of their own.
-__all__ = [
-    "BAD_COMMAND", "BAD_CRC", "BAD_FAMILY", "BAD_LENGTH", "BAD_TLV", "BAD_VERSION", "MAX_HEADER", "MAX_TLV_VALUE",
-    "MAX_UNIQUE_ID", "MAX_V1_LINE", "MAX_V2_HEADER", "MISSING_CRC", "NO_PROXY_HEADER", "PP2_CLIENT_CERT_CONN",
-    "PP2_CLIENT_CERT_SESS", "PP2_CLIENT_SSL", "PP2_SUBTYPE_SSL_CIPHER", "PP2_SUBTYPE_SSL_CN",
-    "PP2_SUBTYPE_SSL_KEY_ALG", "PP2_SUBTYPE_SSL_SIG_ALG", "PP2_SUBTYPE_SSL_VERSION", "PP2_TYPE_ALPN",
-    "PP2_TYPE_AUTHORITY", "PP2_TYPE_CRC32C", "PP2_TYPE_MAX_CUSTOM", "PP2_TYPE_MIN_CUSTOM", "PP2_TYPE_NETNS",
-    "PP2_TYPE_NOOP", "PP2_TYPE_SSL", "PP2_TYPE_UNIQUE_ID", "TOO_LONG", "UNSUPPORTED_FAMILY", "V1_MALFORMED",
-    "V1_PREFIX", "V1_TOO_LONG", "V2_HEADER_LEN", "V2_SIGNATURE", "Address", "Command", "ProxyHeaderError",
-    "ProxyHeaderParser", "ProxyResult", "SslTlvInfo", "Tlv", "alpn_tlv", "authority_tlv", "crc32c", "custom_tlv",
-    "encode_v2", "looks_like_header", "parse_ssl_tlv", "ssl_tlv", "unique_id_tlv",
-]

@@ -553,7 +553,8 @@ class _RawBackend:
 
 @pytest.mark.parametrize("proxy_v2", [False, True])
 def test_mode_tcp_relays_bytes_with_optional_proxy_v2(pki: TestPki, tmp_path: Path, proxy_v2: bool) -> None:
-    from sniproxy.proto.proxy_protocol import PP2_TYPE_AUTHORITY, PP2_TYPE_SSL, parse_ssl_tlv
+    from sniproxy.proto.proxy_protocol import parse_ssl_tlv
+    from sniproxy.proto.proxy_wire import PP2_TYPE_AUTHORITY, PP2_TYPE_SSL
 
     raw = _RawBackend(proxy_v2)
     port = free_port()

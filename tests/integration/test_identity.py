@@ -24,7 +24,9 @@ import yaml
 
 from sniproxy.demo.conf import DemoPorts, config_dict
 from sniproxy.demo.pki import TestPki
-from sniproxy.proto.proxy_protocol import (
+from sniproxy.proto.proxy_encode import encode_v2
+from sniproxy.proto.proxy_protocol import ProxyHeaderParser, parse_ssl_tlv
+from sniproxy.proto.proxy_wire import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
@@ -32,10 +34,7 @@ from sniproxy.proto.proxy_protocol import (
     PP2_TYPE_AUTHORITY,
     PP2_TYPE_SSL,
     V2_SIGNATURE,
-    ProxyHeaderParser,
     ProxyResult,
-    encode_v2,
-    parse_ssl_tlv,
 )
 from tests.conftest import free_ports
 from tests.integration.clients import client_context, read_all

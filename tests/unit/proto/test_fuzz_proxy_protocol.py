@@ -20,16 +20,9 @@ import ipaddress
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sniproxy.proto.proxy_protocol import (
-    MAX_V1_LINE,
-    NO_PROXY_HEADER,
-    V1_PREFIX,
-    V2_SIGNATURE,
-    ProxyHeaderError,
-    ProxyHeaderParser,
-    encode_v2,
-    looks_like_header,
-)
+from sniproxy.proto.proxy_encode import encode_v2
+from sniproxy.proto.proxy_protocol import ProxyHeaderParser, looks_like_header
+from sniproxy.proto.proxy_wire import MAX_V1_LINE, NO_PROXY_HEADER, V1_PREFIX, V2_SIGNATURE, ProxyHeaderError
 from tests.unit.fuzzkit import FUZZ, bytewise, mutated, random_splits
 
 MAX_V2 = 600

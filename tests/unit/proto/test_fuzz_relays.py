@@ -24,13 +24,8 @@ from sniproxy.auth.login import LoginRule, decide
 from sniproxy.card import CardFacts
 from sniproxy.proto.identity_out import IDENTITY_TLVS, proxy_v2_header
 from sniproxy.proto.imap_auth import ImapExternal
-from sniproxy.proto.proxy_protocol import (
-    MAX_HEADER,
-    PP2_TYPE_AUTHORITY,
-    PP2_TYPE_SSL,
-    ProxyHeaderParser,
-    parse_ssl_tlv,
-)
+from sniproxy.proto.proxy_protocol import ProxyHeaderParser, parse_ssl_tlv
+from sniproxy.proto.proxy_wire import MAX_HEADER, PP2_TYPE_AUTHORITY, PP2_TYPE_SSL
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 from sniproxy.proto.smtp_relay import HOLD_MAX, MAX_REPLY, SmtpRelay
 from tests.unit.fuzzkit import FUZZ, mutated, random_splits

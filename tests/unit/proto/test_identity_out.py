@@ -9,7 +9,8 @@ import pytest
 from sniproxy.card import CardFacts, card_facts
 from sniproxy.demo.pki import TestPki, build
 from sniproxy.proto.identity_out import IDENTITY_TLVS, proxy_v2_header
-from sniproxy.proto.proxy_protocol import (
+from sniproxy.proto.proxy_protocol import ProxyHeaderParser, parse_ssl_tlv
+from sniproxy.proto.proxy_wire import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
@@ -18,9 +19,7 @@ from sniproxy.proto.proxy_protocol import (
     PP2_TYPE_CRC32C,
     PP2_TYPE_SSL,
     V2_SIGNATURE,
-    ProxyHeaderParser,
     ProxyResult,
-    parse_ssl_tlv,
 )
 
 CARD = CardFacts(cn="810001234567", sig_alg="RSA-SHA256", key_alg="RSA2048")

@@ -15,7 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sniproxy.errors import Reason
-from sniproxy.proto.proxy_protocol import (
+from sniproxy.proto.proxy_encode import alpn_tlv, authority_tlv, custom_tlv, encode_v2, ssl_tlv, unique_id_tlv
+from sniproxy.proto.proxy_protocol import ProxyHeaderParser, parse_ssl_tlv
+from sniproxy.proto.proxy_wire import (
     MAX_HEADER,
     PP2_CLIENT_CERT_CONN,
     PP2_CLIENT_CERT_SESS,
@@ -34,16 +36,8 @@ from sniproxy.proto.proxy_protocol import (
     PP2_TYPE_UNIQUE_ID,
     V2_SIGNATURE,
     ProxyHeaderError,
-    ProxyHeaderParser,
     ProxyResult,
-    alpn_tlv,
-    authority_tlv,
     crc32c,
-    custom_tlv,
-    encode_v2,
-    parse_ssl_tlv,
-    ssl_tlv,
-    unique_id_tlv,
 )
 
 SIG = b"\x0d\x0a\x0d\x0a\x00\x0d\x0a\x51\x55\x49\x54\x0a"       # section 2.2, byte by byte
