@@ -1,0 +1,56 @@
+"""``lifecycle/memory``: freed heap pages go back to the kernel when a worker asks (issue 17's RSS steps)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from sniproxy.lifecycle import memory
+
+MIB = 1024
+
+
+@pytest.mark.skipif(not memory.available(), reason="this libc has no malloc_trim (musl): nothing to release")
+def test_release_gives_back_pages_freed_in_the_middle_of_the_heap() -> None:
+    """80 MB freed below a live chunk stay in RSS (glibc trims only the top) until ``release``."""
+    before = memory.rss_kib()
+    assert before is not None
+    # 4000-byte objects: above pymalloc's 512-byte limit and below glibc's mmap threshold, so each is a
+    # heap chunk; ``pin`` sits above them and keeps glibc's own top-of-heap trim from reaching them.
+    chunks = [bytes(4000) for _ in range(20_000)]
+    pin = [bytes(4000) for _ in range(16)]
+    grown = memory.rss_kib()
+    assert grown is not None and grown - before > 60 * MIB
+    del chunks
+    freed = memory.rss_kib()
+    assert freed is not None and freed - before > 60 * MIB, "glibc returned the pages by itself: test is moot"
+    assert memory.release() is True
+    after = memory.rss_kib()
+    assert after is not None and freed - after > 50 * MIB
+    assert len(pin) == 16
+
+
+def test_rss_is_read_from_proc() -> None:
+    """The figure the worker logs with each ``snapshot`` event is a positive number of KiB."""
+    rss = memory.rss_kib()
+    assert rss is not None and rss > 1024
+
+
+def test_trim_forever_releases_on_its_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's trimmer calls ``release`` once per period and stops when cancelled."""
+    calls: list[float] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        monkeypatch.setattr(memory, "release", lambda: calls.append(loop.time()) or False)
+        task = loop.create_task(memory.trim_forever(0.02))
+        await asyncio.sleep(0.13)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert 3 <= len(calls) <= 7
+    assert all(b - a >= 0.015 for a, b in itertools.pairwise(calls))
