@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 TRIM_EVERY = 30.0   # seconds; a bound on how long freed pages stay counted in RSS
 
@@ -69,3 +71,25 @@ async def trim_forever(every: float = TRIM_EVERY) -> None:
     while True:
         await asyncio.sleep(every)
         release()
+
+
+_FIRST: list[tracemalloc.Snapshot] = []
+
+
+def heap_growth(limit: int = 8, frames: int = 4) -> list[str] | None:
+    """Where the Python heap grew since the first call, when tracing (``PYTHONTRACEMALLOC=N``); else ``None``.
+
+    A diagnosis aid for a slow RSS rise: each line is ``size_diff KiB, count_diff, innermost <- callers``.
+    Costs a snapshot of every traced block, so it only runs when the operator started tracing.
+    """
+    if not tracemalloc.is_tracing():
+        return None
+    snap = tracemalloc.take_snapshot().filter_traces((tracemalloc.Filter(False, tracemalloc.__file__),))
+    if not _FIRST:
+        _FIRST.append(snap)
+        return []
+    out = []
+    for stat in snap.compare_to(_FIRST[0], "traceback")[:limit]:
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in list(stat.traceback)[-frames:][::-1])
+        out.append(f"{stat.size_diff // 1024:+d} KiB {stat.count_diff:+d} {where}")
+    return out

@@ -218,8 +218,10 @@ def log_stats() -> None:
         fds: int | None = len(os.listdir("/proc/self/fd"))
     except OSError:
         fds = None
+    growth = memory.heap_growth()
     _log.info("stats", pid=os.getpid(), tasks=len(asyncio.all_tasks()), open_fds=fds,
-              py_blocks=sys.getallocatedblocks(), rss_kib=memory.rss_kib(), **STATS.report())
+              py_blocks=sys.getallocatedblocks(), rss_kib=memory.rss_kib(),
+              **({} if growth is None else {"heap_growth": growth}), **STATS.report())
 
 
 async def _main(fd: int) -> int:

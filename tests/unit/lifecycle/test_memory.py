@@ -54,3 +54,22 @@ def test_trim_forever_releases_on_its_period(monkeypatch: pytest.MonkeyPatch) ->
     asyncio.run(run())
     assert 3 <= len(calls) <= 7
     assert all(b - a >= 0.015 for a, b in itertools.pairwise(calls))
+
+
+def test_heap_growth_names_where_the_python_heap_grew() -> None:
+    """Off unless tracing; when tracing, the first call is the reference and later calls name the growth."""
+    import tracemalloc
+
+    assert memory.heap_growth() is None
+    memory._FIRST.clear()
+    tracemalloc.start(4)
+    try:
+        assert memory.heap_growth() == []
+        kept = [bytearray(1000) for _ in range(2000)]   # ~2 MB kept, allocated on this line
+        lines = memory.heap_growth()
+    finally:
+        tracemalloc.stop()
+        memory._FIRST.clear()
+    assert lines and len(kept) == 2000
+    top = lines[0]
+    assert "test_memory.py:" in top and int(top.split()[0]) >= 1900, lines
