@@ -44,7 +44,12 @@ def test_trim_forever_releases_on_its_period(monkeypatch: pytest.MonkeyPatch) ->
 
     async def run() -> None:
         loop = asyncio.get_running_loop()
-        monkeypatch.setattr(memory, "release", lambda: calls.append(loop.time()) or False)
+
+        def counted() -> bool:
+            calls.append(loop.time())
+            return False
+
+        monkeypatch.setattr(memory, "release", counted)
         task = loop.create_task(memory.trim_forever(0.02))
         await asyncio.sleep(0.13)
         task.cancel()
