@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -74,10 +75,23 @@ async def trim_forever(every: float = TRIM_EVERY) -> None:
 
 
 _FIRST: list[tracemalloc.Snapshot] = []
+TRACE_ENV = "SNIPROXY_TRACEMALLOC"   # frames per traced allocation; set, the worker traces once it serves
+
+
+def trace_if_asked() -> bool:
+    """Start tracing Python allocations when ``SNIPROXY_TRACEMALLOC=N`` asks; True when tracing.
+
+    Started after the worker is ready, not with ``PYTHONTRACEMALLOC``: tracing the imports and the
+    first compile made workers too slow to answer their supervisor on a loaded machine.
+    """
+    frames = os.environ.get(TRACE_ENV, "")
+    if frames.isdigit() and int(frames) > 0 and not tracemalloc.is_tracing():
+        tracemalloc.start(int(frames))
+    return tracemalloc.is_tracing()
 
 
 def heap_growth(limit: int = 8, frames: int = 4) -> list[str] | None:
-    """Where the Python heap grew since the first call, when tracing (``PYTHONTRACEMALLOC=N``); else ``None``.
+    """Where the Python heap grew since the first call, when tracing (``trace_if_asked``); else ``None``.
 
     A diagnosis aid for a slow RSS rise: each line is ``size_diff KiB, count_diff, innermost <- callers``.
     Costs a snapshot of every traced block, so it only runs when the operator started tracing.

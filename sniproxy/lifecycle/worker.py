@@ -199,6 +199,8 @@ class Worker:
                     # Logged before the reply, so it precedes the supervisor's "serving".
                     _log.info("ready", pid=os.getpid(), generation=reply["generation"],
                               listening=reply["listening"], crl_ready=reply["crl_ready"])
+                    if memory.trace_if_asked():
+                        memory.heap_growth()   # the reference the stats events compare with
                 self.channel.send({"reply_to": msg.get("id"), **reply})
             elif op == "drain":
                 self.drain(msg.get("timeout"))

@@ -78,3 +78,18 @@ def test_heap_growth_names_where_the_python_heap_grew() -> None:
     assert lines and len(kept) == 2000
     top = lines[0]
     assert "test_memory.py:" in top and int(top.split()[0]) >= 1900, lines
+
+
+def test_tracing_starts_only_when_the_operator_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SNIPROXY_TRACEMALLOC=N`` starts tracing with N frames; unset or not a positive number, nothing."""
+    import tracemalloc
+
+    for value in ("", "0", "yes"):
+        monkeypatch.setenv(memory.TRACE_ENV, value)
+        assert memory.trace_if_asked() is False
+    monkeypatch.setenv(memory.TRACE_ENV, "3")
+    try:
+        assert memory.trace_if_asked() is True
+        assert tracemalloc.get_traceback_limit() == 3
+    finally:
+        tracemalloc.stop()
