@@ -19,7 +19,7 @@ import base64
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -81,16 +81,27 @@ def check_head(raw: bytes, max_request_line: int) -> None:
             raise BadRequest("control character in the request head")
 
 
-def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
+class Framing(NamedTuple):
+    """What a request head says about its body and connection, once ``check_framing`` accepted it."""
+
+    length: int          # Content-Length (0 without one, or when chunked)
+    chunked: bool        # Transfer-Encoding: chunked
+    host: bool           # a Host field is present (exactly one)
+    close: bool          # Connection names "close"
+
+
+def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
     """Refuse ambiguous body framing (RFC 9112 §6.1, §6.3). Raises ``BadRequest``.
 
     Content-Length and Transfer-Encoding together, a Transfer-Encoding other than exactly one
     ``chunked``, and Content-Length values that differ are all refused outright rather than
-    resolved: the backend behind may resolve them another way.
+    resolved: the backend behind may resolve them another way. One pass over the fields, so the
+    request reader takes the framing from here rather than looking again.
     """
     lengths: set[bytes] = set()
     codings: list[bytes] = []
     hosts = 0
+    close = False
     for name, value in headers:
         lname = name.lower()
         if lname == b"host":
@@ -99,16 +110,23 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
             lengths.update(v.strip() for v in value.split(b","))
         elif lname == b"transfer-encoding":
             codings += [v.strip().lower() for v in value.split(b",")]
+        elif lname == b"connection" and not close:
+            close = b"close" in [v.strip().lower() for v in value.split(b",")]
     if hosts > 1:
         raise BadRequest("more than one Host (RFC 9112 §3.2)")
     if lengths and codings:
         raise BadRequest("both Content-Length and Transfer-Encoding")
     if len(lengths) > 1:
         raise BadRequest("differing Content-Length values")
-    if lengths and not all(c in b"0123456789" for c in next(iter(lengths))):
-        raise BadRequest("Content-Length is not a number")
+    length = 0
+    if lengths:
+        text = next(iter(lengths))
+        if not text or not all(c in b"0123456789" for c in text):
+            raise BadRequest("Content-Length is not a number")
+        length = int(text)
     if codings and codings != [b"chunked"]:
         raise BadRequest(f"Transfer-Encoding {b', '.join(codings).decode('latin-1')!r} (only chunked)")
+    return Framing(length, bool(codings), hosts == 1, close)
 
 
 # --------------------------------------------------------------------------- header filters

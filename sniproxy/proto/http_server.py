@@ -238,38 +238,21 @@ class ClientSide:
         version = parser.get_http_version().encode("ascii")
         headers = parsed.fields
         try:
-            check_framing(headers)
+            framing = check_framing(headers)
         except BadRequest as exc:
             return self._refuse(str(exc), _guess_soap(head))
-        host = False
-        length = b""
-        chunked = False
-        close = False
-        for name, value in headers:
-            if name == b"host":
-                host = True
-            elif name == b"content-length":
-                length = value
-            elif name == b"transfer-encoding":
-                chunked = True
-            elif name == b"connection" and b"close" in _comma_values([(name, value)], b"connection"):
-                close = True
-        if not host and version == b"1.1":
+        if not framing.host and version == b"1.1":
             return self._refuse("missing mandatory Host header (RFC 9112 §3.2)", _guess_soap(head))
         if method == b"CONNECT":
             return self._refuse("CONNECT is not served by a reverse proxy", _guess_soap(head))
         self.requests += 1
         self._method = method
         self._req_v11 = version == b"1.1"
-        self._req_keep = self._req_v11 and not close
+        self._req_keep = self._req_v11 and not framing.close
         self._resp = None
-        started = RequestStarted(method, parsed.url, headers, version, chunked)
-        if chunked:
-            self._chunks = ChunkedBody(self._max_head)
-            self._remaining = 0
-        else:
-            self._chunks = None
-            self._remaining = int(length.strip() or b"0")   # digits only: check_framing and llhttp
+        started = RequestStarted(method, parsed.url, headers, version, framing.chunked)
+        self._chunks = ChunkedBody(self._max_head) if framing.chunked else None
+        self._remaining = framing.length   # (llhttp and check_framing both took it as digits only)
         self._state = _State.BODY
         if not buf and not self._eof and self._remaining:
             return [started]

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from sniproxy.proto.http_rewrite import StripRules, strip_identity, without_hop_by_hop
+import pytest
+
+from sniproxy.proto.http_rewrite import (
+    BadRequest,
+    Framing,
+    StripRules,
+    check_framing,
+    strip_identity,
+    without_hop_by_hop,
+)
 
 
 def test_verdicts_are_the_same_memoized_and_the_memo_is_bounded() -> None:
@@ -23,3 +32,13 @@ def test_verdicts_are_the_same_memoized_and_the_memo_is_bounded() -> None:
 def test_hop_by_hop_with_and_without_connection() -> None:
     assert without_hop_by_hop([(b"Keep-Alive", b"5"), (b"TE", b"trailers"), (b"X-A", b"1")]) == [(b"X-A", b"1")]
     assert without_hop_by_hop([(b"Connection", b"X-A, close"), (b"X-A", b"1"), (b"X-B", b"2")]) == [(b"X-B", b"2")]
+
+
+def test_check_framing_returns_what_it_read() -> None:
+    assert check_framing([(b"host", b"h"), (b"content-length", b" 12 ")]) == Framing(12, False, True, False)
+    assert check_framing([(b"Transfer-Encoding", b"Chunked"), (b"connection", b"keep-alive, Close")]) == \
+        Framing(0, True, False, True)
+    assert check_framing([]) == Framing(0, False, False, False)
+    for bad in ([(b"content-length", b"")], [(b"content-length", b"1"), (b"content-length", b"2")]):
+        with pytest.raises(BadRequest):
+            check_framing(bad)
