@@ -79,37 +79,51 @@ class ChunkedBody:
                 del buf[:2]
                 self._state = _SIZE
             elif state == _SIZE:
-                end = buf.find(b"\r\n", max(0, self._scanned - 1))
-                if end < 0:
-                    self._incomplete_line("chunk line")
+                if not self._size_line():
                     break
-                m = _CHUNK_LINE.fullmatch(buf, 0, end)
-                if m is None:
-                    raise BadChunk(f"bad chunk line {bytes(buf[:min(end, 40)])!r}")
-                size = int(m.group(1), 16)
-                del buf[:end + 2]
-                self._scanned = 0
-                if size:
-                    self._left = size
-                    self._state = _DATA
-                else:
-                    self._state = _TRAILERS
-            else:   # _TRAILERS
-                if buf[:2] == b"\r\n":
-                    del buf[:2]
-                    self._state = _DONE
-                    return out, True
-                end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
-                if end < 0:
-                    self._incomplete_line("trailer section")
-                    break
-                for line in bytes(buf[:end]).split(b"\r\n"):
-                    if _TRAILER.fullmatch(line) is None:
-                        raise BadChunk(f"bad trailer line {line[:40]!r}")
-                del buf[:end + 4]
-                self._state = _DONE
+            elif self._trailers():   # _TRAILERS
                 return out, True
+            else:
+                break
         return out, False
+
+    def _size_line(self) -> bool:
+        """In state _SIZE: read a chunk line if it is complete (False: wait for more bytes)."""
+        buf = self._buf
+        end = buf.find(b"\r\n", max(0, self._scanned - 1))
+        if end < 0:
+            self._incomplete_line("chunk line")
+            return False
+        m = _CHUNK_LINE.fullmatch(buf, 0, end)
+        if m is None:
+            raise BadChunk(f"bad chunk line {bytes(buf[:min(end, 40)])!r}")
+        size = int(m.group(1), 16)
+        del buf[:end + 2]
+        self._scanned = 0
+        if size:
+            self._left = size
+            self._state = _DATA
+        else:
+            self._state = _TRAILERS
+        return True
+
+    def _trailers(self) -> bool:
+        """In state _TRAILERS: check and drop the trailer section if it is complete (True: the body ended)."""
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            self._state = _DONE
+            return True
+        end = buf.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        if end < 0:
+            self._incomplete_line("trailer section")
+            return False
+        for line in bytes(buf[:end]).split(b"\r\n"):
+            if _TRAILER.fullmatch(line) is None:
+                raise BadChunk(f"bad trailer line {line[:40]!r}")
+        del buf[:end + 4]
+        self._state = _DONE
+        return True
 
     def _incomplete_line(self, what: str) -> None:
         # A LF or CR not part of a CR LF can never become one: refuse it now, not at the limit. Only

@@ -23,6 +23,7 @@ from enum import Enum
 
 import httptools
 
+from sniproxy.errors import SniproxyError
 from sniproxy.proto.http_body import BadChunk, ChunkedBody
 from sniproxy.proto.http_rewrite import BadRequest, Headers, check_framing, check_head, error_response, reason_phrase
 
@@ -73,7 +74,7 @@ Event = RequestStarted | BodyReceived | RequestEnded | RequestRefused | ClientCl
 _ENDED = RequestEnded()
 
 
-class ResponseError(Exception):
+class ResponseError(SniproxyError):
     """The proxy was asked to write a response HTTP/1.1 cannot carry (a bug upstream of this module)."""
 
 
@@ -216,6 +217,11 @@ class ClientSide:
         head = bytes(buf[:end + 4])
         del buf[:end + 4]
         self._scanned, self._eol_seen = 0, False
+        return self._start(head)
+
+    def _start(self, head: bytes) -> list[Event]:
+        """Check and parse one delimited head; start its request (and its body, with the bytes after)."""
+        buf = self._buf
         if len(head) > self._max_head:
             return self._refuse("request head too large", None)
         try:
