@@ -12,7 +12,8 @@ by a fresh ``httptools`` (llhttp, strict) parser, fed that head only: llhttp wou
 into the next pipelined request within one read, and the proxy must stop at the end of each body
 until its response is written. The body is framed here from the head's Content-Length or chunked
 coding, and the bytes after it go through the same checks as the next head. Until issue 16 h11 did
-both (one ``h11.Connection`` per request, about 120 us per small request; this is about 15).
+both (one ``h11.Connection`` per request: 79 us per small exchange against 21 us now, min of
+``bench/http_client_side.py`` at load average 8; 547 k against 161 k instructions).
 """
 
 from __future__ import annotations
