@@ -89,6 +89,8 @@ class _State(Enum):
 # The request line as RFC 9112 §3 writes it, one space apart, HTTP/1.0 or 1.1 only (llhttp also takes
 # repeated spaces, HTTP/0.9 and 2.0). The method is a token, the target visible ASCII (as h11 had it).
 _REQUEST_LINE = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+ [\x21-\x7e]+ HTTP/1\.[01]")
+# The response fields the writer reads (framing, connection) or moves (Host goes first, as h11 wrote it).
+_RESPONSE_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection", b"host"})
 # A reason phrase h11 would have written (RFC 9112 §4: HTAB, SP, VCHAR, obs-text).
 _REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
@@ -121,18 +123,6 @@ class _Head:
 
     def on_headers_complete(self) -> None:
         self.complete = True
-
-
-def _comma_values(headers: Headers, name: bytes) -> list[bytes]:
-    """The comma-separated, lower-cased values of every ``name`` field (h11's ``get_comma_header``)."""
-    out: list[bytes] = []
-    for n, v in headers:
-        if n.lower() == name:
-            for item in v.split(b","):
-                item = item.strip().lower()
-                if item:
-                    out.append(item)
-    return out
 
 
 class ClientSide:
@@ -315,7 +305,7 @@ class ClientSide:
     def informational(self, status: int, headers: Headers) -> bytes:
         """A 1xx response (100 Continue relayed from the backend)."""
         assert self._state is _State.BODY or self._state is _State.WAIT
-        return b"HTTP/1.1 %d \r\n" % status + _fields(headers) + b"\r\n"
+        return b"HTTP/1.1 %d \r\n" % status + _fields(headers, any(n.lower() == b"host" for n, _ in headers)) + b"\r\n"
 
     def response(self, status: int, headers: Headers, reason: bytes = b"") -> bytes:
         """The head of the current request's response, with the framing it needs (as h11 chose it:
@@ -324,9 +314,22 @@ class ClientSide:
         assert self._resp is None and (self._state is _State.BODY or self._state is _State.WAIT)
         if _REASON.fullmatch(reason) is None:
             raise ResponseError(f"illegal reason phrase {reason[:40]!r}")
-        lengths = _comma_values(headers, b"content-length")
-        codings = _comma_values(headers, b"transfer-encoding")
-        close_tokens = _comma_values(headers, b"connection")
+        lengths: list[bytes] = []
+        codings: list[bytes] = []
+        close_tokens: list[bytes] = []
+        host = False
+        for name, value in headers:   # one pass: the fields h11 looked at, as its get_comma_header read them
+            low = name.lower()
+            if low not in _RESPONSE_FRAMING:
+                continue
+            if low == b"host":
+                host = True
+                continue
+            into = lengths if low == b"content-length" else codings if low == b"transfer-encoding" else close_tokens
+            for item in value.split(b","):
+                item = item.strip().lower()
+                if item:
+                    into.append(item)
         need_close = False
         empty = status in (204, 304)
         if empty:
@@ -361,7 +364,7 @@ class ClientSide:
         elif framing == "close":
             self._resp_keep = False
         self._resp = framing
-        return b"HTTP/1.1 %d %s\r\n" % (status, reason) + _fields(headers) + b"\r\n"
+        return b"HTTP/1.1 %d %s\r\n" % (status, reason) + _fields(headers, host) + b"\r\n"
 
     def body(self, data: bytes) -> bytes:
         """A piece of the response body (chunk-framed when the length is unknown)."""
@@ -408,9 +411,9 @@ class ClientSide:
         return head + b"\r\n" + body
 
 
-def _fields(headers: Headers) -> bytes:
+def _fields(headers: Headers, host: bool) -> bytes:
     # Host first, as h11 wrote it (RFC 9110 §7.2 asks it of requests; harmless on a response).
-    if any(n.lower() == b"host" for n, _ in headers):
+    if host:
         headers = ([(n, v) for n, v in headers if n.lower() == b"host"]
                    + [(n, v) for n, v in headers if n.lower() != b"host"])
     return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
