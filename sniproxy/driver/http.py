@@ -16,6 +16,7 @@ Must not: touch the client socket or TLS (``FrontHalf.send_plain`` writes to the
 from __future__ import annotations
 
 import asyncio
+import logging
 from functools import lru_cache
 from time import monotonic
 from typing import Any
@@ -85,6 +86,7 @@ class HttpBack:
         "_bk_task",
         "_chain_der",
         "_closed",
+        "_debug",
         "_ex",
         "_flow",
         "_http",
@@ -93,11 +95,13 @@ class HttpBack:
         "_pause",
         "_pool",
         "_req_method",
+        "_resp_deadline",
         "_resp_started",
         "_resp_status",
         "_resp_timer",
         "_resume",
         "_routes",
+        "_rules",
         "_send",
         "_soap",
         "_statuses",
@@ -124,6 +128,9 @@ class HttpBack:
         self._id_cache: tuple[bytes | None, Headers] | None = None
         self._resp_started = False
         self._resp_timer: asyncio.TimerHandle | None = None
+        # When the response head is due (loop time), or None: one timer per connection follows it,
+        # moved on when it fires early rather than re-armed per request (a heap entry per request).
+        self._resp_deadline: float | None = None
         self._soap: str | None = None
         self._statuses: dict[str, int] = {}
         self._stripped = 0
@@ -134,6 +141,8 @@ class HttpBack:
         self._send = front.send_plain
         self._pause = front.pause_client_reading
         self._resume = front.resume_client_reading
+        self._rules = _strip_rules(self._opts)
+        self._debug = False
 
     # ------------------------------------------------------------------ BackHalf
     def start(self) -> None:
@@ -145,6 +154,9 @@ class HttpBack:
             self._chain_der = tuple(tls.verified_chain_der())
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
         self._flow = front.flow
+        # The per-request debug line costs a structlog proxy resolution even when filtered out.
+        enabled = getattr(_log.bind(), "is_enabled_for", None)   # (structlog's filtering loggers have it)
+        self._debug = bool(enabled(logging.DEBUG)) if enabled is not None else True
         front.enter_relay()
 
     def client_data(self, data: bytes) -> None:
@@ -260,7 +272,7 @@ class HttpBack:
             self._refuse(403, "a professional card is required for this service", self._soap, Reason.CARD_REQUIRED,
                          detail=f"no card for {req.target[:200].decode('latin-1')}")
             return
-        headers, removed = strip_identity(plain_headers, _strip_rules(self._opts))
+        headers, removed = strip_identity(plain_headers, self._rules)
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
@@ -287,8 +299,9 @@ class HttpBack:
             return
         self._ex = ex
         self._to_backend(data)
-        _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
-                   target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
+        if self._debug:
+            _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
+                       target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
 
     def _identity_headers(self, headers: Headers) -> Headers:
         host = next((v for n, v in headers if n == b"host"), None)
@@ -350,17 +363,28 @@ class HttpBack:
         self._update_reading()
 
     def _arm_response_timer(self) -> None:
-        if self._resp_timer is not None:
-            self._resp_timer.cancel()
-        if not self._resp_started:
-            loop = asyncio.get_running_loop()
-            self._resp_timer = loop.call_later(self._opts.response_timeout, self._response_timeout)
+        if self._resp_started:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._opts.response_timeout
+        self._resp_deadline = deadline
+        timer = self._resp_timer
+        if timer is not None and timer.when() > deadline:   # (a shorter timeout after a reload)
+            timer.cancel()
+            timer = None
+        if timer is None:
+            self._resp_timer = loop.call_at(deadline, self._response_timeout)
 
     def _response_timeout(self) -> None:
         self._resp_timer = None
-        if not self._resp_started and not self._closed:
-            self._backend_error(504, Reason.BACKEND_TIMEOUT,
-                                f"no response head in {self._opts.response_timeout:g} s")
+        deadline = self._resp_deadline
+        if deadline is None or self._resp_started or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < deadline:   # a later request moved the deadline on
+            self._resp_timer = loop.call_at(deadline, self._response_timeout)
+            return
+        self._backend_error(504, Reason.BACKEND_TIMEOUT, f"no response head in {self._opts.response_timeout:g} s")
 
     # ------------------------------------------------------------------ backend events (BackendOwner)
     def backend_data(self, data: bytes) -> None:
@@ -406,9 +430,7 @@ class HttpBack:
 
     def _response_head(self, event: ResponseHead) -> bytes:
         assert self._http is not None
-        if self._resp_timer is not None:
-            self._resp_timer.cancel()
-            self._resp_timer = None
+        self._resp_deadline = None   # the timer, if any, finds nothing due (cancelled in finish)
         self._resp_started = True
         key = str(event.status)
         self._statuses[key] = self._statuses.get(key, 0) + 1

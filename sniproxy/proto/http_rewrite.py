@@ -1,14 +1,14 @@
 """HTTP header policy of the HTTPS reverse proxy: sans-IO, pure functions over header lists.
 
-Owns: the raw strictness checks h11 does not make (bare LF, obs-fold, control characters, framing
-ambiguities), hop-by-hop removal (RFC 9110 §7.6.1), the removal of every client-supplied identity
+Owns: the raw strictness checks made before a head is parsed (bare LF, obs-fold, control characters,
+framing ambiguities), hop-by-hop removal (RFC 9110 §7.6.1), the removal of every client-supplied identity
 header, the identity headers added per profile, the Host / SNI flow check (421), the card-path rule
 (403) and the error bodies (SOAP 1.1 / 1.2 faults or plain text).
-Must not: parse HTTP itself (h11 does) or a certificate (the values come from the ``sniproxy.card``
-identity read at the handshake), import the config or the routing (profiles arrive as their names, routes
-as anything shaped like ``Routes``), do I/O, log or read a clock.
+Must not: parse HTTP itself (``http_server`` does, with llhttp) or a certificate (the values come
+from the ``sniproxy.card`` identity read at the handshake), import the config or the routing
+(profiles arrive as their names, routes as anything shaped like ``Routes``), do I/O, log or read a clock.
 
-Header lists are ``[(name, value)]`` of bytes, as h11 gives and takes them; names compare
+Header lists are ``[(name, value)]`` of bytes; names compare
 case-insensitively, and ``_`` equals ``-`` when matching identity names, because CGI, WSGI and
 several Java containers map both to the same variable (``ssl_client_cert`` vs ``SSL-Client-Cert``).
 """
@@ -18,8 +18,8 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
@@ -30,7 +30,7 @@ Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 §7.6.1: Connection and the fields it names, plus the classic hop-by-hop set (Keep-Alive,
 # Proxy-Connection, TE, Transfer-Encoding, Upgrade, Proxy-Authenticate/-Authorization, Trailer).
-# Transfer-Encoding and Content-Length framing is redone by h11 on the other side.
+# Transfer-Encoding and Content-Length framing is redone by the proxy on the other side.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding",
                         b"upgrade", b"proxy-authenticate", b"proxy-authorization", b"trailer"})
 
@@ -58,10 +58,11 @@ def _norm(name: bytes | str) -> str:
 
 # --------------------------------------------------------------------------- strictness
 def check_head(raw: bytes, max_request_line: int) -> None:
-    """Refuse a request head (request line + fields + the blank line) h11 would accept too kindly.
+    """Refuse a request head (request line + fields + the blank line) a lenient parser would accept.
 
-    h11 takes bare LF line ends, unfolds obs-fold and lets control characters through in values;
-    each is a request-smuggling vector when two parsers disagree (RFC 9112 §2.2, §5.2, §11.2).
+    Bare LF line ends, obs-fold and control characters in values (h11 took all three; llhttp in
+    strict mode refuses most, this check runs first either way) are each a request-smuggling vector
+    when two parsers disagree (RFC 9112 §2.2, §5.2, §11.2).
     Raises ``BadRequest``.
     """
     body = raw[:-4] if raw.endswith(b"\r\n\r\n") else raw
@@ -80,16 +81,27 @@ def check_head(raw: bytes, max_request_line: int) -> None:
             raise BadRequest("control character in the request head")
 
 
-def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
+class Framing(NamedTuple):
+    """What a request head says about its body and connection, once ``check_framing`` accepted it."""
+
+    length: int          # Content-Length (0 without one, or when chunked)
+    chunked: bool        # Transfer-Encoding: chunked
+    host: bool           # a Host field is present (exactly one)
+    close: bool          # Connection names "close"
+
+
+def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
     """Refuse ambiguous body framing (RFC 9112 §6.1, §6.3). Raises ``BadRequest``.
 
     Content-Length and Transfer-Encoding together, a Transfer-Encoding other than exactly one
     ``chunked``, and Content-Length values that differ are all refused outright rather than
-    resolved: the backend behind may resolve them another way.
+    resolved: the backend behind may resolve them another way. One pass over the fields, so the
+    request reader takes the framing from here rather than looking again.
     """
     lengths: set[bytes] = set()
     codings: list[bytes] = []
     hosts = 0
+    close = False
     for name, value in headers:
         lname = name.lower()
         if lname == b"host":
@@ -98,16 +110,23 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> None:
             lengths.update(v.strip() for v in value.split(b","))
         elif lname == b"transfer-encoding":
             codings += [v.strip().lower() for v in value.split(b",")]
+        elif lname == b"connection" and not close:
+            close = b"close" in [v.strip().lower() for v in value.split(b",")]
     if hosts > 1:
         raise BadRequest("more than one Host (RFC 9112 §3.2)")
     if lengths and codings:
         raise BadRequest("both Content-Length and Transfer-Encoding")
     if len(lengths) > 1:
         raise BadRequest("differing Content-Length values")
-    if lengths and not all(c in b"0123456789" for c in next(iter(lengths))):
-        raise BadRequest("Content-Length is not a number")
+    length = 0
+    if lengths:
+        text = next(iter(lengths))
+        if not text or not all(c in b"0123456789" for c in text):
+            raise BadRequest("Content-Length is not a number")
+        length = int(text)
     if codings and codings != [b"chunked"]:
         raise BadRequest(f"Transfer-Encoding {b', '.join(codings).decode('latin-1')!r} (only chunked)")
+    return Framing(length, bool(codings), hosts == 1, close)
 
 
 # --------------------------------------------------------------------------- header filters
@@ -117,14 +136,19 @@ def without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], *, strict: bool =
     ``strict`` (requests): ``Connection`` naming a framing or routing field is a ``BadRequest``;
     otherwise (responses) such names are ignored, the proxy frames the response itself.
     """
-    headers = list(headers)
-    named = {v.strip().lower() for n, value in headers if n.lower() == b"connection" for v in value.split(b",")}
+    pairs = [(n.lower(), n, v) for n, v in headers]
+    named = {v.strip().lower() for low, _, value in pairs if low == b"connection" for v in value.split(b",")}
+    if not named:   # the usual case: the fixed set only
+        return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP]
     if not strict:
         named -= _FRAMING
     elif named & _FRAMING:
         # "Connection: content-length" would drop the length the proxy framed the body with.
         raise BadRequest("Connection names a framing or routing field")
-    return [(n, v) for n, v in headers if n.lower() not in HOP_BY_HOP and n.lower() not in named]
+    return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP and low not in named]
+
+
+_SEEN_MAX = 512
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +157,9 @@ class StripRules:
 
     exact: frozenset[str]
     prefixes: tuple[str, ...]
+    # Names already judged (a client sends the same few names on every request of a connection):
+    # bounded, since the names are the client's to choose.
+    _seen: dict[bytes, bool] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @classmethod
     def build(cls, card_names: Iterable[str], extra: Iterable[str]) -> StripRules:
@@ -148,8 +175,15 @@ class StripRules:
 
     def is_identity(self, name: bytes) -> bool:
         """True when ``name`` is (a spelling of) an identity header."""
+        seen = self._seen.get(name)
+        if seen is not None:
+            return seen
         n = _norm(name)
-        return n in self.exact or n.startswith(self.prefixes)
+        verdict = n in self.exact or n.startswith(self.prefixes)
+        if len(self._seen) >= _SEEN_MAX:
+            self._seen.clear()
+        self._seen[name] = verdict
+        return verdict
 
 
 def strip_identity(headers: Iterable[tuple[bytes, bytes]], rules: StripRules) -> tuple[Headers, int]:
