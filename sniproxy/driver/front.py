@@ -20,7 +20,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import cast
 
-from sniproxy.card import CardIdentity, UnreadableCard, read_card
+from sniproxy.card import CardIdentity, UnreadableCard
 from sniproxy.config.model import Protocol
 from sniproxy.driver.event import log_connection
 from sniproxy.driver.halves import BackHalf
@@ -40,6 +40,7 @@ from sniproxy.driver.shared import (
     RELAY,
     STATS,
     WRITE_HIGH,
+    card_of,
     decrement,
 )
 from sniproxy.errors import Reason
@@ -428,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
             self.finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
             return
         if leaf is not None:
-            self.card = read_card(leaf, tls.state.authority)   # every consumer takes its values from it
+            self.card = card_of(leaf, tls.state.authority)     # every consumer takes its values from it
         if tls.state.crl_grace:
             CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
             _log.warning("crl_grace_accept", conn_id=self.id, flow=self.flow, authority=tls.state.authority,
