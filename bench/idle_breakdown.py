@@ -126,6 +126,7 @@ async def main_async(args: argparse.Namespace) -> None:
             where = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in st.traceback)
             print(f"  {st.size_diff / n:8.1f} B  {st.count_diff / n:5.2f} blocks  {where}")
         conns += more
+        del more
     total = len(conns)
     for h in conns:
         h.conn.goodbye()
