@@ -76,13 +76,13 @@ class TlsSession:
 
     def outgoing(self) -> bytes:
         """Take every byte of ciphertext the session wants sent to the client."""
-        out = []
-        while True:
-            try:
-                out.append(self._conn.bio_read(_CHUNK))
-            except SSL.WantReadError:
-                break
-        data = b"".join(out)
+        conn: Any = self._conn
+        # Ask the BIO how much it holds: one read of exactly that, and no WantReadError (an exception
+        # per call, and a 64 KiB buffer per ``bio_read``) when it holds nothing, as after most reads.
+        pending = _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL)
+        if pending <= 0:
+            return b""
+        data: bytes = conn.bio_read(pending)
         if len(data) > GROWN_AT and not self.grown:
             self.grown = GROWN
         return data
@@ -126,16 +126,20 @@ class TlsSession:
 
     def read(self) -> tuple[bytes, bool]:
         """Decrypt what has been fed: (plaintext, the client sent close_notify). Raises ``TlsFailure``."""
+        conn: Any = self._conn
         out = []
         while True:
             try:
-                out.append(self._conn.recv(_CHUNK))
+                out.append(conn.recv(_CHUNK))
             except SSL.WantReadError:
                 return b"".join(out), False
             except SSL.ZeroReturnError:
                 return b"".join(out), True
             except SSL.Error as exc:
                 raise self._failure(exc) from None
+            # Nothing left in the BIO and no plaintext held: another recv would only raise WantReadError.
+            if not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL) and not conn.pending():
+                return out[0] if len(out) == 1 else b"".join(out), False
 
     def write(self, data: bytes) -> None:
         """Encrypt plaintext for the client (take it back with ``outgoing``). Raises ``TlsFailure``."""

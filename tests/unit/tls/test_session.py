@@ -137,3 +137,43 @@ def test_release_gives_the_memory_back(pki: TestPki, tmp_path: Path) -> None:
     server.release_buffers()
     freed = before - _c_heap()
     assert freed > 400_000, freed
+
+
+def test_outgoing_takes_everything_then_nothing(pki: TestPki, tmp_path: Path) -> None:
+    server, client = _established(pki, tmp_path)
+    assert server.outgoing() == b""
+    server.write(b"a" * 40000)                  # three records
+    out = server.outgoing()
+    assert len(out) > 40000 and server.outgoing() == b""
+    client.ssl.bio_write(out)
+    got = b""
+    while len(got) < 40000:
+        got += client.ssl.recv(65536)
+    assert got == b"a" * 40000
+
+
+def test_read_takes_every_record_of_a_chunk(pki: TestPki, tmp_path: Path) -> None:
+    server, client = _established(pki, tmp_path)
+    for part in (b"a1 NOOP\r\n", b"a2 NOOP\r\n", b"x" * 20000):
+        client.ssl.sendall(part)
+    server.feed(client.outgoing())
+    assert server.read() == (b"a1 NOOP\r\na2 NOOP\r\n" + b"x" * 20000, False)
+    assert server.read() == (b"", False)
+
+
+def test_read_sees_close_notify_after_data_in_the_same_chunk(pki: TestPki, tmp_path: Path) -> None:
+    server, client = _established(pki, tmp_path)
+    client.ssl.sendall(b"a LOGOUT\r\n")
+    client.ssl.shutdown()
+    server.feed(client.outgoing())
+    assert server.read() == (b"a LOGOUT\r\n", True)
+
+
+def test_read_of_half_a_record_waits_for_the_rest(pki: TestPki, tmp_path: Path) -> None:
+    server, client = _established(pki, tmp_path)
+    client.ssl.sendall(b"a NOOP\r\n")
+    record = client.outgoing()
+    server.feed(record[:10])
+    assert server.read() == (b"", False)
+    server.feed(record[10:])
+    assert server.read() == (b"a NOOP\r\n", False)
