@@ -33,6 +33,7 @@ _GREETING_OK = re.compile(rb"\* OK(?: |\r?\n)", re.IGNORECASE)
 _HIDDEN = frozenset({b"STARTTLS", b"LOGINDISABLED"})
 _HEAD = 64      # bytes of a line kept to classify it when it is too long to buffer
 _TAIL = 32      # bytes of a line kept to see a literal announcement at its end
+_LITERAL_ENDINGS = (b"}\r\n", b"}\n")   # how a line announcing a literal ends (LITERAL_END), checked first
 
 
 def _drop_atoms(atoms: bytes, add: bytes) -> bytes | None:
@@ -54,6 +55,8 @@ def filter_capabilities(line: bytes, add: bytes = b"") -> bytes:
     Handles untagged ``* CAPABILITY`` responses (RFC 9051 §7.2.2) and ``[CAPABILITY ...]`` response
     codes in status responses (§7.1). Any other line is returned unchanged.
     """
+    if b"[" not in line and line[:12].upper() != b"* CAPABILITY":
+        return line     # neither form can match: most lines of a session, for two regex calls less
     if _UNTAGGED_CAP.match(line):
         body = strip_eol(line)
         kept = _drop_atoms(body[len(b"* CAPABILITY"):], add)
@@ -180,7 +183,10 @@ class ImapBackendFilter:
                 out.append(filter_capabilities(line, self._auth.extra_caps))
             else:
                 out.append(filter_capabilities(line))
-            self._end_of_line(line[:_HEAD], line[-_TAIL:])
+            if line.endswith(_LITERAL_ENDINGS):
+                self._end_of_line(line[:_HEAD], line[-_TAIL:])
+            else:
+                self._continued = False     # what _end_of_line decides for a line without "{n}" at its end
         return [ToClient(out[0] if len(out) == 1 else b"".join(out))] if out else []
 
     def _end_of_line(self, head: bytes, tail: bytes) -> None:
