@@ -5,7 +5,9 @@ N TLS 1.3 connections with the RSA-2048 ``fort`` card through a ``protocol: tls`
 to its first byte and left idle; the figure is the server's RSS delta (supervisor + worker) / N, after 50
 warm-up connections, on a freshly started server each round (bench/run.py's ``memory()``, the same
 measure as bench/peers.py's idle block). Trees are interleaved and their order alternates every round,
-so that ``--src /work/main,.`` compares main and a branch in one sitting.
+so that ``--src /work/main,.`` compares main and a branch in one sitting. ``--distinct-cards``: each
+connection presents its own card (the ``fort`` card re-issued under a new serial number by the same
+intermediate), where by default every connection presents the same one.
 
     python bench/idle_memory.py --src /work/main,/work/wt-i16-idle --conns 2000 --rounds 3
 """
@@ -13,10 +15,13 @@ so that ``--src /work/main,.`` compares main and a branch in one sitting.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import resource
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -29,11 +34,86 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as core
 
 
+def distinct_cards(pki: Any, n: int, dest: Path) -> list[ssl.SSLContext]:
+    """``n`` client contexts, each with its own re-issue of the ``fort`` card (same key, new serial)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+
+    leaf = x509.load_pem_x509_certificate(pki.cards["fort"].cert.read_bytes())
+    auth = pki.authorities["igc-sante-fort-pp"]
+    inter_pem = auth.intermediates[0].read_bytes()
+    ca_key = serialization.load_pem_private_key(auth.intermediate_keys[0].read_bytes(), None)
+    dest.mkdir(parents=True, exist_ok=True)
+    ctxs = []
+    for i in range(n):
+        b = (x509.CertificateBuilder().subject_name(leaf.subject).issuer_name(leaf.issuer)
+             .public_key(leaf.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(leaf.not_valid_before_utc).not_valid_after(leaf.not_valid_after_utc))
+        for ext in leaf.extensions:
+            b = b.add_extension(ext.value, ext.critical)
+        cert = b.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+        chain = dest / f"card-{i}.pem"
+        chain.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + inter_pem)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(str(pki.authorities["igc-cps-2bis"].roots[0]))
+        ctx.load_cert_chain(str(chain), str(pki.cards["fort"].key))
+        ctxs.append(ctx)
+    return ctxs
+
+
+async def _idle_each(port: int, ctxs: list[ssl.SSLContext], limit_s: float, on_ready: Any) -> dict[str, Any]:
+    """bench/run.py's ``_idle_conns`` with one client context per connection."""
+    sem = asyncio.Semaphore(32)
+    writers: list[asyncio.StreamWriter] = []
+    errors: dict[str, int] = {}
+
+    async def one(ctx: ssl.SSLContext) -> None:
+        async with sem:
+            try:
+                r, w = await asyncio.open_connection(core.HOST, port, ssl=ctx, limit=4096)
+                writers.append(w)
+                if await r.readexactly(1) != b"*":
+                    raise ValueError("bad first byte")
+            except (OSError, ssl.SSLError, ValueError, asyncio.IncompleteReadError) as exc:
+                errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+
+    tasks = [asyncio.ensure_future(one(c)) for c in ctxs]
+    _, pending = await asyncio.wait(tasks, timeout=limit_s)
+    for p in pending:
+        p.cancel()
+    established = len(ctxs) - sum(errors.values()) - len(pending)
+    await asyncio.sleep(1.0)
+    res: dict[str, Any] = on_ready(established)
+    res.update(established=established, errors=errors, timed_out=len(pending))
+    for w in writers:
+        w.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(*(w.wait_closed() for w in writers), return_exceptions=True), 10)
+    return res
+
+
+def memory_distinct(t: Any, pki: Any, ctxs: list[ssl.SSLContext]) -> dict[str, Any]:
+    """bench/run.py's ``memory()`` (50 warm-up connections with the shared card, then the baseline)."""
+    asyncio.run(core._idle_conns(t.ports["hold"], core.client_ctx(pki, "fort"), 50, 30, 16, lambda e: {}))
+    time.sleep(1.0)
+    t.pids = core._descendants(t.pids[0])
+    base = t.rss()
+
+    def on_ready(established: int) -> dict[str, Any]:
+        after = t.rss()
+        return {"rss_before_kib": base, "rss_after_kib": after,
+                "kib_per_conn": round((after - base) / established, 2) if established else None}
+
+    return asyncio.run(_idle_each(t.ports["hold"], ctxs, 120, on_ready))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--src", default=".", help="comma-separated source trees to run sniproxy from")
     ap.add_argument("--conns", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--distinct-cards", action="store_true", help="one card per connection (default: one for all)")
     ap.add_argument("--json", type=Path, help="write the raw rounds here")
     ap.add_argument("--backend", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -54,6 +134,7 @@ def main() -> int:
     def tweak(d: dict[str, Any]) -> None:
         d["limits"] = {"max_connections": 20000, "max_per_ip": 20000}   # all from 127.0.0.1
 
+    ctxs = distinct_cards(pki, args.conns, tmp / "cards") if args.distinct_cards else None
     core.SNIPROXY_PY_FLAGS = ["-O"]
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in srcs}
     try:
@@ -66,7 +147,8 @@ def main() -> int:
                 t.cmd = ["env", "-C", src, f"PYTHONPATH={src}", *t.cmd]
                 t.start()
                 try:
-                    r = core.memory(t, pki, args.conns, timeout=120)
+                    r = (memory_distinct(t, pki, ctxs) if ctxs is not None
+                         else core.memory(t, pki, args.conns, timeout=120))
                 finally:
                     t.stop()
                 r["load1"] = os.getloadavg()[0]
