@@ -183,14 +183,14 @@ class ImapBackendFilter:
                 out.append(filter_capabilities(line, self._auth.extra_caps))
             else:
                 out.append(filter_capabilities(line))
-            if line.endswith(_LITERAL_ENDINGS):
-                self._end_of_line(line[:_HEAD], line[-_TAIL:])
-            else:
-                self._continued = False     # what _end_of_line decides for a line without "{n}" at its end
+            self._end_of_line(line[:_HEAD], line[-_TAIL:])
         return [ToClient(out[0] if len(out) == 1 else b"".join(out))] if out else []
 
     def _end_of_line(self, head: bytes, tail: bytes) -> None:
         """A line ended: does a literal follow (RFC 9051 §4.3)?"""
+        if not tail.endswith(_LITERAL_ENDINGS):
+            self._continued = False     # no "{n}" at its end: what the regex below finds too, without it
+            return
         m = LITERAL_END.search(tail)
         if m and (self._continued or not _TEXT_RESPONSE.match(head)):
             self._literal = int(m.group(1))
