@@ -9,7 +9,8 @@ for one variant:
 - ``leaf``: the card without its intermediate (the client sends the leaf only);
 - ``card``: the card with its intermediate, as the fixtures and real cards send it;
 - ``+clear``: the Python-parsed chain of the verify state freed (the driver does it after the handshake);
-- ``+swap``: ``release_buffers()`` (fresh memory BIOs, the driver does it after the handshake).
+- ``+swap``: ``release_buffers()`` (fresh memory BIOs, the driver does it after the handshake);
+- ``+distinct``: each client presents its own re-issue of the card (new serial, same key and intermediate).
 
     PYTHONPATH=. python bench/idle_tls_parts.py card+clear+swap --conns 500
 """
@@ -49,12 +50,37 @@ def c_heap() -> int:
     return int(m.uordblks + m.hblkhd)
 
 
+def reissued(pki: Any) -> SSL.Context:
+    """A client context with a new issue of the ``fort`` card (new serial), and its intermediate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from OpenSSL import crypto
+
+    leaf = x509.load_pem_x509_certificate(pki.cards["fort"].cert.read_bytes())
+    auth = pki.authorities["igc-sante-fort-pp"]
+    ca_key = serialization.load_pem_private_key(auth.intermediate_keys[0].read_bytes(), None)
+    b = (x509.CertificateBuilder().subject_name(leaf.subject).issuer_name(leaf.issuer)
+         .public_key(leaf.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(leaf.not_valid_before_utc).not_valid_after(leaf.not_valid_after_utc))
+    for ext in leaf.extensions:
+        b = b.add_extension(ext.value, ext.critical)
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.use_certificate(crypto.X509.from_cryptography(b.sign(ca_key, hashes.SHA256())))  # type: ignore[arg-type]
+    ctx.add_extra_chain_cert(crypto.X509.from_cryptography(
+        x509.load_pem_x509_certificate(auth.intermediates[0].read_bytes())))
+    ctx.use_privatekey_file(str(pki.cards["fort"].key))
+    return ctx
+
+
 def session(variant: str, pki: Any, snap: Any, snap_none: Any) -> object:
     if variant.startswith("bare"):
         return SSL.Connection(snap.flows["2bis"].context, None)
     server = TlsSession((snap_none if variant.startswith("nocard") else snap).flows["2bis"])
     client = TlsClient(pki, sni=None)
-    if not variant.startswith("card"):
+    if "+distinct" in variant:
+        client.ssl = SSL.Connection(reissued(pki), None)
+        client.ssl.set_connect_state()
+    elif not variant.startswith("card"):
         ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
         if variant.startswith("leaf"):
             ctx.use_certificate_file(str(pki.cards["fort"].cert))
