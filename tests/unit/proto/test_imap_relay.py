@@ -410,3 +410,45 @@ def test_an_over_long_line_is_classified_by_its_first_64_bytes() -> None:
         f.receive_data(b" {5}\r\n")
         caps = b"* CAPABILITY STARTTLS\r\n"
         assert f.receive_data(caps) == [ToClient(caps if literal else b"* CAPABILITY\r\n")], tag
+
+
+def _filter_by_regex_only(line: bytes, add: bytes = b"") -> bytes:
+    """filter_capabilities without its quick refusal: the two regexes alone decide."""
+    from sniproxy.proto import imap_relay as r
+
+    if r._UNTAGGED_CAP.match(line):
+        body = r.strip_eol(line)
+        kept = r._drop_atoms(body[len(b"* CAPABILITY"):], add)
+        return line if kept is None else line[:len(b"* CAPABILITY")] + kept + line[len(body):]
+    m = r._CAP_CODE.match(line)
+    if m:
+        kept = r._drop_atoms(m.group(2), add)
+        return line if kept is None else m.group(1) + kept + line[m.end(2):]
+    return line
+
+
+@pytest.mark.parametrize("line", [
+    b"* capability imap4rev1 starttls\r\n", b"* CaPaBiLiTy STARTTLS\n", b"* CAPABILITY\r\n",
+    b"a1 ok [capability IMAP4rev1 LOGINDISABLED] done\r\n", b"* OK [CAPABILITY STARTTLS] hi\r\n",
+    b"* 1 FETCH (BODY[] {5}\r\n", b"a1 OK [READ-WRITE] SELECT\r\n", b"* CAPABILIT\r\n", b"* \r\n", b"",
+    b"* 3 EXISTS\r\n", b"a2 NO [CAPABILITY STARTTLS\r\n",
+])
+@pytest.mark.parametrize("add", [b"", b"AUTH=EXTERNAL"])
+def test_the_quick_refusal_changes_no_line(line: bytes, add: bytes) -> None:
+    assert filter_capabilities(line, add) == _filter_by_regex_only(line, add)
+
+
+@given(st.binary(max_size=80), st.sampled_from([b"", b"AUTH=EXTERNAL"]))
+def test_the_quick_refusal_changes_no_line_property(line: bytes, add: bytes) -> None:
+    assert filter_capabilities(line, add) == _filter_by_regex_only(line, add)
+
+
+@pytest.mark.parametrize("announce", [b"* 1 FETCH (BODY[] {5}\r\n", b"* 1 FETCH (BODY[] {5}\n",
+                                      b"* 1 FETCH (BODY[] {5+}\r\n"])
+def test_a_literal_is_seen_whatever_the_line_ending(announce: bytes) -> None:
+    f = ImapBackendFilter(consume_greeting=True)
+    f.receive_data(b"* OK ready\r\n")
+    # the literal holds what would otherwise be read as a BYE and a capability line
+    out = f.receive_data(announce + b"* BYE" + b")\r\n* CAPABILITY STARTTLS\r\n")
+    assert out == [ToClient(announce + b"* BYE)\r\n* CAPABILITY\r\n")]
+    assert f.owes_goodbye()
