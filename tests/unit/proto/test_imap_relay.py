@@ -452,3 +452,33 @@ def test_a_literal_is_seen_whatever_the_line_ending(announce: bytes) -> None:
     out = f.receive_data(announce + b"* BYE" + b")\r\n* CAPABILITY STARTTLS\r\n")
     assert out == [ToClient(announce + b"* BYE)\r\n* CAPABILITY\r\n")]
     assert f.owes_goodbye()
+
+
+# --- issue 16's fast paths (mutation survivors of the re-run at 407b38a) ---------------------------
+
+CAP_LINE = b"* CAPABILITY IMAP4rev1 STARTTLS IDLE\r\n"
+CAP_FILTERED = b"* CAPABILITY IMAP4rev1 IDLE\r\n"
+
+
+def test_a_literal_announced_with_a_bare_lf_passes_untouched() -> None:
+    """``{n}`` then a bare LF announces a literal too: its bytes (here a CAPABILITY-looking line) are not
+    filtered, and the line after the literal is (kills ``b'}\\n'`` -> ``b'XX}\\n'`` in _LITERAL_ENDINGS)."""
+    data = b"* 1 FETCH (BODY[] {%d}\n" % len(CAP_LINE) + CAP_LINE + b")\r\n" + CAP_LINE
+    sent, other = both(ImapBackendFilter, GREETING + data)
+    assert sent == b"* 1 FETCH (BODY[] {%d}\n" % len(CAP_LINE) + CAP_LINE + b")\r\n" + CAP_FILTERED
+    assert other == []
+
+
+def test_a_line_of_exactly_max_line_bytes_is_still_filtered() -> None:
+    """``max_line`` bytes is within the limit: the line is parsed, STARTTLS hidden (kills ``>`` -> ``>=``)."""
+    line = b"* CAPABILITY IMAP4rev1 STARTTLS " + b"X" * 20 + b"\r\n"
+    sent, other = both(ImapBackendFilter, b"* OK ready\r\n" + line, max_line=len(line))
+    assert sent == line.replace(b" STARTTLS", b"") and other == []
+
+
+def test_the_line_ending_a_literal_response_ends_the_continuation() -> None:
+    """After ``{n}`` + literal + ``)``, the next line is a new response and is filtered again (kills the
+    deleted ``self._continued = False`` of the no-literal fast path in _end_of_line)."""
+    data = b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n" + CAP_LINE
+    sent, _ = both(ImapBackendFilter, GREETING + data)
+    assert sent == b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n" + CAP_FILTERED
