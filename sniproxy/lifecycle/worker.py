@@ -110,7 +110,7 @@ class Worker:
         self.drain_timeout = snapshot.config.drain_timeout
         # What the compile allocated in the executor's arena and what the old snapshot held (once no
         # connection pins it) goes back to the kernel, not into RSS for good.
-        memory.release()
+        memory.after_swap()
         _log.info("snapshot", pid=os.getpid(), generation=generation, cutovers_in_force=len(built.applied),
                   rss_kib=memory.rss_kib())
         await self._update_crl(snapshot)

@@ -93,3 +93,30 @@ def test_tracing_starts_only_when_the_operator_asks(monkeypatch: pytest.MonkeyPa
         assert tracemalloc.get_traceback_limit() == 3
     finally:
         tracemalloc.stop()
+
+
+@pytest.mark.skipif(not memory.available(), reason="this libc has no malloc_trim (musl): nothing to release")
+def test_after_swap_frees_what_only_a_cycle_still_holds() -> None:
+    """An old snapshot kept by reference cycles is collected first, then its pages go back (a trim alone
+    would run while it is still allocated)."""
+    import gc
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+            self.chunks = [bytes(4000) for _ in range(20_000)]
+
+    gc.disable()   # the automatic collector must not do after_swap's work for it
+    try:
+        before = memory.rss_kib()
+        node = Node()
+        pin = [bytes(4000) for _ in range(16)]
+        del node   # unreachable, but its cycle keeps it allocated until a collection
+        held = memory.rss_kib()
+        assert before is not None and held is not None and held - before > 60 * MIB
+        memory.after_swap()
+        after = memory.rss_kib()
+        assert after is not None and held - after > 50 * MIB
+        assert len(pin) == 16
+    finally:
+        gc.enable()
