@@ -5,8 +5,8 @@ Must not: free anything itself.
 
 Why: the soak (issue 17) showed each worker's RSS rising in steps of 1.5 to 2.5 MiB a few times an
 hour, under load with faults and reloads, and not coming back. The reload path alone shows why: the
-Python heap stays flat while freed chunks sit in glibc's arenas, in the middle of the heap, where its automatic trim (the
-top of the heap only) does not reach. ``bench/reload_rss.py`` (60 reloads: compile in
+Python heap stays flat while freed chunks sit in glibc's arenas, in the middle of the heap, where
+its automatic trim (the top of the heap only) does not reach. ``bench/reload_rss.py`` (60 reloads: compile in
 the executor, swap, drop) shows it: over the last 45, RSS grew 652 and 1092 KiB in two runs with
 glibc as is, 32 and 28 KiB with ``after_swap`` (a full collection, then ``malloc_trim(0)``), the
 traced Python heap 1 and 0 KiB. ``malloc_trim(0)`` returns every whole free page of every arena
