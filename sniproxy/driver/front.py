@@ -23,7 +23,7 @@ from typing import cast
 from sniproxy.card import CardIdentity, UnreadableCard
 from sniproxy.config.model import Protocol
 from sniproxy.driver.event import log_connection
-from sniproxy.driver.halves import BackHalf
+from sniproxy.driver.halves import FINISHED, BackHalf
 from sniproxy.driver.http import HttpBack, serves_http
 from sniproxy.driver.mail import MailBack
 from sniproxy.driver.shared import (
@@ -595,3 +595,6 @@ class ClientConnection(asyncio.Protocol):
             self._ip = None
         STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
         log_connection(self, PHASE_NAMES[phase], self._back.event_fields())
+        # Unlink the halves (see halves.Finished): no reference cycle is left to wait for the collector.
+        self._back = FINISHED
+        self._to_back = _no_plaintext

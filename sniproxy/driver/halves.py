@@ -2,8 +2,9 @@
 
 Owns: ``FrontHalf``, all a back half may use of the front (``driver.front.ClientConnection``), and
 ``BackHalf``, all the front calls on a back half (``driver.mail.MailBack``, ``driver.http.HttpBack``).
-mypy holds both sides to them. Must not: hold code; a back half needing more of the front grows
-``FrontHalf`` here, in plain sight, rather than reaching into the front's private state.
+mypy holds both sides to them; and ``FINISHED``, the do-nothing back half a finished connection
+keeps. Must not: hold other code; a back half needing more of the front grows ``FrontHalf`` here, in
+plain sight, rather than reaching into the front's private state.
 """
 
 from __future__ import annotations
@@ -121,3 +122,44 @@ class BackHalf(Protocol):
 
     def event_fields(self) -> dict[str, Any]:
         """This half's fields of the ``connection`` event."""
+
+
+class Finished:
+    """The back half of a finished connection: transport callbacks that come after the end land here.
+
+    ``finish`` puts it in place of the real back half so that the two halves no longer point at
+    each other: a finished connection is then freed by reference counting at once, buffers and TLS
+    session included, instead of waiting in a reference cycle for the next full garbage collection
+    (the hour-long soak's Python heap rose and fell by about 10,000 blocks a worker that way).
+    """
+
+    __slots__ = ()
+
+    def start(self) -> None:
+        """Never started again."""
+
+    def client_data(self, data: bytes) -> None:
+        """Nothing is relayed any more."""
+
+    def client_eof(self) -> bool:
+        """Nothing to half-close."""
+        return False
+
+    def pause_writing(self) -> None:
+        """No backend to pause."""
+
+    def resume_writing(self) -> None:
+        """No backend to resume."""
+
+    def drain_begin(self) -> None:
+        """Already ended."""
+
+    def finish(self) -> None:
+        """Already finished."""
+
+    def event_fields(self) -> dict[str, Any]:
+        """The event was logged by the real back half."""
+        return {}
+
+
+FINISHED = Finished()   # stateless: one for every finished connection

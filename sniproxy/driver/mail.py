@@ -37,6 +37,10 @@ _IMAP_PROTOCOLS = (Protocol.IMAP, Protocol.IMAPS)
 _SMTP_PROTOCOLS = (Protocol.SMTP, Protocol.SMTPS)
 
 
+def _discard(data: bytes) -> None:
+    """Where backend bytes go once the connection finished."""
+
+
 def is_idle_command(data: bytes) -> bool:
     """One whole ``<tag> IDLE`` command line (RFC 2177): clients send it as one small write.
 
@@ -167,6 +171,11 @@ class MailBack:
             self._connect_task = None
         if self._backend is not None and self._backend.transport is not None:
             self._backend.transport.close()
+        # No reference cycle left (bound method, relay callbacks, backend protocol): the connection is
+        # freed as soon as its transports let go of it, not at the next full garbage collection.
+        self._backend = None
+        self._relay = None
+        self._from_backend = _discard
 
     def event_fields(self) -> dict[str, Any]:
         """The proxy-side login outcomes, if any."""

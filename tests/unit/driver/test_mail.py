@@ -4,6 +4,7 @@ until then, both directions with backpressure, PROXY v2 out, backend failures, d
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,34 @@ async def test_idle_timeout_still_ends_a_connection_whose_buffers_were_released(
     await asyncio.sleep(0.3)
     [ev] = events
     assert ev["reason"] == "timeout" and ev["detail"] == "idle"
+
+
+def _alive(*names: str) -> int:
+    return sum(1 for o in gc.get_objects() if type(o).__name__ in names)
+
+
+@pytest.mark.parametrize(("listener", "greeting"), [("tls", None), ("imaps", b"* OK ready\r\n")])
+async def test_a_finished_connection_is_freed_without_the_collector(
+        pki: TestPki, tmp_path: Path, events: list[dict[str, Any]], dialer: FakeDialer, listener: str,
+        greeting: bytes | None) -> None:
+    """Issue 17: the halves (and the relay's callbacks) must not keep each other alive once the connection
+    ended, or each finished connection waits, buffers and TLS session included, for a full collection."""
+    kinds = ("ClientConnection", "MailBack", "TlsSession", "ImapRelay", "_Backend")
+    gc.collect()
+    before = _alive(*kinds)
+    gc.disable()
+    try:
+        h, client = await relaying(pki, tmp_path, dialer, listener, greeting=greeting)
+        backend, proto = dialer.last
+        client.send(h, b"a NOOP\r\n")
+        proto.data_received(b"a OK done\r\n")
+        client.close_notify(h)
+        proto.connection_lost(None)
+        h.conn.connection_lost(None)
+        assert [e["reason"] for e in events] == ["ok"]
+        assert _alive(*kinds) > before
+        del h, client, backend, proto
+        dialer.conns.clear()
+        assert _alive(*kinds) == before
+    finally:
+        gc.enable()
