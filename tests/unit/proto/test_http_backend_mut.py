@@ -48,9 +48,9 @@ def test_request_refusal_messages(headers: list[tuple[bytes, bytes]], chunked: b
 def test_body_length_messages() -> None:
     ex = BackendExchange()
     ex.request(b"POST", b"/", [*HOST, (b"content-length", b"1")], chunked=False)
-    with pytest.raises(RequestError, match="^body longer than its Content-Length$"):
+    with pytest.raises(RequestError, match=r"^body longer than its Content-Length$"):
         ex.body(b"ab")
-    with pytest.raises(RequestError, match="^body shorter than its Content-Length$"):
+    with pytest.raises(RequestError, match=r"^body shorter than its Content-Length$"):
         ex.end()
 
 
