@@ -155,7 +155,8 @@ class HttpBack:
         self._http = ClientSide(self._opts.max_request_line, self._opts.max_header_bytes)
         self._flow = front.flow
         # The per-request debug line costs a structlog proxy resolution even when filtered out.
-        self._debug = bool(_log.bind().is_enabled_for(logging.DEBUG))
+        enabled = getattr(_log.bind(), "is_enabled_for", None)   # (structlog's filtering loggers have it)
+        self._debug = bool(enabled(logging.DEBUG)) if enabled is not None else True
         front.enter_relay()
 
     def client_data(self, data: bytes) -> None:
