@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from sniproxy.card import UnreadableCard
@@ -14,14 +16,18 @@ from sniproxy.proto.http_rewrite import (
     RFC9440,
     TOMCAT,
     BadRequest,
+    Framing,
     StripRules,
     TlsFacts,
+    check_framing,
+    check_head,
     error_response,
     host_of,
     identity_headers,
     needs_card,
     reason_phrase,
     request_host,
+    soap_version,
     strip_identity,
     without_hop_by_hop,
 )
@@ -168,3 +174,97 @@ def test_request_host_messages() -> None:
 ])
 def test_needs_card_more(target: bytes, prefixes: list[str], needed: bool) -> None:
     assert needs_card(target, prefixes) is needed
+
+
+@pytest.mark.parametrize(("head", "message"), [
+    (b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n", "^bare LF in the request head$"),
+    (b"GET / HTTP/1.1\r\nA: 1\rB: 2\r\n\r\n", "^bare CR in the request head$"),
+    (b"GET /abc HTTP/1.1\r\nA: 1\r\n\r\n", "^request line over 16 bytes$"),
+    (b"GET / HTTP/1.1\r\nA: 1\r\n b\r\n\r\n", r"^obs-fold \(a header line starting with whitespace\)$"),
+    (b"GET / HTTP/1.1\r\nA: 1\r\n\tb\r\n\r\n", r"^obs-fold \(a header line starting with whitespace\)$"),
+    (b"GET / HTTP/1.1\r\nA: \x7f\r\n\r\n", "^control character in the request head$"),
+    (b"GET / HTTP/1.1\r\nA: \x00\r\n\r\n", "^control character in the request head$"),
+    (b"GET / HTTP/1.1\r\nA: \x0b\r\n\r\n", "^control character in the request head$"),
+    (b"GET /\x1f HTTP/1.1\r\n\r\n", "^control character in the request head$"),
+])
+def test_check_head_refusals(head: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        check_head(head, 16)
+
+
+def test_check_head_accepts() -> None:
+    check_head(b"GET /ab HTTP/1.1\r\nA: 1\t2 \x80\r\nB:\r\n\r\n", 16)    # a 16-byte line, HTAB, obs-text
+    check_head(b"GET / HTTP/1.1\r\nA: 1", 16)                             # without the blank line too
+
+
+@pytest.mark.parametrize("name", [b"Content-Length", b"Host", b"Transfer-Encoding"])
+def test_connection_may_name_no_framing_field(name: bytes) -> None:
+    headers = [(name, b"1"), (b"Connection", b"x, " + name), (b"x", b"2")]
+    with pytest.raises(BadRequest):
+        without_hop_by_hop(headers)
+    # (Transfer-Encoding is hop-by-hop anyway; the others are kept when a response's Connection names them)
+    assert without_hop_by_hop(headers, strict=False) == ([] if name == b"Transfer-Encoding" else [(name, b"1")])
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ([(b"host", b"a"), (b"Host", b"b")], r"^more than one Host \(RFC 9112 §3.2\)$"),
+    ([(b"content-length", b"1"), (b"transfer-encoding", b"chunked")], "^both Content-Length and Transfer-Encoding$"),
+    ([(b"content-length", b"1, 2")], "^differing Content-Length values$"),
+    ([(b"content-length", b"+1")], "^Content-Length is not a number$"),
+    ([(b"content-length", b",")], "^Content-Length is not a number$"),
+    ([(b"transfer-encoding", b"gzip, chunked")], "^Transfer-Encoding 'gzip, chunked' \\(only chunked\\)$"),
+    ([(b"transfer-encoding", b"chunked"), (b"transfer-encoding", b"chunked")], "only chunked"),
+])
+def test_check_framing_refusals(headers: list[tuple[bytes, bytes]], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        check_framing(headers)
+
+
+def test_check_framing_reads() -> None:
+    assert check_framing([(b"Content-Length", b"7, 7"), (b"HOST", b"h")]) == Framing(7, False, True, False)
+    assert check_framing([(b"connection", b"close"), (b"connection", b"keep-alive")]).close
+    assert not check_framing([(b"connection", b"closed, x")]).close
+    assert check_framing([(b"connection", b" Close ")]).close
+
+
+def test_value_types_are_frozen_and_slotted() -> None:
+    facts = TlsFacts("a", 1, None, "v", "c", None, "", (), None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        facts.client_ip = "b"  # type: ignore[misc]
+    assert not hasattr(facts, "__dict__")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        BARE.exact = frozenset()  # type: ignore[misc]
+    assert not hasattr(BARE, "__dict__")
+
+
+def test_strip_rules_build() -> None:
+    rules = StripRules.build(["X_Card_A "], ["X-Corp-*", " Y_One", "Z-*"])
+    assert {"x-card-a", "y-one"} <= rules.exact and not {"x-corp-", "z-*"} & rules.exact
+    assert rules.prefixes[-2:] == ("x-corp-", "z-")
+    assert rules.is_identity(b"z_anything") and rules.is_identity(b"X_CORP_A") and not rules.is_identity(b"zz")
+
+
+def test_strip_identity_counts_and_memo_verdicts() -> None:
+    rules = StripRules.build([], [])
+    assert strip_identity([(b"X-Real-IP", b"1"), (b"a", b"1"), (b"x_real_ip", b"2")], rules) == ([(b"a", b"1")], 2)
+    assert rules.is_identity(b"X-Real-IP") and not rules.is_identity(b"a")   # from the memo, the same verdicts
+    assert rules._seen == {b"X-Real-IP": True, b"a": False, b"x_real_ip": True}
+
+
+def test_memo_cleared_at_its_bound() -> None:
+    rules = StripRules.build([], [])
+    for i in range(512):
+        rules.is_identity(b"n%d" % i)
+    assert len(rules._seen) == 512
+    rules.is_identity(b"one-more")
+    assert rules._seen == {b"one-more": False}
+
+
+@pytest.mark.parametrize(("headers", "version"), [
+    ([(b"Content-Type", b"Application/SOAP+XML ; x")], "1.2"), ([(b"CONTENT-TYPE", b"TEXT/XML")], "1.1"),
+    ([(b"SOAPAction", b"x"), (b"content-type", b"application/json")], "1.1"),
+    ([(b"content-type", b"application/soap+xml"), (b"soapaction", b"x")], "1.2"),
+    ([(b"content-type", b"text/xmlx")], None),
+])
+def test_soap_version_more(headers: list[tuple[bytes, bytes]], version: str | None) -> None:
+    assert soap_version(headers) == version
