@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 
 from sniproxy.card import UnreadableCard
+from sniproxy.config.model import DEFAULT_CARD_HEADERS
+from sniproxy.demo.pki import TestPki, build
 from sniproxy.proto.http_rewrite import (
     CARD,
     ENVOY,
@@ -31,6 +33,7 @@ from sniproxy.proto.http_rewrite import (
     strip_identity,
     without_hop_by_hop,
 )
+from tests.unit.proto.test_http_rewrite import _facts
 
 BARE = StripRules.build([], [])
 
@@ -268,3 +271,54 @@ def test_memo_cleared_at_its_bound() -> None:
 ])
 def test_soap_version_more(headers: list[tuple[bytes, bytes]], version: str | None) -> None:
     assert soap_version(headers) == version
+
+
+@pytest.mark.parametrize(("head", "message"), [
+    (b"GET / HTTP/1.1\r\nA: 1\n", "^bare LF in the request head$"),             # no blank line: nothing cut
+    (b"GET / HTTP/1.1\r\n b\r\n\r\n", "^obs-fold"),                             # on the first field line
+])
+def test_check_head_edges(head: bytes, message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        check_head(head, 16)
+
+
+@pytest.mark.parametrize(("headers", "message"), [
+    ([(b"transfer-encoding", b"gzip,chunked")], "^Transfer-Encoding 'gzip, chunked' \\(only chunked\\)$"),
+    ([(b"content-length", b"X")], "^Content-Length is not a number$"),
+])
+def test_check_framing_more(headers: list[tuple[bytes, bytes]], message: str) -> None:
+    with pytest.raises(BadRequest, match=message):
+        check_framing(headers)
+
+
+def test_only_connection_says_close() -> None:
+    assert not check_framing([(b"x-a", b"close")]).close
+
+
+def test_strip_rules_hash_and_repr_leave_out_the_memo() -> None:
+    rules = StripRules.build([], [])
+    rules.is_identity(b"a")
+    assert hash(rules) == hash(StripRules.build([], []))
+    assert "_seen" not in repr(rules)
+
+
+def test_request_host_absolute_target_edges() -> None:
+    with pytest.raises(BadRequest):
+        request_host(b"http://x://", [(b"host", b"x")])       # the authority ends at the first "/"
+    with pytest.raises(BadRequest, match=r"^userinfo or fragment"):
+        request_host(b"http://x/a#f", [(b"host", b"x")])
+
+
+def test_needs_card_prefix_and_absolute_edges() -> None:
+    assert not needs_card(b"/a/b", ["/aX"])          # only trailing slashes are dropped from a prefix
+    assert needs_card(b"https://h/a://b", ["/z"])    # the path is everything after the authority
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
+    return build(tmp_path_factory.mktemp("pki"))
+
+
+def test_no_card_headers_for_other_profiles(pki: TestPki) -> None:
+    facts = _facts(pki, "fort")
+    assert identity_headers(["none-of-these"], facts, tuple(DEFAULT_CARD_HEADERS.items())) == []
