@@ -187,3 +187,121 @@ def test_host_written_first() -> None:
 def test_bytewise_matches_whole() -> None:
     raw = b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     assert body_of(feed(ClientSide(), raw, True)) == body_of(feed(ClientSide(), raw, False)) == b"abc"
+
+
+def test_field_values_lose_trailing_whitespace_only() -> None:
+    events = ClientSide().receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"X-A: aX \t\r\nX-B: \tX\r\n\r\n")
+    assert isinstance(events[0], RequestStarted)
+    assert events[0].headers == [(b"host", b"h.example"), (b"x-a", b"aX"), (b"x-b", b"X")]
+
+
+def test_a_fresh_side_has_no_response() -> None:
+    side = ClientSide()
+    with pytest.raises(ResponseError, match=r"^no response head$"):
+        side.body(b"x")
+    with pytest.raises(ResponseError, match=r"^no response head$"):
+        side.end()
+
+
+def test_nothing_is_held_after_a_refusal() -> None:
+    side = ClientSide()
+    events = side.receive_data(b"GET  / HTTP/1.1\r\n" + HOST + b"\r\nGET / HTTP/1.1\r\n")
+    assert isinstance(events[-1], RequestRefused) and side.buffered == 0
+    assert side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n") == [] and side.buffered == 0
+    assert side.receive_data(b"") == [] and not side.waiting
+
+
+@pytest.mark.parametrize("raw", [b"\n", b"\n\r", b"X\n", b"GET / HTTP/1.1\r\n\nX", b"GET / HTTP/1.1\r\nA: 1\r\n\nX"])
+def test_a_bare_lf_is_refused_before_the_head_ends(raw: bytes) -> None:
+    assert ClientSide().receive_data(raw) == [RequestRefused(400, "bare LF in the request head", None)]
+
+
+def test_the_scan_mark_follows_what_was_checked() -> None:
+    # A head trickled a byte at a time is scanned once: the mark is at its end, before a final CR.
+    side = ClientSide()
+    side.receive_data(b"GET / HT\r")
+    assert side._scanned == 8
+    side.receive_data(b"X")
+    assert side._scanned == 10
+
+
+def test_incomplete_head_limit_is_inclusive() -> None:
+    head = b"GET / HTTP/1.1\r\n" + HOST + b"X: " + b"a" * (32768 - 16 - len(HOST) - 3)
+    assert len(head) == 32768
+    assert ClientSide().receive_data(head) == []
+    assert refused(head + b"a").detail == "request head too large"
+
+
+def test_the_line_limit_applies_again_to_the_next_request() -> None:
+    side = ClientSide(max_request_line=20)
+    side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")
+    side.response(200, [(b"content-length", b"0")])
+    assert side.end() == (b"", True)
+    assert side.next_request() == []
+    assert side.receive_data(b"GET /" + b"a" * 16) == [RequestRefused(400, "request head too large", None)]
+
+
+def test_request_line_checked_from_its_first_byte() -> None:
+    assert refused(b"(GET / HTTP/1.1\r\n" + HOST + b"\r\n").detail == "malformed request line"
+
+
+def _pipelined_then_eof(second: bytes) -> tuple[ClientSide, list[object]]:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n" + second)
+    assert side.receive_data(b"") == []          # EOF while the first request waits for its response
+    side.response(200, [(b"content-length", b"0")])
+    side.end()
+    return side, list(side.next_request())
+
+
+def test_eof_before_a_pipelined_body() -> None:
+    _, events = _pipelined_then_eof(b"POST / HTTP/1.1\r\n" + HOST + b"Content-Length: 5\r\n\r\n")
+    assert [type(e) for e in events] == [RequestStarted, ClientClosed] and events[-1] == ClientClosed(True)
+
+
+def test_eof_after_a_pipelined_bad_chunk_is_a_close_not_a_refusal() -> None:
+    _, events = _pipelined_then_eof(b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert [type(e) for e in events] == [RequestStarted, ClientClosed] and events[-1] == ClientClosed(True)
+
+
+@pytest.mark.parametrize("value", [b"x, close", b"X, Close"])
+def test_response_connection_close_tokens(value: bytes) -> None:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")
+    side.response(200, [(b"Content-Length", b"0"), (b"Connection", value)])
+    assert side.end() == (b"", False)
+
+
+def test_head_response_has_no_body_and_keeps_the_connection() -> None:
+    side = ClientSide()
+    side.receive_data(b"HEAD / HTTP/1.1\r\n" + HOST + b"\r\n")
+    assert side.response(200, [(b"Content-Length", b"5")], b"OK") == b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+    assert side.body(b"") == b""
+    assert side.end() == (b"", True)
+
+
+def test_response_length_messages() -> None:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")
+    side.response(200, [(b"Content-Length", b"2")])
+    with pytest.raises(ResponseError, match=r"^too much data for the response's Content-Length$"):
+        side.body(b"abc")
+    with pytest.raises(ResponseError, match=r"^response shorter than its Content-Length$"):
+        side.end()
+    side.body(b"ab")
+    assert side.end() == (b"", True)
+    with pytest.raises(ResponseError, match=r"^no response head$"):
+        side.body(b"x")
+
+
+def test_error_after_a_response_head_and_with_a_pipelined_request() -> None:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\nGET /2 HTTP/1.1\r\n" + HOST + b"\r\n")
+    side.response(200, [(b"Content-Length", b"2")])
+    side.error(502, "down", None)
+    with pytest.raises(ResponseError, match=r"^no response head$"):
+        side.body(b"ab")
+    assert not side.waiting
+    assert side.next_request() == []
+    held = side.buffered
+    assert side.receive_data(b"x") == [] and side.buffered == held
