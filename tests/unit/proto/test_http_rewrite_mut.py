@@ -312,6 +312,7 @@ def test_request_host_absolute_target_edges() -> None:
 def test_needs_card_prefix_and_absolute_edges() -> None:
     assert not needs_card(b"/a/b", ["/aX"])          # only trailing slashes are dropped from a prefix
     assert needs_card(b"https://h/a://b", ["/z"])    # the path is everything after the authority
+    assert not needs_card(b"https://h/a", ["/z"]) and not needs_card(b"HTTP://h/a", ["/z"])
 
 
 @pytest.fixture(scope="module")
