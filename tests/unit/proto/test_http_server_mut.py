@@ -143,7 +143,7 @@ def test_response_writer_errors() -> None:
         side.end()
     side.response(204, [])
     assert side.body(b"") == b""
-    with pytest.raises(ResponseError, match="a body on a response that has none"):
+    with pytest.raises(ResponseError, match=r"^a body on a response that has none$"):
         side.body(b"x")
 
 
@@ -260,8 +260,9 @@ def test_eof_before_a_pipelined_body() -> None:
 
 
 def test_eof_after_a_pipelined_bad_chunk_is_a_close_not_a_refusal() -> None:
-    _, events = _pipelined_then_eof(b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    side, events = _pipelined_then_eof(b"POST / HTTP/1.1\r\n" + HOST + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
     assert [type(e) for e in events] == [RequestStarted, ClientClosed] and events[-1] == ClientClosed(True)
+    assert side.receive_data(b"") == [] and side.receive_data(b"0\r\n\r\n") == []    # closed once, for good
 
 
 @pytest.mark.parametrize("value", [b"x, close", b"X, Close"])
@@ -305,3 +306,16 @@ def test_error_after_a_response_head_and_with_a_pipelined_request() -> None:
     assert side.next_request() == []
     held = side.buffered
     assert side.receive_data(b"x") == [] and side.buffered == held
+
+
+def test_response_reason_defaults_to_empty() -> None:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.1\r\n" + HOST + b"\r\n")
+    assert side.response(200, [(b"Content-Length", b"0")]) == b"HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n"
+
+
+def test_close_delimited_response_drops_an_empty_content_length() -> None:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    assert side.response(200, [(b"Content-Length", b""), (b"X", b"1")], b"OK") == (
+        b"HTTP/1.1 200 OK\r\nX: 1\r\nConnection: close\r\n\r\n")
