@@ -31,4 +31,6 @@ else
     echo "install-bench-deps: peers already installed, skipping apt"
 fi
 echo "install-bench-deps: haproxy $(/usr/sbin/haproxy -v | head -1 | awk '{print $3}'), $(/usr/sbin/nginx -v 2>&1), $(/usr/bin/stunnel4 -version 2>&1 | grep -m1 '^stunnel')"
+# the profilers (py-spy, pyinstrument) in the project's virtualenv
+"$(dirname "$0")/venv.sh" bench
 echo "install-bench-deps: done"

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from soak import svg
+from soak import png, svg
 from soak.faults import CRL_REASONS, EXPLAINS
 from soak.stack import BASE_NUMBER, read_events
 
@@ -479,7 +479,7 @@ class Analysis:
             # the stats event the sample's SIGUSR1 asked for: the first one after it
             st = next((e for e in stats[pid] if e["_t"] >= s["t"] - 0.5), None)
             if st is not None and st["_t"] - s["t"] < 5:
-                s = dict(s, tasks=st.get("tasks"), active=st.get("active"))
+                s = dict(s, tasks=st.get("tasks"), active=st.get("active"), py_blocks=st.get("py_blocks"))
             series[pid].append(s)
         return series
 
@@ -508,6 +508,12 @@ class Analysis:
                 growth = last - first
                 w["rss_last_two_thirds_kib"] = {"from": first, "to": last, "growth": growth,
                                                 "growth_pct": round(100 * growth / first, 2) if first else None}
+                blocks = [s["py_blocks"] for s in tail if s.get("py_blocks")]
+                if len(blocks) >= 6:
+                    # The Python heap alone: flat while RSS grows means the allocator, rising means objects kept.
+                    b0, b1 = statistics.median(blocks[:3]), statistics.median(blocks[-3:])
+                    w["py_blocks_last_two_thirds"] = {"from": b0, "to": b1,
+                                                      "growth_pct": round(100 * (b1 - b0) / b0, 2) if b0 else None}
                 if growth > max(first * RSS_GROWTH_PCT / 100, RSS_GROWTH_FLOOR_KIB):
                     viol.append(f"pid {pid}: RSS grew {growth} KiB over the last 2/3 of the load")
             w["rss_peak_kib"] = max((s.get("rss_kib") or 0 for s in ss), default=None)
@@ -555,11 +561,17 @@ class Analysis:
             for q in a.get("requests", []):
                 if "ms" in q:
                     rq[int((q["t0"] - self.t0) // win)].append(q["ms"])
+        load1: dict[int, list[float]] = defaultdict(list)
+        for s in self.samples:
+            if s.get("load1") is not None:
+                load1[int((s["t"] - self.t0) // win)].append(float(s["load1"]))
         rows = []
         for k in sorted(set(hs) | set(rq)):
             if k < 0:
                 continue
+            # The machine's load beside the latency: a drift that follows it is the machine, not the proxy.
             rows.append({"window": k, "from": k * win, "to": (k + 1) * win, "handshakes": len(hs[k]),
+                         "load1": round(statistics.median(load1[k]), 2) if load1[k] else None,
                          "hs_p50": _pct(hs[k], 50), "hs_p99": _pct(hs[k], 99), "requests": len(rq[k]),
                          "req_p50": _pct(rq[k], 50), "req_p99": _pct(rq[k], 99)})
         return rows
@@ -574,12 +586,14 @@ def _plots(an: Analysis, out: Path) -> tuple[str, str]:
     rss = svg.Panel("RSS per worker", "MiB", spans=load_span, ymin=None)
     fds = svg.Panel("Open file descriptors per worker", "fds", spans=load_span)
     tasks = svg.Panel("asyncio tasks per worker", "tasks", spans=load_span)
+    blocks = svg.Panel("Python heap: allocated blocks per worker (thousands)", "k blocks", spans=load_span, ymin=None)
     for pid, ss in sorted(an.worker_series().items()):
         rss.series.append((f"pid {pid}", [(s["t"] - t0, s["rss_kib"] / 1024) for s in ss if s.get("rss_kib")]))
         fds.series.append((f"pid {pid}", [(s["t"] - t0, s["fds"]) for s in ss if s.get("fds") is not None]))
         tasks.series.append((f"pid {pid}", [(s["t"] - t0, s["tasks"]) for s in ss if s.get("tasks") is not None]))
+        blocks.series.append((f"pid {pid}", [(s["t"] - t0, s["py_blocks"] / 1000) for s in ss if s.get("py_blocks")]))
     mem = out.with_name(out.stem + "-resources.svg")
-    mem.write_text(svg.render([rss, fds, tasks], "seconds since the load started (shaded: load)"))
+    mem.write_text(svg.render([rss, blocks, fds, tasks], "seconds since the load started (shaded: load)"))
     rows = an.latency()
     mid = [(r["from"] + r["to"]) / 2 for r in rows]
     hs = svg.Panel("Handshake latency per window (client side, to first application data)", "ms", spans=spans)
@@ -590,7 +604,18 @@ def _plots(an: Analysis, out: Path) -> tuple[str, str]:
         panel.series.append((label, [(x, r[key]) for x, r in zip(mid, rows, strict=True) if r[key] is not None]))
     lat = out.with_name(out.stem + "-latency.svg")
     lat.write_text(svg.render([hs, rq], "seconds since the load started (shaded: Dovecot/Postfix down)"))
-    return mem.name, lat.name
+    return _shown(mem), _shown(lat)
+
+
+def _shown(svg_path: Path) -> str:
+    """The plot's PNG when one could be made (the SVG beside it), else the SVG."""
+    made = png.to_png(svg_path)
+    return svg_path.name if made is None else made.name
+
+
+def _vector(shown: str) -> list[str]:
+    """A pointer to the SVG source under its PNG."""
+    return ["", f"(Vector source: [{Path(shown).stem}.svg]({Path(shown).stem}.svg).)"] if shown.endswith(".png") else []
 
 
 def _list(items: list[str], limit: int = 30) -> list[str]:
@@ -718,12 +743,14 @@ def render(an: Analysis, v: dict[str, Any], mem_svg: str, lat_svg: str) -> str:
                  f"{f.get('error') or ''} |")
     # steady
     sd = v["steady"]
-    L += ["", "## Steady state", "", f"Bound: {sd['bound']}.", "", f"![resources]({mem_svg})", "",
-          "| worker | baseline | after the load | RSS over the last 2/3 of the load | RSS peak (KiB) |",
-          "|---|---|---|---|---|"]
+    L += ["", "## Steady state", "", f"Bound: {sd['bound']}.", "", f"![resources]({mem_svg})", *_vector(mem_svg), "",
+          "| worker | baseline | after the load | RSS over the last 2/3 of the load | RSS peak (KiB) "
+          "| Python heap blocks over the last 2/3 |",
+          "|---|---|---|---|---|---|"]
     for pid, w in sd["workers"].items():
         L.append(f"| {pid} | {json.dumps(w.get('baseline'))} | {json.dumps(w.get('after'))} | "
-                 f"{json.dumps(w.get('rss_last_two_thirds_kib'))} | {w.get('rss_peak_kib')} |")
+                 f"{json.dumps(w.get('rss_last_two_thirds_kib'))} | {w.get('rss_peak_kib')} | "
+                 f"{json.dumps(w.get('py_blocks_last_two_thirds'))} |")
     L += ["", "Least fds and tasks of each phase (CRL refreshes add some for a moment): " + "; ".join(
         f"pid {pid}: {json.dumps(w.get('least'))}" for pid, w in sd["workers"].items())]
     for pid, w in sd["workers"].items():
@@ -733,12 +760,12 @@ def render(an: Analysis, v: dict[str, Any], mem_svg: str, lat_svg: str) -> str:
         L += ["", "**Steady-state violations**:", *_list(sd["violations"])]
     # latency
     L += ["", "## Latency", "", f"Windows of {an.window_seconds():g} s from the start of the load; client side.",
-          "", f"![latency]({lat_svg})", "",
-          "| window (s) | handshakes | p50 (ms) | p99 (ms) | requests | p50 (ms) | p99 (ms) |",
-          "|---|---|---|---|---|---|---|"]
+          "", f"![latency]({lat_svg})", *_vector(lat_svg), "",
+          "| window (s) | handshakes | p50 (ms) | p99 (ms) | requests | p50 (ms) | p99 (ms) | 1-min load (median) |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in an.latency():
         L.append(f"| {r['from']:.0f}-{r['to']:.0f} | {r['handshakes']} | {_fmt(r['hs_p50'])} | {_fmt(r['hs_p99'])} "
-                 f"| {r['requests']} | {_fmt(r['req_p50'])} | {_fmt(r['req_p99'])} |")
+                 f"| {r['requests']} | {_fmt(r['req_p50'])} | {_fmt(r['req_p99'])} | {_fmt(r.get('load1'))} |")
     L += ["", "Latency windows include the faults (a slow backend, a restart): a drift shows across windows, not "
           "within one."]
     return "\n".join(L) + "\n"

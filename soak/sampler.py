@@ -100,7 +100,8 @@ class Sampler:
                 os.kill(self.proxy.proc.pid, signal.SIGUSR1)
         with open(self.path, "a") as fh:
             for pid in self.proxy.workers():
-                rec = {"t": now, "pid": pid, "phase": self.phase, "rss_kib": rss_kib(pid), "fds": open_fds(pid)}
+                rec = {"t": now, "pid": pid, "phase": self.phase, "rss_kib": rss_kib(pid), "fds": open_fds(pid),
+                       "load1": os.getloadavg()[0]}
                 if self.phase != "load":   # what the descriptors are, where their count is compared
                     rec["fd_detail"] = fd_detail(pid)
                 fh.write(json.dumps(rec) + "\n")

@@ -46,9 +46,14 @@ class CardFacts:
 NO_FACTS = CardFacts(cn=None, sig_alg=None, key_alg=None)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class CardIdentity:
-    """What a certificate says about its holder, with the layout's fields put in their place."""
+    """What a certificate says about its holder, with the layout's fields put in their place.
+
+    Immutable, so connections presenting the same card may share one (the driver does, through a
+    weak-valued table: an identity is about 1.3 KiB of strings and an IMAP client opens several
+    connections with one card).
+    """
 
     layout: Layout
     idnat_ps: str | None           # CN: national identifier of the professional (or application name)

@@ -187,7 +187,7 @@ class Backend:
 class HttpMode(StrEnum):
     """What an ``https`` listener does with the bytes after TLS."""
 
-    HTTP = "http"     # parse with h11, strip client identity headers, add the card's, re-frame
+    HTTP = "http"     # parse (llhttp, strict), strip client identity headers, add the card's, re-frame
     TCP = "tcp"       # raw bytes (identity only by PROXY v2, if the backend asks for it)
 
 

@@ -17,7 +17,7 @@ from typing import TypeAlias
 
 from sniproxy.crl.errors import CrlRejected
 
-_SEQ, _INT, _UTC, _GEN, _OID, _BOOL, _OCTETS, _ENUM = 0x30, 0x02, 0x17, 0x18, 0x06, 0x01, 0x04, 0x0A
+_SEQ, _INT, _UTC, _GEN, _BOOL, _OCTETS, _ENUM = 0x30, 0x02, 0x17, 0x18, 0x01, 0x04, 0x0A
 _REASON_OID = bytes.fromhex("0603551d15")  # id-ce-cRLReasons, 2.5.29.21
 NO_REASON = 255
 MASK64 = (1 << 64) - 1

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from time import monotonic
 from typing import cast
 
-from sniproxy.card import CardIdentity, UnreadableCard, read_card
+from sniproxy.card import CardIdentity, UnreadableCard
 from sniproxy.config.model import Protocol
 from sniproxy.driver.event import log_connection
 from sniproxy.driver.halves import BackHalf
@@ -40,6 +40,7 @@ from sniproxy.driver.shared import (
     RELAY,
     STATS,
     WRITE_HIGH,
+    card_of,
     decrement,
 )
 from sniproxy.errors import Reason
@@ -53,7 +54,7 @@ from sniproxy.proto.proxy_protocol import ProxyHeaderParser, looks_like_header
 from sniproxy.proto.proxy_wire import ProxyHeaderError
 from sniproxy.proto.smtp import SmtpPreTls
 from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
-from sniproxy.tls.session import TlsFailure, TlsSession
+from sniproxy.tls.session import GROWN, RELEASE_DUE, TlsFailure, TlsSession
 
 _log = get_logger("sniproxy.connection")
 _ids = itertools.count(1)
@@ -62,6 +63,9 @@ _ALERT_UNRECOGNIZED_NAME = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
 _ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
 _IMAP_PROTOCOLS = (Protocol.IMAP, Protocol.IMAPS)
 _SMTP_PROTOCOLS = (Protocol.SMTP, Protocol.SMTPS)
+# Seconds after a big chunk through the TLS session before its memory BIOs are swapped for empty ones
+# (TlsSession.release_buffers): at most one swap a second during a bulk transfer.
+RELEASE_AFTER = 1.0
 
 
 def _no_plaintext(data: bytes) -> None:
@@ -330,6 +334,8 @@ class ClientConnection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         if self._phase == RELAY:
+            if self.tls is not None and self.tls.grown:
+                self.tls.release_buffers()
             idle = self.lr.listener.timeouts.idle
             remaining = self.last_io + idle - monotonic()
             if remaining > 0:
@@ -423,7 +429,7 @@ class ClientConnection(asyncio.Protocol):
             self.finish(Reason.NO_CLIENT_CERT, "session established without a verified card")
             return
         if leaf is not None:
-            self.card = read_card(leaf, tls.state.authority)   # every consumer takes its values from it
+            self.card = card_of(leaf, tls.state.authority)     # every consumer takes its values from it
         if tls.state.crl_grace:
             CRL_GRACE_ACCEPTS.inc(tls.state.authority or "")
             _log.warning("crl_grace_accept", conn_id=self.id, flow=self.flow, authority=tls.state.authority,
@@ -433,6 +439,9 @@ class ClientConnection(asyncio.Protocol):
         # The card is verified: the back half takes over (bytes that came with the client's Finished next).
         self._back.start()
         self._read_plaintext()
+        if self._phase != CLOSED:
+            # The BIOs grew to the handshake's flights: most connections now wait, some for hours.
+            tls.release_buffers()
 
     # ------------------------------------------------------------------ the hand-over (FrontHalf)
     def await_backend(self) -> None:
@@ -447,6 +456,13 @@ class ClientConnection(asyncio.Protocol):
         self._to_back = self._back.client_data
         self._leave_pending()
         self._arm(self.lr.listener.timeouts.idle)
+        if self.tls is not None and self.tls.grown == GROWN:
+            self._release_soon(self.tls)
+
+    def _release_soon(self, tls: TlsSession) -> None:
+        """A big chunk went through the TLS session: the idle timer fires early to release its buffers."""
+        tls.grown = RELEASE_DUE
+        self._arm(min(RELEASE_AFTER, self.lr.listener.timeouts.idle))
 
     def _hold(self, data: bytes) -> None:
         """Client plaintext before the relay: kept for the back half; too much stops reading the client."""
@@ -478,18 +494,22 @@ class ClientConnection(asyncio.Protocol):
 
     def send_plain(self, data: bytes) -> None:
         """Encrypt ``data`` to the client (a TLS failure finishes the connection)."""
-        assert self.tls is not None
+        tls = self.tls
+        assert tls is not None
         try:
-            self.tls.write(data)
+            tls.write(data)
         except TlsFailure as exc:
             self.finish(exc.reason, exc.detail)
             return
         self._flush_tls()
+        if tls.grown == GROWN and self._phase == RELAY:
+            self._release_soon(tls)
 
     def _read_plaintext(self) -> None:
-        assert self.tls is not None
+        tls = self.tls
+        assert tls is not None
         try:
-            data, eof = self.tls.read()
+            data, eof = tls.read()
         except TlsFailure as exc:
             self._flush_tls()
             self.finish(exc.reason, exc.detail)
@@ -499,6 +519,8 @@ class ClientConnection(asyncio.Protocol):
             self._to_back(data)
         if eof:
             self._client_eof_received()
+        if tls.grown == GROWN and self._phase == RELAY:
+            self._release_soon(tls)
 
     def pause_writing(self) -> None:
         self._back.pause_writing()

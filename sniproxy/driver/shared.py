@@ -2,14 +2,21 @@
 
 Owns: the phase numbers and their public names (the ``phase`` field of the ``connection`` event),
 the write high-water mark and the plaintext-held limit, the worker's connection counters (``STATS``),
-its set of live connections (``LIVE``), its drain flag (``Drain``) and the event observers
-(``OBSERVERS``). Must not: import the halves (they import this), hold per-connection state, or do I/O.
+its set of live connections (``LIVE``), its drain flag (``Drain``), the event observers
+(``OBSERVERS``) and the card identities live connections share (``card_of``). Must not: import the
+halves (they import this), hold per-connection state, or do I/O.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
+
+from sniproxy.card import CardIdentity, UnreadableCard, read_card
 
 PENDING_MAX = 65536   # plaintext held while the backend is not ready, before pausing the client
 WRITE_HIGH = 65536    # transport write buffer high-water mark, per direction
@@ -78,3 +85,19 @@ LIVE: set[LiveConnection] = set()
 # Called with every connection event (the same dict that is logged). The demo and the metrics
 # layer subscribe here; an observer must be quick and must not raise.
 OBSERVERS: list[Callable[[dict[str, Any]], None]] = []
+
+# The identity of every card a live connection holds, by (leaf SHA-256, authority): connections with the
+# same card share one immutable CardIdentity (and skip its parsing); an entry goes with its last holder.
+_CARDS: weakref.WeakValueDictionary[tuple[bytes, str | None], CardIdentity] = weakref.WeakValueDictionary()
+
+
+def card_of(leaf: x509.Certificate, authority: str | None) -> CardIdentity | UnreadableCard:
+    """``read_card(leaf, authority)``, shared with the live connections that presented the same card."""
+    key = (leaf.fingerprint(SHA256()), authority)
+    card = _CARDS.get(key)
+    if card is None:
+        read = read_card(leaf, authority)
+        if not isinstance(read, CardIdentity):
+            return read
+        _CARDS[key] = card = read
+    return card

@@ -35,7 +35,7 @@ from sniproxy.control import ReloadResult
 from sniproxy.crl.manager import CrlManager
 from sniproxy.crl.state import RevocationHolder
 from sniproxy.errors import ConfigError, ConfigErrors
-from sniproxy.lifecycle import pid1
+from sniproxy.lifecycle import memory, pid1
 from sniproxy.lifecycle.build import Built, addresses, bind_error, build, compile_at, error_lines, pack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.pidfile import PidFile
@@ -514,10 +514,14 @@ class Supervisor:
         self._write_status(None)
         self._schedule_cutover()
         watcher = asyncio.get_running_loop().create_task(self._watch_files())
+        # The fetcher downloads and indexes CRLs and compiles each reload in executor threads: what it
+        # frees there goes back to the kernel as a worker's does (lifecycle/memory).
+        trimmer = asyncio.get_running_loop().create_task(memory.trim_forever())
         if os.getpid() == 1:
             self._spawn_task(pid1.reap_forever(self.reap_adopted))
         await self._stop.wait()
         watcher.cancel()
+        trimmer.cancel()
         if self._kill_timer is not None:
             self._kill_timer.cancel()
         await self._stop_crl()

@@ -26,6 +26,7 @@ from sniproxy.crl.state import RevocationHolder
 from sniproxy.driver.front import ClientConnection
 from sniproxy.driver.shared import LIVE, STATS, Drain
 from sniproxy.errors import ConfigError, ConfigErrors
+from sniproxy.lifecycle import memory
 from sniproxy.lifecycle.build import Built, addresses, bind_error, compile_at, error_lines, unpack
 from sniproxy.lifecycle.channel import Channel
 from sniproxy.lifecycle.procdeath import die_with_parent
@@ -107,7 +108,11 @@ class Worker:
             # Stop accepting there; its connections keep their pinned snapshot and end by themselves.
             self.servers.pop(addr).close()
         self.drain_timeout = snapshot.config.drain_timeout
-        _log.info("snapshot", pid=os.getpid(), generation=generation, cutovers_in_force=len(built.applied))
+        # What the compile allocated in the executor's arena and what the old snapshot held (once no
+        # connection pins it) goes back to the kernel, not into RSS for good.
+        memory.after_swap()
+        _log.info("snapshot", pid=os.getpid(), generation=generation, cutovers_in_force=len(built.applied),
+                  rss_kib=memory.rss_kib())
         await self._update_crl(snapshot)
         return {"ok": True, "generation": generation, "listening": self.listening(),
                 "crl_ready": self.crl.ready if self.crl is not None else True}
@@ -194,6 +199,8 @@ class Worker:
                     # Logged before the reply, so it precedes the supervisor's "serving".
                     _log.info("ready", pid=os.getpid(), generation=reply["generation"],
                               listening=reply["listening"], crl_ready=reply["crl_ready"])
+                    if memory.trace_if_asked():
+                        memory.heap_growth()   # the reference the stats events compare with
                 self.channel.send({"reply_to": msg.get("id"), **reply})
             elif op == "drain":
                 self.drain(msg.get("timeout"))
@@ -204,12 +211,19 @@ class Worker:
 
 
 def log_stats() -> None:
-    """Log a ``stats`` event (SIGUSR1): connection counters, tasks and open file descriptors."""
+    """Log a ``stats`` event (SIGUSR1): connection counters, tasks, open descriptors and memory.
+
+    ``py_blocks`` (the Python heap's live blocks) beside ``rss_kib`` tells objects kept from pages
+    the allocator keeps.
+    """
     try:
         fds: int | None = len(os.listdir("/proc/self/fd"))
     except OSError:
         fds = None
-    _log.info("stats", pid=os.getpid(), tasks=len(asyncio.all_tasks()), open_fds=fds, **STATS.report())
+    growth = memory.heap_growth()
+    _log.info("stats", pid=os.getpid(), tasks=len(asyncio.all_tasks()), open_fds=fds,
+              py_blocks=sys.getallocatedblocks(), rss_kib=memory.rss_kib(),
+              **({} if growth is None else {"heap_growth": growth}), **STATS.report())
 
 
 async def _main(fd: int) -> int:
@@ -234,7 +248,9 @@ async def _main(fd: int) -> int:
     loop.add_signal_handler(signal.SIGTERM, on_term)
     loop.add_signal_handler(signal.SIGUSR1, log_stats)
     reader = loop.create_task(worker.serve_channel())
+    trimmer = loop.create_task(memory.trim_forever())
     await worker.done.wait()
+    trimmer.cancel()
     reader.cancel()
     channel.close()
     return 0

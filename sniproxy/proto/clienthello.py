@@ -83,6 +83,7 @@ class ClientHelloParser:
             self._seen += take
             if self._seen > self._max:
                 raise ClientHelloError(f"ClientHello larger than {self._max} bytes")
+            # Checked after every piece, even a partial header: garbage is refused at once.
             if not self._check_record():
                 continue
             self._hs += self._rec[5:]
@@ -91,8 +92,6 @@ class ClientHelloParser:
             if info is not None:
                 self._info = info
                 return info
-        # Check as early as possible, even on a partial header: garbage is refused at once.
-        self._check_record()
         return None
 
     def _fragment_len(self) -> int:

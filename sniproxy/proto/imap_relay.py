@@ -33,6 +33,7 @@ _GREETING_OK = re.compile(rb"\* OK(?: |\r?\n)", re.IGNORECASE)
 _HIDDEN = frozenset({b"STARTTLS", b"LOGINDISABLED"})
 _HEAD = 64      # bytes of a line kept to classify it when it is too long to buffer
 _TAIL = 32      # bytes of a line kept to see a literal announcement at its end
+_LITERAL_ENDINGS = (b"}\r\n", b"}\n")   # how a line announcing a literal ends (LITERAL_END), checked first
 
 
 def _drop_atoms(atoms: bytes, add: bytes) -> bytes | None:
@@ -54,6 +55,8 @@ def filter_capabilities(line: bytes, add: bytes = b"") -> bytes:
     Handles untagged ``* CAPABILITY`` responses (RFC 9051 §7.2.2) and ``[CAPABILITY ...]`` response
     codes in status responses (§7.1). Any other line is returned unchanged.
     """
+    if b"[" not in line and line[:12].upper() != b"* CAPABILITY":
+        return line     # neither form can match: most lines of a session, for two regex calls less
     if _UNTAGGED_CAP.match(line):
         body = strip_eol(line)
         kept = _drop_atoms(body[len(b"* CAPABILITY"):], add)
@@ -185,6 +188,9 @@ class ImapBackendFilter:
 
     def _end_of_line(self, head: bytes, tail: bytes) -> None:
         """A line ended: does a literal follow (RFC 9051 §4.3)?"""
+        if not tail.endswith(_LITERAL_ENDINGS):
+            self._continued = False     # no "{n}" at its end: what the regex below finds too, without it
+            return
         m = LITERAL_END.search(tail)
         if m and (self._continued or not _TEXT_RESPONSE.match(head)):
             self._literal = int(m.group(1))

@@ -7,8 +7,12 @@ See docs/decisions/0001-tls-engine.md for why pyOpenSSL over memory BIOs.
 
 from __future__ import annotations
 
+from typing import Any
+
 from cryptography import x509
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 from sniproxy.errors import Reason, SniproxyError
 from sniproxy.tls.contexts import FlowRuntime
@@ -16,6 +20,11 @@ from sniproxy.tls.verify import VerifyState
 
 _CHUNK = 65536
 _RECORD = 16384
+# A memory BIO keeps the largest buffer it ever needed (OpenSSL's BUF_MEM only grows): a chunk of more
+# than this many bytes through either BIO marks the session ``grown``, for ``release_buffers``.
+GROWN_AT = 4096
+# What ``grown`` says: nothing to release; a big chunk went through; the driver has scheduled the release.
+SMALL, GROWN, RELEASE_DUE = 0, 1, 2
 
 
 class TlsFailure(SniproxyError):
@@ -39,7 +48,7 @@ def _ssl_error_text(exc: SSL.Error) -> str:
 class TlsSession:
     """The server side of one TLS connection, created with its flow's context."""
 
-    __slots__ = ("_conn", "established", "flow", "state")
+    __slots__ = ("_conn", "established", "flow", "grown", "state")
 
     def __init__(self, runtime: FlowRuntime) -> None:
         self.flow = runtime
@@ -49,6 +58,7 @@ class TlsSession:
         conn.set_accept_state()
         self._conn = conn
         self.established = False
+        self.grown = SMALL
 
     def _failure(self, exc: SSL.Error) -> TlsFailure:
         text = _ssl_error_text(exc)
@@ -60,17 +70,48 @@ class TlsSession:
 
     def feed(self, data: bytes) -> None:
         """Give the session ciphertext received from the client."""
+        if len(data) > GROWN_AT and not self.grown:
+            self.grown = GROWN
         self._conn.bio_write(data)
 
     def outgoing(self) -> bytes:
         """Take every byte of ciphertext the session wants sent to the client."""
-        out = []
-        while True:
-            try:
-                out.append(self._conn.bio_read(_CHUNK))
-            except SSL.WantReadError:
-                break
-        return b"".join(out)
+        conn: Any = self._conn
+        # Ask the BIO how much it holds: one read of exactly that, and no WantReadError (an exception
+        # per call, and a 64 KiB buffer per ``bio_read``) when it holds nothing, as after most reads.
+        pending = _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL)
+        if pending <= 0:
+            return b""
+        data: bytes = conn.bio_read(pending)
+        if len(data) > GROWN_AT and not self.grown:
+            self.grown = GROWN
+        return data
+
+    def release_buffers(self) -> None:
+        """Swap each empty memory BIO for a new one, freeing the buffer the old one kept.
+
+        A memory BIO never gives back the largest buffer it needed: after the handshake's flights
+        (about 7 KiB for both) or one 256 KiB read relayed, an IMAP connection would keep that for
+        its hours of IDLE. A BIO still holding bytes is kept. ``SSL_set_bio`` frees the BIO it
+        replaces; pyOpenSSL's memory-BIO methods read ``_into_ssl``/``_from_ssl``, hence the
+        private names (tests/unit/tls/test_session.py fails if a pyOpenSSL upgrade renames them).
+        """
+        self.grown = SMALL
+        conn: Any = self._conn      # the private names are not in pyOpenSSL's type stubs
+        ssl = getattr(conn, "_ssl", None)
+        into, from_ = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)
+        if ssl is None or into is None or from_ is None:
+            return
+        if _lib.BIO_get_mem_data(into, _ffi.NULL) == 0:
+            bio = _lib.BIO_new(_lib.BIO_s_mem())
+            if bio != _ffi.NULL:
+                _lib.SSL_set_bio(ssl, bio, from_)     # replaces (and frees) the read BIO only
+                conn._into_ssl = into = bio
+        if _lib.BIO_get_mem_data(from_, _ffi.NULL) == 0:
+            bio = _lib.BIO_new(_lib.BIO_s_mem())
+            if bio != _ffi.NULL:
+                _lib.SSL_set_bio(ssl, into, bio)      # replaces (and frees) the write BIO only
+                conn._from_ssl = bio
 
     def handshake(self) -> bool:
         """Advance the handshake; True once it is complete. Raises ``TlsFailure``."""
@@ -85,16 +126,20 @@ class TlsSession:
 
     def read(self) -> tuple[bytes, bool]:
         """Decrypt what has been fed: (plaintext, the client sent close_notify). Raises ``TlsFailure``."""
+        conn: Any = self._conn
         out = []
         while True:
             try:
-                out.append(self._conn.recv(_CHUNK))
+                out.append(conn.recv(_CHUNK))
             except SSL.WantReadError:
                 return b"".join(out), False
             except SSL.ZeroReturnError:
                 return b"".join(out), True
             except SSL.Error as exc:
                 raise self._failure(exc) from None
+            # Nothing left in the BIO and no plaintext held: another recv would only raise WantReadError.
+            if not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL) and not conn.pending():
+                return out[0] if len(out) == 1 else b"".join(out), False
 
     def write(self, data: bytes) -> None:
         """Encrypt plaintext for the client (take it back with ``outgoing``). Raises ``TlsFailure``."""

@@ -51,3 +51,10 @@ def test_three_minute_soak_loses_nothing_and_explains_every_refusal(tmp_path: Pa
                                                      "crl_rollback", "crl_200mb", "slapd_down"}, rv["crl_faults"]
     assert v["refused_by_reason"].get("revoked", 0) >= 2 and v["refused_by_reason"].get("backend_unavailable", 0) >= 1
     assert run.returncode == 0, run.stdout[-2000:]
+    # the plots, as PNG (headless Chromium, a test peer) with their SVG sources, linked from the report
+    require_binary("chromium")
+    for name in ("resources", "latency"):
+        png = tmp_path / f"soak-{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+        assert (tmp_path / f"soak-{name}.svg").exists()
+        assert f"]({png.name})" in report

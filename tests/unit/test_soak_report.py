@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from soak.report import ACCEPT_RESET_BOUND, REDELIVERY_WINDOW, Analysis, accepted_at, pair_accept_resets
 
 T0 = 1_796_588_000.0
@@ -201,3 +203,12 @@ def test_delta_in_force_counts_workers_not_the_pods_fetcher(tmp_path: Path) -> N
                                    upd(T0 + 11, 3, "follower")])
     assert set(a.delta_in_force()) == {2, 3}
     assert set(a.delta_in_force("fetcher")) == {1}
+
+
+def test_png_size_comes_from_the_svg_root() -> None:
+    """The screenshot is taken at the SVG's own pixel size; an SVG without one is refused."""
+    from soak import png
+
+    assert png.size('<svg xmlns="http://www.w3.org/2000/svg" width="900" height="660" font-size="11">') == (900, 660)
+    with pytest.raises(ValueError, match="width and height"):
+        png.size('<svg viewBox="0 0 10 10">')

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import base64
 import dataclasses
+import weakref
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -56,6 +57,7 @@ def test_read_card_is_parse_identity_with_the_proxy_facts() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         card.idnat_ps = "x"  # type: ignore[misc]
     assert not hasattr(card, "__dict__")          # slotted: one per connection, for hours
+    assert weakref.ref(card)() is card            # shared by the connections with this card (driver.shared)
 
 
 def test_an_unnameable_signature_algorithm_gives_no_facts_but_the_identity() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,6 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from sniproxy.crl.index import build_index
 from sniproxy.crl.prepare import prepare
 from sniproxy.crl.state import (
     IssuerState,
@@ -17,6 +18,7 @@ from sniproxy.crl.state import (
     RevocationHolder,
     RevocationPolicy,
     RevocationView,
+    Verdict,
     check_chain,
 )
 from sniproxy.crl.validate import ca_key
@@ -337,3 +339,83 @@ def test_the_policy_of_an_authority_set() -> None:
     assert RevocationPolicy.of(crl) == RevocationPolicy(required=True, chain=False, grace=3600.0)
     dps = AuthoritySet(name="a", roots=(), crl_from_certificates=True, crl_check="chain")
     assert RevocationPolicy.of(dps) == RevocationPolicy(required=True, chain=True, grace=None)
+
+
+# -- the values and their shapes -------------------------------------------------------------------------
+def test_the_state_is_frozen(chain: Chain) -> None:
+    """Every handshake reads the view in force without a lock: no one may change it in place."""
+    crl = loaded(chain.inter)
+    state = IssuerState(crl)
+    view = view_of((chain.inter, state))
+    with pytest.raises(FrozenInstanceError):
+        crl.source = "elsewhere"  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        state.delta = crl  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        view.generation = 0  # type: ignore[misc]
+    with pytest.raises(FrozenInstanceError):
+        REQUIRED.required = False  # type: ignore[misc]
+
+
+def test_no_instance_dict(chain: Chain) -> None:
+    """Slots: a verdict per handshake, and no misspelled attribute set silently (``holder.curent = view``)."""
+    crl = loaded(chain.inter)
+    holder = RevocationHolder()
+    for obj in (crl, IssuerState(crl), RevocationView(), REQUIRED, Verdict(), holder):
+        assert not hasattr(obj, "__dict__"), type(obj).__name__
+    with pytest.raises(AttributeError):
+        holder.curent = RevocationView()  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError):
+        Verdict().reasons = None  # type: ignore[attr-defined]
+
+
+def test_an_accepted_verdict_names_nothing(chain: Chain) -> None:
+    verdict = check_chain(fresh_view(chain), REQUIRED, chain.certs, T0)
+    assert (verdict.reason, verdict.detail, verdict.revoked, verdict.depth, verdict.grace_issuers) == \
+        (None, "", None, 0, [])
+    assert Verdict().depth == 0
+
+
+def test_a_revocation_with_an_unreadable_date_is_logged_as_such(chain: Chain) -> None:
+    """An entry whose date the index cannot read (date and reason None): still revoked, on "unknown date"."""
+    good = loaded(chain.inter, revoked=[revoked_entry(chain.leaf)])
+    stamp = REVOKED_AT.strftime("%y%m%d%H%M%SZ").encode()
+    der = bytes(good.index.der)
+    assert der.count(stamp) == 1
+    index = build_index(der.replace(stamp, stamp[:-2] + b"XZ"), 1)
+    view = view_of((chain.inter, IssuerState(LoadedCrl(good.meta, index, "file"))),
+                   (chain.root, IssuerState(loaded(chain.root))))
+    verdict = check_chain(view, REQUIRED, chain.certs, T0)
+    assert verdict.reason is Reason.REVOKED and verdict.revoked is not None and verdict.revoked.date is None
+    assert verdict.detail == (f"serial {chain.leaf.serial_number:x} revoked on unknown date reason unspecified "
+                              f"by {chain.inter.cert.subject.rfc4514_string()} (depth 0)")
+
+
+def test_a_lone_certificate_has_no_issuer_to_look_up(chain: Chain) -> None:
+    """A chain of one certificate (a trust anchor presented alone): nothing above it publishes a CRL."""
+    for policy in (REQUIRED, RevocationPolicy(required=True, chain=False)):
+        verdict = check_chain(RevocationView(), policy, [chain.root.cert], T0)
+        assert verdict.reason is None and verdict.depth == 0
+
+
+def test_leaf_policy_on_a_chain_of_two(chain: Chain) -> None:
+    """A card issued straight by the root: the leaf policy still checks the card in the root's CRL."""
+    leaf_only = RevocationPolicy(required=True, chain=False)
+    two = [chain.inter.cert, chain.root.cert]
+    revoked = view_of((chain.root, IssuerState(loaded(chain.root, revoked=[revoked_entry(chain.inter.cert)]))))
+    verdict = check_chain(revoked, leaf_only, two, T0)
+    assert verdict.reason is Reason.REVOKED and verdict.depth == 0
+    assert check_chain(RevocationView(), leaf_only, two, T0).reason is Reason.CRL_MISSING
+
+
+def test_the_first_stale_issuer_is_the_reason(chain: Chain) -> None:
+    """Stale at depth 0 and missing (or stale) at depth 1: the verdict is the card's issuer's, at depth 0."""
+    nu = NOW + timedelta(hours=1)
+    stale_then_missing = view_of((chain.inter, IssuerState(loaded(chain.inter, next_update=nu))))
+    verdict = check_chain(stale_then_missing, REQUIRED, chain.certs, T0 + 2 * HOUR)
+    assert verdict.reason is Reason.CRL_STALE and verdict.depth == 0
+    assert verdict.detail == (f"CRL of {chain.inter.cert.subject.rfc4514_string()} stale since {nu.isoformat()} "
+                              f"(depth 0)")
+    both_stale = fresh_view(chain, inter_next=nu, root_next=nu)
+    verdict = check_chain(both_stale, REQUIRED, chain.certs, T0 + 2 * HOUR)
+    assert verdict.reason is Reason.CRL_STALE and verdict.depth == 0

@@ -4,13 +4,17 @@ handshake and card, timers, admission, and the hand-over to the back half."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
-from sniproxy.card import CardIdentity, identity_fields
+from sniproxy.card import CardIdentity, UnreadableCard, identity_fields, read_card
 from sniproxy.demo.pki import TestPki
+from sniproxy.driver import shared
+from sniproxy.driver.shared import card_of
 from tests.unit.driver.kit import IMAP_SNI, FakeDialer, Harness, TlsClient, mail_config, settle, snapshot
 
 V1_HEADER = b"PROXY TCP4 198.51.100.7 127.0.0.1 51234 10994\r\n"
@@ -130,3 +134,46 @@ async def test_admission_sheds_in_the_protocol(pki: TestPki, tmp_path: Path, eve
     [ev] = events
     assert ev["reason"] == "too_many_connections" and ev["conn_id"] == second.conn.id
     assert not first.t.closed
+
+
+def _leaf(pki: TestPki, card: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pki.cards[card].cert.read_bytes())
+
+
+def test_connections_with_the_same_card_share_one_identity(pki: TestPki) -> None:
+    # a fresh parse of the same DER each time, as each handshake gives
+    a, b = card_of(_leaf(pki, "fort"), "igc-sante-fort-pp"), card_of(_leaf(pki, "fort"), "igc-sante-fort-pp")
+    assert isinstance(a, CardIdentity) and a is b
+    assert a == read_card(_leaf(pki, "fort"), "igc-sante-fort-pp")
+    other_authority = card_of(_leaf(pki, "fort"), None)
+    assert other_authority is not a and other_authority == read_card(_leaf(pki, "fort"), None)
+    other_card = card_of(_leaf(pki, "fort-liberal"), "igc-sante-fort-pp")
+    assert isinstance(other_card, CardIdentity) and other_card.sha256 != a.sha256
+
+
+def test_a_shared_identity_goes_with_its_last_holder(pki: TestPki) -> None:
+    card = card_of(_leaf(pki, "fort"), "x")
+    assert any(v is card for v in shared._CARDS.values())
+    del card
+    gc.collect()
+    assert not any(k[1] == "x" for k in shared._CARDS.keys())
+
+
+def test_an_unreadable_card_is_not_shared(pki: TestPki, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shared, "read_card", lambda leaf, authority: UnreadableCard("ValueError"))
+    assert card_of(_leaf(pki, "fort"), "y") == UnreadableCard("ValueError")
+    assert not any(k[1] == "y" for k in shared._CARDS.keys())
+
+
+async def test_two_connections_with_one_card_log_it_each(pki: TestPki, tmp_path: Path,
+                                                         events: list[dict[str, Any]], dialer: FakeDialer) -> None:
+    snap = snapshot(mail_config(pki), tmp_path)
+    hs = [Harness(snap, "tls") for _ in range(2)]
+    for h in hs:
+        TlsClient(pki, sni=IMAP_SNI).handshake(h)
+    await settle()
+    assert hs[0].conn.card is hs[1].conn.card is not None
+    for h in hs:
+        h.conn.goodbye()
+    assert [ev["identity"] for ev in events] == [identity_fields(hs[0].conn.card)] * 2
+    assert events[0]["identity"]["idnat_ps"] == "810009876543"

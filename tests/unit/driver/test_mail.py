@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from sniproxy.demo.pki import TestPki
+from sniproxy.driver import front
 from sniproxy.driver.shared import Drain
+from sniproxy.tls.session import RELEASE_DUE, SMALL, TlsSession
 from tests.unit.driver.kit import IMAP_SNI, FakeDialer, Harness, TlsClient, mail_config, settle, snapshot
 
 SMTP_SNI = "frontsmtp.mssante.fr"
@@ -178,3 +180,60 @@ async def test_client_paused_while_too_much_waits_for_the_greeting(
     proto.data_received(IMAP_GREETING)
     assert backend.take() == b"x" * 40000 + b"y" * 40000
     assert h.t.paused is backend_full
+
+
+async def test_tls_buffers_released_after_the_handshake(pki: TestPki, tmp_path: Path, events: list[dict[str, Any]],
+                                                        dialer: FakeDialer, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[TlsSession] = []
+    release = TlsSession.release_buffers
+    monkeypatch.setattr(TlsSession, "release_buffers", lambda self: (calls.append(self), release(self))[1])
+    h, _ = await relaying(pki, tmp_path, dialer, "tls")
+    assert calls == [h.conn.tls]
+    tls = h.conn.tls
+    assert tls is not None and tls.grown == SMALL
+
+
+async def test_tls_buffers_released_soon_after_a_big_chunk(pki: TestPki, tmp_path: Path,
+                                                           events: list[dict[str, Any]], dialer: FakeDialer,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front, "RELEASE_AFTER", 0.02)
+    h, client = await relaying(pki, tmp_path, dialer, "tls")
+    backend, proto = dialer.last
+    tls = h.conn.tls
+    assert tls is not None
+    proto.data_received(b"a" * 65536)                     # a message fetched
+    assert client.recv(h) == b"a" * 65536
+    assert tls.grown == RELEASE_DUE
+    await asyncio.sleep(0.1)
+    assert tls.grown == SMALL and not h.t.closed and events == []
+    client.send(h, b"b" * 65536)                          # one sent: the other direction
+    assert backend.take() == b"b" * 65536
+    assert tls.grown == RELEASE_DUE
+    await asyncio.sleep(0.1)
+    assert tls.grown == SMALL and not h.t.closed and events == []
+    # still relaying both ways; the idle timer still runs; the card is still in the event at the end
+    client.send(h, b"a NOOP\r\n")
+    assert backend.take() == b"a NOOP\r\n"
+    proto.data_received(b"a OK\r\n")
+    assert client.recv(h) == b"a OK\r\n"
+    assert h.conn._timer is not None
+    client.close_notify(h)
+    proto.eof_received()
+    [ev] = events
+    assert ev["reason"] == "ok" and ev["identity"]["idnat_ps"] == "810009876543"
+
+
+async def test_idle_timeout_still_ends_a_connection_whose_buffers_were_released(
+        pki: TestPki, tmp_path: Path, events: list[dict[str, Any]], dialer: FakeDialer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front, "RELEASE_AFTER", 0.02)
+    h, client = await relaying(pki, tmp_path, dialer, "tls", cfg=mail_config(pki, timeouts={"idle": 0.2}))
+    _, proto = dialer.last
+    proto.data_received(b"a" * 65536)
+    client.recv(h)
+    await asyncio.sleep(0.1)
+    tls = h.conn.tls
+    assert tls is not None and tls.grown == SMALL and events == []
+    await asyncio.sleep(0.3)
+    [ev] = events
+    assert ev["reason"] == "timeout" and ev["detail"] == "idle"

@@ -410,3 +410,75 @@ def test_an_over_long_line_is_classified_by_its_first_64_bytes() -> None:
         f.receive_data(b" {5}\r\n")
         caps = b"* CAPABILITY STARTTLS\r\n"
         assert f.receive_data(caps) == [ToClient(caps if literal else b"* CAPABILITY\r\n")], tag
+
+
+def _filter_by_regex_only(line: bytes, add: bytes = b"") -> bytes:
+    """filter_capabilities without its quick refusal: the two regexes alone decide."""
+    from sniproxy.proto import imap_relay as r
+
+    if r._UNTAGGED_CAP.match(line):
+        body = r.strip_eol(line)
+        kept = r._drop_atoms(body[len(b"* CAPABILITY"):], add)
+        return line if kept is None else line[:len(b"* CAPABILITY")] + kept + line[len(body):]
+    m = r._CAP_CODE.match(line)
+    if m:
+        kept = r._drop_atoms(m.group(2), add)
+        return line if kept is None else m.group(1) + kept + line[m.end(2):]
+    return line
+
+
+@pytest.mark.parametrize("line", [
+    b"* capability imap4rev1 starttls\r\n", b"* CaPaBiLiTy STARTTLS\n", b"* CAPABILITY\r\n",
+    b"a1 ok [capability IMAP4rev1 LOGINDISABLED] done\r\n", b"* OK [CAPABILITY STARTTLS] hi\r\n",
+    b"* 1 FETCH (BODY[] {5}\r\n", b"a1 OK [READ-WRITE] SELECT\r\n", b"* CAPABILIT\r\n", b"* \r\n", b"",
+    b"* 3 EXISTS\r\n", b"a2 NO [CAPABILITY STARTTLS\r\n",
+])
+@pytest.mark.parametrize("add", [b"", b"AUTH=EXTERNAL"])
+def test_the_quick_refusal_changes_no_line(line: bytes, add: bytes) -> None:
+    assert filter_capabilities(line, add) == _filter_by_regex_only(line, add)
+
+
+@given(st.binary(max_size=80), st.sampled_from([b"", b"AUTH=EXTERNAL"]))
+def test_the_quick_refusal_changes_no_line_property(line: bytes, add: bytes) -> None:
+    assert filter_capabilities(line, add) == _filter_by_regex_only(line, add)
+
+
+@pytest.mark.parametrize("announce", [b"* 1 FETCH (BODY[] {5}\r\n", b"* 1 FETCH (BODY[] {5}\n",
+                                      b"* 1 FETCH (BODY[] {5+}\r\n"])
+def test_a_literal_is_seen_whatever_the_line_ending(announce: bytes) -> None:
+    f = ImapBackendFilter(consume_greeting=True)
+    f.receive_data(b"* OK ready\r\n")
+    # the literal holds what would otherwise be read as a BYE and a capability line
+    out = f.receive_data(announce + b"* BYE" + b")\r\n* CAPABILITY STARTTLS\r\n")
+    assert out == [ToClient(announce + b"* BYE)\r\n* CAPABILITY\r\n")]
+    assert f.owes_goodbye()
+
+
+# --- issue 16's fast paths (mutation survivors of the re-run at 407b38a) ---------------------------
+
+CAP_LINE = b"* CAPABILITY IMAP4rev1 STARTTLS IDLE\r\n"
+CAP_FILTERED = b"* CAPABILITY IMAP4rev1 IDLE\r\n"
+
+
+def test_a_literal_announced_with_a_bare_lf_passes_untouched() -> None:
+    """``{n}`` then a bare LF announces a literal too: its bytes (here a CAPABILITY-looking line) are not
+    filtered, and the line after the literal is (kills ``b'}\\n'`` -> ``b'XX}\\n'`` in _LITERAL_ENDINGS)."""
+    data = b"* 1 FETCH (BODY[] {%d}\n" % len(CAP_LINE) + CAP_LINE + b")\r\n" + CAP_LINE
+    sent, other = both(ImapBackendFilter, GREETING + data)
+    assert sent == b"* 1 FETCH (BODY[] {%d}\n" % len(CAP_LINE) + CAP_LINE + b")\r\n" + CAP_FILTERED
+    assert other == []
+
+
+def test_a_line_of_exactly_max_line_bytes_is_still_filtered() -> None:
+    """``max_line`` bytes is within the limit: the line is parsed, STARTTLS hidden (kills ``>`` -> ``>=``)."""
+    line = b"* CAPABILITY IMAP4rev1 STARTTLS " + b"X" * 20 + b"\r\n"
+    sent, other = both(ImapBackendFilter, b"* OK ready\r\n" + line, max_line=len(line))
+    assert sent == line.replace(b" STARTTLS", b"") and other == []
+
+
+def test_the_line_ending_a_literal_response_ends_the_continuation() -> None:
+    """After ``{n}`` + literal + ``)``, the next line is a new response and is filtered again (kills the
+    deleted ``self._continued = False`` of the no-literal fast path in _end_of_line)."""
+    data = b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n" + CAP_LINE
+    sent, _ = both(ImapBackendFilter, GREETING + data)
+    assert sent == b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n" + CAP_FILTERED

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sniproxy.proto.linebuf import LineBuffer, LineTooLong, safe_text, strip_eol
@@ -91,6 +91,7 @@ def test_helpers() -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=30))
+@example(b"\n" + b"\x00" * 33, [1])   # found by hypothesis: whole, the harness lost the "\n" returned before the error
 def test_property_chunking_invariant(data: bytes, cuts: list[int]) -> None:
     """Any chunking gives the same lines (or the same error point) and memory stays bounded."""
     max_line = 32
@@ -102,7 +103,9 @@ def test_property_chunking_invariant(data: bytes, cuts: list[int]) -> None:
             buf.feed(chunk)
             assert len(buf) <= max_line + 1 + len(chunk)
             try:
-                lines += drain(buf)
+                # line by line: the lines returned before a LineTooLong count (drain() would lose them)
+                while (line := buf.next_line()) is not None:
+                    lines.append(line)
             except LineTooLong:
                 return lines, True
         return lines, False

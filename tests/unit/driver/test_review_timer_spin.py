@@ -1,0 +1,46 @@
+"""REVIEW (issue 16 diff f0f6dc3..HEAD): failing test, not a fix.
+
+The worker runs on uvloop (sniproxy/app.py), whose timers have millisecond resolution and fire up to
+1 ms before a fractional ``call_at`` deadline. ``BackendPool._expire`` (and, the same way,
+``HttpBack._response_timeout`` once a later request moved its deadline on) re-arms itself with
+``call_at(deadline)`` whenever ``loop.time()`` is still short of the deadline: an early firing then
+spins on the event loop (hundreds of callbacks, up to ~1 ms of CPU each time) until uvloop's clock
+ticks. One idle connection's expiry should take one sweep, or a few, not hundreds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvloop
+
+from sniproxy.config.model import Address
+from sniproxy.driver.http_pool import BackendConn, BackendPool
+
+
+class _Counting(BackendPool):
+    __slots__ = ("sweeps",)
+
+    def _expire(self) -> None:
+        self.sweeps = getattr(self, "sweeps", 0) + 1
+        super()._expire()
+
+
+def test_review_one_idle_expiry_does_not_spin_the_loop_under_uvloop() -> None:
+    calls = 0
+
+    async def main() -> None:
+        nonlocal calls
+        worst = 0
+        for i in range(40):
+            await asyncio.sleep((i % 7) * 0.0004)   # various sub-millisecond phases
+            pool = _Counting(Address("127.0.0.1", 9), max_idle=4, idle_timeout=0.03 + (i % 3) * 0.07)
+            conn = BackendConn(pool)
+            pool.give(conn)
+            while not conn.closed:  # noqa: ASYNC110 (polled: the pool closes it from a timer)
+                await asyncio.sleep(0.001)
+            worst = max(worst, getattr(pool, "sweeps", 0))
+        calls = worst
+
+    uvloop.run(main())
+    assert calls <= 3, f"{calls} sweeps for one idle connection's expiry"

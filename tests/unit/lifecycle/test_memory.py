@@ -1,0 +1,122 @@
+"""``lifecycle/memory``: freed heap pages go back to the kernel when a worker asks (issue 17's RSS steps)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+
+from sniproxy.lifecycle import memory
+
+MIB = 1024
+
+
+@pytest.mark.skipif(not memory.available(), reason="this libc has no malloc_trim (musl): nothing to release")
+def test_release_gives_back_pages_freed_in_the_middle_of_the_heap() -> None:
+    """80 MB freed below a live chunk stay in RSS (glibc trims only the top) until ``release``."""
+    before = memory.rss_kib()
+    assert before is not None
+    # 4000-byte objects: above pymalloc's 512-byte limit and below glibc's mmap threshold, so each is a
+    # heap chunk; ``pin`` sits above them and keeps glibc's own top-of-heap trim from reaching them.
+    chunks = [bytes(4000) for _ in range(20_000)]
+    pin = [bytes(4000) for _ in range(16)]
+    grown = memory.rss_kib()
+    assert grown is not None and grown - before > 60 * MIB
+    del chunks
+    freed = memory.rss_kib()
+    assert freed is not None and freed - before > 60 * MIB, "glibc returned the pages by itself: test is moot"
+    assert memory.release() is True
+    after = memory.rss_kib()
+    assert after is not None and freed - after > 50 * MIB
+    assert len(pin) == 16
+
+
+def test_rss_is_read_from_proc() -> None:
+    """The figure the worker logs with each ``snapshot`` event is a positive number of KiB."""
+    rss = memory.rss_kib()
+    assert rss is not None and rss > 1024
+
+
+def test_trim_forever_releases_on_its_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's trimmer calls ``release`` once per period and stops when cancelled."""
+    calls: list[float] = []
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+
+        def counted() -> bool:
+            calls.append(loop.time())
+            return False
+
+        monkeypatch.setattr(memory, "release", counted)
+        task = loop.create_task(memory.trim_forever(0.02))
+        await asyncio.sleep(0.13)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
+    assert 3 <= len(calls) <= 7
+    assert all(b - a >= 0.015 for a, b in itertools.pairwise(calls))
+
+
+def test_heap_growth_names_where_the_python_heap_grew() -> None:
+    """Off unless tracing; when tracing, the first call is the reference and later calls name the growth."""
+    import tracemalloc
+
+    assert memory.heap_growth() is None
+    memory._FIRST.clear()
+    tracemalloc.start(4)
+    try:
+        assert memory.heap_growth() == []
+        kept = [bytearray(1000) for _ in range(2000)]   # ~2 MB kept, allocated on this line
+        lines = memory.heap_growth()
+    finally:
+        tracemalloc.stop()
+        memory._FIRST.clear()
+    assert lines and len(kept) == 2000
+    top = lines[0]
+    assert "test_memory.py:" in top and int(top.split()[0]) >= 1900, lines
+
+
+def test_tracing_starts_only_when_the_operator_asks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``SNIPROXY_TRACEMALLOC=N`` starts tracing with N frames; unset or not a positive number, nothing."""
+    import tracemalloc
+
+    for value in ("", "0", "yes"):
+        monkeypatch.setenv(memory.TRACE_ENV, value)
+        assert memory.trace_if_asked() is False
+    monkeypatch.setenv(memory.TRACE_ENV, "3")
+    try:
+        assert memory.trace_if_asked() is True
+        assert tracemalloc.get_traceback_limit() == 3
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.skipif(not memory.available(), reason="this libc has no malloc_trim (musl): nothing to release")
+def test_after_swap_frees_what_only_a_cycle_still_holds() -> None:
+    """An old snapshot kept by reference cycles is collected first, then its pages go back (a trim alone
+    would run while it is still allocated)."""
+    import gc
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self
+            self.chunks = [bytes(4000) for _ in range(20_000)]
+
+    gc.disable()   # the automatic collector must not do after_swap's work for it
+    try:
+        before = memory.rss_kib()
+        node = Node()
+        pin = [bytes(4000) for _ in range(16)]
+        del node   # unreachable, but its cycle keeps it allocated until a collection
+        held = memory.rss_kib()
+        assert before is not None and held is not None and held - before > 60 * MIB
+        memory.after_swap()
+        after = memory.rss_kib()
+        assert after is not None and held - after > 50 * MIB
+        assert len(pin) == 16
+    finally:
+        gc.enable()
