@@ -23,7 +23,7 @@ from typing import Any
 
 from sniproxy.config.model import HttpMode, HttpOptions, Listener, Protocol
 from sniproxy.driver.halves import FrontHalf
-from sniproxy.driver.http_pool import BackendConn, pool_for
+from sniproxy.driver.http_pool import TICK, BackendConn, pool_for
 from sniproxy.driver.shared import PENDING_MAX, Drain
 from sniproxy.errors import Reason
 from sniproxy.observability.log import get_logger
@@ -381,7 +381,7 @@ class HttpBack:
         if deadline is None or self._resp_started or self._closed:
             return
         loop = asyncio.get_running_loop()
-        if loop.time() < deadline:   # a later request moved the deadline on
+        if loop.time() + TICK < deadline:   # a later request moved the deadline on (TICK: see http_pool)
             self._resp_timer = loop.call_at(deadline, self._response_timeout)
             return
         self._backend_error(504, Reason.BACKEND_TIMEOUT, f"no response head in {self._opts.response_timeout:g} s")

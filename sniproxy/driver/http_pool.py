@@ -14,6 +14,8 @@ from typing import Protocol, cast
 from sniproxy.config.model import Address, HttpOptions
 from sniproxy.driver.shared import WRITE_HIGH
 
+TICK = 0.002   # seconds: a timer firing this close to its deadline counts as due (uvloop: 1 ms clock)
+
 
 class BackendOwner(Protocol):
     """The client side a borrowed backend connection reports to (``driver.http.HttpBack``)."""
@@ -140,7 +142,9 @@ class BackendPool:
         """Close the connections idle for ``idle_timeout``; come back for the next one due."""
         self._sweep = None
         loop = asyncio.get_running_loop()
-        cutoff = loop.time() - self.idle_timeout
+        # + TICK: uvloop's timers work in whole milliseconds and may fire just short of the deadline;
+        # without it the sweep re-arms for the same instant and spins until the clock ticks.
+        cutoff = loop.time() + TICK - self.idle_timeout
         for conn in [c for c in self._idle if self._since.get(id(c), cutoff) <= cutoff]:
             conn.close()   # (forget drops it from the idle list)
         if self._idle:

@@ -240,6 +240,9 @@ class ClientSide:
             return self._refuse(str(exc), _guess_soap(head))
         if not framing.host and version == b"1.1":
             return self._refuse("missing mandatory Host header (RFC 9112 §3.2)", _guess_soap(head))
+        if framing.chunked and version != b"1.1":
+            # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing, whatever follows.
+            return self._refuse("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)", _guess_soap(head))
         if method == b"CONNECT":
             return self._refuse("CONNECT is not served by a reverse proxy", _guess_soap(head))
         self.requests += 1
@@ -337,7 +340,8 @@ class ClientSide:
         elif codings:
             if codings != [b"chunked"]:
                 raise ResponseError(f"response Transfer-Encoding {codings!r}")
-            framing = "chunked"
+            # to an HTTP/1.0 client a chunked body goes out delimited by the connection's end, as h11 did
+            framing = "chunked" if self._req_v11 else "close"
         elif lengths:
             framing = "length"
             self._resp_left = int(lengths[0])

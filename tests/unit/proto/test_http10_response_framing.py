@@ -1,4 +1,4 @@
-"""REVIEW (issue 16 diff f0f6dc3..HEAD): failing test, not a fix.
+"""Review of issue 16's HTTP change (f0f6dc3..20a2d9e): a finding's regression test (it failed before the fix).
 
 ``ClientSide.response`` given a ``Transfer-Encoding: chunked`` response for an HTTP/1.0 client removes
 the field (as h11 did) but keeps framing the body as chunked, so the 1.0 client, which has no
@@ -24,7 +24,7 @@ def _h11() -> bytes:
             + conn.send(h11.Data(data=b"abc")) + conn.send(h11.EndOfMessage()))
 
 
-def test_review_chunked_response_to_http10_client_is_close_delimited_as_h11_wrote_it() -> None:
+def test_chunked_response_to_http10_client_is_close_delimited_as_h11_wrote_it() -> None:
     side = ClientSide()
     side.receive_data(_REQ)
     head = side.response(200, [(b"Transfer-Encoding", b"chunked")])

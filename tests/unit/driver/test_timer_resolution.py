@@ -1,4 +1,4 @@
-"""REVIEW (issue 16 diff f0f6dc3..HEAD): failing test, not a fix.
+"""Review of issue 16's HTTP change (f0f6dc3..20a2d9e): a finding's regression test (it failed before the fix).
 
 The worker runs on uvloop (sniproxy/app.py), whose timers have millisecond resolution and fire up to
 1 ms before a fractional ``call_at`` deadline. ``BackendPool._expire`` (and, the same way,
@@ -26,7 +26,7 @@ class _Counting(BackendPool):
         super()._expire()
 
 
-def test_review_one_idle_expiry_does_not_spin_the_loop_under_uvloop() -> None:
+def test_one_idle_expiry_does_not_spin_the_loop_under_uvloop() -> None:
     calls = 0
 
     async def main() -> None:
