@@ -319,3 +319,19 @@ def test_close_delimited_response_drops_an_empty_content_length() -> None:
     side.receive_data(b"GET / HTTP/1.0\r\n\r\n")
     assert side.response(200, [(b"Content-Length", b""), (b"X", b"1")], b"OK") == (
         b"HTTP/1.1 200 OK\r\nX: 1\r\nConnection: close\r\n\r\n")
+
+
+def test_http10_transfer_encoding_refusal_detail() -> None:
+    got = refused(b"POST / HTTP/1.0\r\nContent-Type: text/xml\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert (got.detail, got.soap) == ("Transfer-Encoding in an HTTP/1.0 request (RFC 9112 §6.1)", "1.1")
+    events = ClientSide().receive_data(b"POST / HTTP/1.0\r\nContent-Length: 2\r\n\r\nab")
+    assert isinstance(events[0], RequestStarted) and isinstance(events[-1], RequestEnded)
+
+
+def test_chunked_response_to_http10_is_close_delimited() -> None:
+    side = ClientSide()
+    side.receive_data(b"GET / HTTP/1.0\r\n\r\n")
+    assert side.response(200, [(b"Transfer-Encoding", b"chunked")], b"OK") == (
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+    assert side.body(b"abc") == b"abc"
+    assert side.end() == (b"", False)
