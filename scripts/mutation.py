@@ -50,6 +50,8 @@ SECURITY_MODULES = (
     "sniproxy/proto/linebuf.py",
     "sniproxy/proto/clienthello.py", "sniproxy/proto/proxy_protocol.py", "sniproxy/proto/proxy_wire.py",
     "sniproxy/proto/identity_out.py",
+    "sniproxy/proto/http_body.py", "sniproxy/proto/http_backend.py", "sniproxy/proto/http_rewrite.py",
+    "sniproxy/proto/http_server.py",
     "sniproxy/crl/validate.py", "sniproxy/crl/index.py", "sniproxy/crl/entries.py", "sniproxy/crl/state.py",
     "sniproxy/routing.py", "sniproxy/auth/login.py", "sniproxy/auth/sasl.py",
 )
@@ -67,6 +69,12 @@ EXTRA_TESTS: dict[str, tuple[str, ...]] = {
     # The IMAP syntax (valid tag, literal marker) is read by the relay modules, tested through them.
     "sniproxy/proto/imap.py": ("tests/unit/proto/test_imap_auth.py", "tests/unit/proto/test_imap_relay.py"),
     "sniproxy/auth/sasl.py": ("tests/unit/proto/test_smtp_relay.py", "tests/unit/proto/test_imap_auth.py"),
+    # The HTTPS client half: the body framing and the request checks are driven by the server's parser, and
+    # most of their cases are written against it (a chunked body or a smuggling refusal from request bytes).
+    "sniproxy/proto/http_body.py": ("tests/unit/proto/test_http_server.py",
+                                    "tests/unit/proto/test_http_server_framing.py"),
+    "sniproxy/proto/http_rewrite.py": ("tests/unit/proto/test_http_server.py",
+                                       "tests/unit/proto/test_http_server_framing.py"),
 }
 #: Imported once in the parent so each forked child starts warm (never sniproxy: it comes from the copy).
 _WARM = ("pytest", "_pytest.python", "hypothesis", "cryptography.x509", "cryptography.hazmat.primitives.hashes",

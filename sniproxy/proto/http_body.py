@@ -60,7 +60,7 @@ class ChunkedBody:
             state = self._state
             if state == _DATA:
                 left = self._left
-                if len(buf) <= left:
+                if len(buf) < left:   # (all of it exactly: the branch below, so that no empty piece follows)
                     out.append(bytes(buf))
                     self._left = left - len(buf)
                     buf.clear()
