@@ -482,3 +482,12 @@ def test_the_line_ending_a_literal_response_ends_the_continuation() -> None:
     data = b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n" + CAP_LINE
     sent, _ = both(ImapBackendFilter, GREETING + data)
     assert sent == b"* 1 FETCH (BODY[] {3}\r\nabc)\r\n" + CAP_FILTERED
+
+
+def test_a_line_ending_in_braces_that_are_no_literal_ends_the_continuation() -> None:
+    """A continuation line ending in ``{...}`` CRLF that is no literal (not digits) ends the response too: the
+    next line is filtered again (kills the deleted ``self._continued = False`` of _end_of_line's else branch)."""
+    data = b"* 1 FETCH (BODY[] {3}\r\nabc X-LABELS {not-a-literal}\r\n" + CAP_LINE
+    sent, other = both(ImapBackendFilter, GREETING + data)
+    assert sent == b"* 1 FETCH (BODY[] {3}\r\nabc X-LABELS {not-a-literal}\r\n" + CAP_FILTERED
+    assert other == []
