@@ -342,6 +342,8 @@ class ClientConnection(asyncio.Protocol):
                 self._arm(remaining)
                 return
             self.finish(Reason.TIMEOUT, "idle")
+        elif self._phase == BACKEND_CONNECT:
+            self._back.backend_timeout()   # the client is told in its protocol, as for a refusing backend
         else:
             self.finish(Reason.TIMEOUT, PHASE_NAMES[self._phase])
 
@@ -595,6 +597,4 @@ class ClientConnection(asyncio.Protocol):
             self._ip = None
         STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
         log_connection(self, PHASE_NAMES[phase], self._back.event_fields())
-        # Unlink the halves (see halves.Finished): no reference cycle is left to wait for the collector.
-        self._back = FINISHED
-        self._to_back = _no_plaintext
+        self._back, self._to_back = FINISHED, _no_plaintext   # unlinked (halves.Finished): no cycle left

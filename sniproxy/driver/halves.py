@@ -117,6 +117,9 @@ class BackHalf(Protocol):
     def drain_begin(self) -> None:
         """The worker started draining while this connection relays."""
 
+    def backend_timeout(self) -> None:
+        """The backend did not answer within the phase's timeout: end the connection, telling the client."""
+
     def finish(self) -> None:
         """The connection is ending: cancel timers and tasks, close the backend side."""
 
@@ -152,6 +155,9 @@ class Finished:
         """No backend to resume."""
 
     def drain_begin(self) -> None:
+        """Already ended."""
+
+    def backend_timeout(self) -> None:
         """Already ended."""
 
     def finish(self) -> None:

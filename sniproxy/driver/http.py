@@ -185,6 +185,10 @@ class HttpBack:
             bk.paused = False
             bk.transport.resume_reading()
 
+    def backend_timeout(self) -> None:
+        """Not reached: this half answers its own backend timeouts (504) in the relay phase."""
+        self.front.finish(Reason.TIMEOUT, "backend_connect")
+
     def drain_begin(self) -> None:
         """Between requests a keep-alive connection owes nothing: close it now (RFC 9112 §9.6)."""
         if (self._http is not None and self._bk is None and self._bk_task is None

@@ -157,6 +157,10 @@ class MailBack:
         if bt is not None:
             bt.resume_reading()
 
+    def backend_timeout(self) -> None:
+        """No backend greeting in time (one stopping, say): IMAP ``* BYE [UNAVAILABLE]``, SMTP 421, then close."""
+        self._backend_failed(Reason.TIMEOUT, "backend_connect")
+
     def drain_begin(self) -> None:
         """Say goodbye now where waiting cannot help: a session in IMAP IDLE."""
         if self._idling:

@@ -81,6 +81,19 @@ async def test_backend_unavailable_answered_in_the_protocol(pki: TestPki, tmp_pa
     assert ev["detail"] == "127.0.0.1:20143: Connection refused"
 
 
+async def test_a_backend_that_never_greets_is_a_timeout_told_in_smtp(
+        pki: TestPki, tmp_path: Path, events: list[dict[str, Any]], dialer: FakeDialer) -> None:
+    """Issue 17's soak: connected, but no greeting in time (a backend stopping): 421, then close."""
+    h, client = await relaying(pki, tmp_path, dialer, "smtps", sni=SMTP_SNI,
+                               cfg=mail_config(pki, timeouts={"connect": 0.05}))
+    assert dialer.conns   # the TCP connection is made; the greeting never comes
+    await asyncio.sleep(0.2)
+    answer = client.recv(h)
+    assert answer.startswith(b"421 ") and b"unavailable" in answer and client.closed
+    [ev] = events
+    assert ev["reason"] == "timeout" and ev["phase"] == "backend_connect"
+
+
 async def test_backend_closed_before_greeting(pki: TestPki, tmp_path: Path, events: list[dict[str, Any]],
                                               dialer: FakeDialer) -> None:
     h, client = await relaying(pki, tmp_path, dialer, "smtps", sni=SMTP_SNI)
@@ -159,9 +172,11 @@ async def test_connect_timeout(pki: TestPki, tmp_path: Path, events: list[dict[s
     dialer.hold = asyncio.Event()
     h, client = await relaying(pki, tmp_path, dialer, "imaps", cfg=mail_config(pki, timeouts={"connect": 0.05}))
     await asyncio.sleep(0.2)
-    assert client.recv(h) == b"" and client.closed and h.t.closed
+    # Told in IMAP, as for a refusing backend (the soak saw a bare EOF while Dovecot was stopping).
+    assert client.recv(h) == b"* BYE [UNAVAILABLE] Service temporarily unavailable\r\n" and client.closed
+    assert h.t.closed
     [ev] = events
-    assert ev["reason"] == "timeout" and ev["detail"] == "backend_connect"
+    assert ev["reason"] == "timeout" and ev["detail"] == "backend_connect" and ev["phase"] == "backend_connect"
     dialer.hold.set()
     await settle()
     assert dialer.conns == []    # the connect was cancelled with the connection
