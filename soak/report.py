@@ -218,6 +218,9 @@ class Analysis:
         for fault, reasons in EXPLAINS.items():
             if reason in reasons and self.in_fault((fault,), t):
                 return fault
+        if reason == "timeout" and ev.get("phase") == "backend_connect" and \
+                self.in_fault(("dovecot_down", "postfix_down"), t):
+            return "backend stopping: no greeting in time"   # connected while it shut down (40-min soak)
         if kind == "reset" and reason in ("backend_unavailable", "backend_refused") and \
                 self.in_fault(("dovecot_down", "postfix_down"), t):
             return "backend down"

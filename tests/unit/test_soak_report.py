@@ -212,3 +212,12 @@ def test_png_size_comes_from_the_svg_root() -> None:
     assert png.size('<svg xmlns="http://www.w3.org/2000/svg" width="900" height="660" font-size="11">') == (900, 660)
     with pytest.raises(ValueError, match="width and height"):
         png.size('<svg viewBox="0 0 10 10">')
+
+
+def test_a_backend_connect_timeout_is_explained_only_while_a_backend_stops(tmp_path: Path) -> None:
+    """The 40-minute soak: clients connected to Dovecot while it shut down got no greeting in time."""
+    an = _run(tmp_path, [])
+    ev = {"attempt": {"driver": "imap", "kind": "imap"}, "reason": "timeout", "phase": "backend_connect"}
+    assert an.explain({**ev, "_t": STOP + 5}) == "backend stopping: no greeting in time"
+    assert an.explain({**ev, "_t": STOP + 100}) is None                       # no stop then
+    assert an.explain({**ev, "phase": "handshake", "_t": STOP + 5}) is None    # not the backend's doing
