@@ -4,32 +4,67 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from sniproxy.lifecycle import memory
 
 MIB = 1024
+ROOT = Path(__file__).resolve().parents[3]
+
+
+# The RSS figures below are only meaningful in a fresh interpreter: in the suite's process, with a heap of
+# hundreds of MB already freed and kept by glibc, the 80 MB would reuse it and RSS would not move at all.
+_FRESH = """
+import gc, json, sys
+from sniproxy.lifecycle import memory
+case = sys.argv[1]
+gc.disable()
+out = {"before": memory.rss_kib()}
+if case == "release":
+    chunks = [bytes(4000) for _ in range(20_000)]
+    pin = [bytes(4000) for _ in range(16)]
+    out["grown"] = memory.rss_kib()
+    del chunks
+    out["held"] = memory.rss_kib()
+    out["returned"] = memory.release()
+else:
+    class Node:
+        def __init__(self):
+            self.me = self
+            self.chunks = [bytes(4000) for _ in range(20_000)]
+    node = Node()
+    pin = [bytes(4000) for _ in range(16)]
+    del node
+    out["held"] = memory.rss_kib()
+    out["returned"] = memory.after_swap()
+out["after"] = memory.rss_kib()
+print(json.dumps(out))
+"""
+
+
+def _fresh(case: str) -> dict[str, int]:
+    run = subprocess.run([sys.executable, "-c", _FRESH, case], capture_output=True, text=True, timeout=120,
+                         check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result: dict[str, int] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
 
 
 @pytest.mark.skipif(not memory.available(), reason="this libc has no malloc_trim (musl): nothing to release")
 def test_release_gives_back_pages_freed_in_the_middle_of_the_heap() -> None:
     """80 MB freed below a live chunk stay in RSS (glibc trims only the top) until ``release``."""
-    before = memory.rss_kib()
-    assert before is not None
     # 4000-byte objects: above pymalloc's 512-byte limit and below glibc's mmap threshold, so each is a
-    # heap chunk; ``pin`` sits above them and keeps glibc's own top-of-heap trim from reaching them.
-    chunks = [bytes(4000) for _ in range(20_000)]
-    pin = [bytes(4000) for _ in range(16)]
-    grown = memory.rss_kib()
-    assert grown is not None and grown - before > 60 * MIB
-    del chunks
-    freed = memory.rss_kib()
-    assert freed is not None and freed - before > 60 * MIB, "glibc returned the pages by itself: test is moot"
-    assert memory.release() is True
-    after = memory.rss_kib()
-    assert after is not None and freed - after > 50 * MIB
-    assert len(pin) == 16
+    # heap chunk; a pin sits above them and keeps glibc's own top-of-heap trim from reaching them.
+    r = _fresh("release")
+    assert r["grown"] - r["before"] > 60 * MIB
+    assert r["held"] - r["before"] > 60 * MIB, "glibc returned the pages by itself: test is moot"
+    assert r["returned"]
+    assert r["held"] - r["after"] > 50 * MIB
 
 
 def test_rss_is_read_from_proc() -> None:
@@ -98,25 +133,7 @@ def test_tracing_starts_only_when_the_operator_asks(monkeypatch: pytest.MonkeyPa
 @pytest.mark.skipif(not memory.available(), reason="this libc has no malloc_trim (musl): nothing to release")
 def test_after_swap_frees_what_only_a_cycle_still_holds() -> None:
     """An old snapshot kept by reference cycles is collected first, then its pages go back (a trim alone
-    would run while it is still allocated)."""
-    import gc
-
-    class Node:
-        def __init__(self) -> None:
-            self.me = self
-            self.chunks = [bytes(4000) for _ in range(20_000)]
-
-    gc.disable()   # the automatic collector must not do after_swap's work for it
-    try:
-        before = memory.rss_kib()
-        node = Node()
-        pin = [bytes(4000) for _ in range(16)]
-        del node   # unreachable, but its cycle keeps it allocated until a collection
-        held = memory.rss_kib()
-        assert before is not None and held is not None and held - before > 60 * MIB
-        memory.after_swap()
-        after = memory.rss_kib()
-        assert after is not None and held - after > 50 * MIB
-        assert len(pin) == 16
-    finally:
-        gc.enable()
+    would run while it is still allocated). The collector is off, so only after_swap can collect it."""
+    r = _fresh("cycle")
+    assert r["held"] - r["before"] > 60 * MIB
+    assert r["held"] - r["after"] > 50 * MIB
