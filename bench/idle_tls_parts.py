@@ -18,7 +18,6 @@ for one variant:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import sys
 import tempfile
@@ -29,25 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from OpenSSL import SSL
 
+from bench.idle_breakdown import c_heap
 from sniproxy.demo.conf import config_dict
 from sniproxy.demo.pki import build
 from sniproxy.observability.log import configure
 from sniproxy.tls.session import TlsSession
 from tests.unit.driver.kit import PORTS, TlsClient, mail_config, snapshot
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                                 "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-_libc = ctypes.CDLL("libc.so.6")
-_libc.mallinfo2.restype = _Mallinfo2
-
-
-def c_heap() -> int:
-    m = _libc.mallinfo2()
-    return int(m.uordblks + m.hblkhd)
 
 
 def reissued(pki: Any) -> SSL.Context:
@@ -87,18 +73,7 @@ def session(variant: str, pki: Any, snap: Any, snap_none: Any) -> object:
             ctx.use_privatekey_file(str(pki.cards["fort"].key))
         client.ssl = SSL.Connection(ctx, None)
         client.ssl.set_connect_state()
-    server.feed(client.hello())
-    for _ in range(10):
-        done = server.handshake()
-        client.ssl.bio_write(server.outgoing())
-        try:
-            client.ssl.do_handshake()
-        except SSL.WantReadError:
-            pass
-        out = client.outgoing()
-        if done and not out:
-            break
-        server.feed(out)
+    client.handshake_session(server)
     assert server.established
     server.read()
     if "+clear" in variant:

@@ -20,6 +20,7 @@ from sniproxy.demo.conf import DemoPorts, config_dict, write_config
 from sniproxy.demo.pki import TestPki
 from sniproxy.driver.front import ClientConnection
 from sniproxy.runtime.snapshot import Snapshot, SnapshotHolder, compile_snapshot
+from sniproxy.tls.session import TlsSession
 
 MSG, MSG_SANTE = "mss-msg.mssante.fr", "mss-msg-igcsante.mssante.fr"
 IMAP_SNI = "frontimap.mssante.fr"
@@ -200,6 +201,22 @@ class TlsClient:
             if not out:
                 return
             h.send(out)
+        raise AssertionError("handshake did not settle")
+
+    def handshake_session(self, server: TlsSession) -> None:
+        """Run the handshake against a bare ``TlsSession`` (no driver) until both sides are done."""
+        server.feed(self.hello())
+        for _ in range(10):
+            done = server.handshake()
+            self.ssl.bio_write(server.outgoing())
+            try:
+                self.ssl.do_handshake()
+            except SSL.WantReadError:
+                pass
+            out = self.outgoing()
+            if done and not out:
+                return
+            server.feed(out)
         raise AssertionError("handshake did not settle")
 
     def send(self, h: Harness, plain: bytes) -> None:

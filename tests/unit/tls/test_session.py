@@ -24,18 +24,7 @@ def _established(pki: TestPki, tmp: Path) -> tuple[TlsSession, TlsClient]:
     """A server session (flow 2bis, card required) and its client, through the handshake."""
     server = TlsSession(snapshot(mail_config(pki), tmp).flows["2bis"])
     client = TlsClient(pki, sni=None)
-    server.feed(client.hello())
-    for _ in range(10):
-        done = server.handshake()
-        client.ssl.bio_write(server.outgoing())
-        try:
-            client.ssl.do_handshake()
-        except SSL.WantReadError:
-            pass
-        out = client.outgoing()
-        if done and not out:
-            break
-        server.feed(out)
+    client.handshake_session(server)
     assert server.established and server.read() == (b"", False)
     return server, client
 
