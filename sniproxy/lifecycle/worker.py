@@ -275,6 +275,7 @@ def _observability() -> None:
 def main(argv: list[str]) -> int:
     """Entry point of a worker process: ``FD PPID LOG_LEVEL LOG_FORMAT``."""
     fd, ppid = int(argv[0]), int(argv[1])
+    memory.fix_thresholds()   # before the first relay buffer: glibc decides where chunks go as they come
     configure(argv[2], argv[3])
     _observability()
     signal.signal(signal.SIGINT, signal.SIG_IGN)

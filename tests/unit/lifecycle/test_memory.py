@@ -142,3 +142,44 @@ def test_after_swap_frees_what_only_a_cycle_still_holds() -> None:
     r = _fresh("cycle")
     assert r["held"] - r["before"] > 60 * MIB
     assert r["held"] - r["after"] > 50 * MIB
+
+
+# Whether a 900 KiB malloc comes from the heap ([heap], brk) or from its own mmap, in a fresh interpreter: glibc's
+# dynamic mmap threshold starts at 128 KiB, so without fixed thresholds the chunk is mmapped.
+_WHERE = """
+import ctypes, ctypes.util, json, sys
+from sniproxy.lifecycle import memory
+took = memory.fix_thresholds() if sys.argv[1] == "fixed" else None
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+ptr = libc.malloc(900 * 1024)
+heap = [line.split()[0].split("-") for line in open("/proc/self/maps") if line.rstrip().endswith("[heap]")]
+print(json.dumps({"took": took, "in_heap": any(int(a, 16) <= ptr < int(b, 16) for a, b in heap)}))
+"""
+
+
+def _where(case: str) -> dict[str, bool | None]:
+    run = subprocess.run([sys.executable, "-c", _WHERE, case], capture_output=True, text=True, timeout=120,
+                         check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    result: dict[str, bool | None] = json.loads(run.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.mark.skipif(not memory.available(), reason="not glibc (musl has no mallopt thresholds)")
+def test_fixed_thresholds_keep_a_relay_sized_buffer_in_the_heap() -> None:
+    """A buffer under ``MMAP_THRESHOLD`` comes from the heap once fixed (not a fresh mmap to fault in each time)."""
+    assert memory.MMAP_THRESHOLD > 900 * 1024
+    assert _where("default") == {"took": None, "in_heap": False}   # the case the fix is for, shown as it is
+    assert _where("fixed") == {"took": True, "in_heap": True}
+
+
+def test_a_worker_fixes_the_thresholds_before_it_serves() -> None:
+    """``worker.main`` fixes them first: glibc places chunks as they come, so later is too late for the first."""
+    import inspect
+
+    from sniproxy.lifecycle import worker
+
+    src = inspect.getsource(worker.main)
+    assert "memory.fix_thresholds()" in src
+    assert src.index("memory.fix_thresholds()") < src.index("asyncio.run(")
