@@ -36,6 +36,9 @@ from sniproxy.proto.netaddr import peer_ip
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 _REPLY = re.compile(rb"^([2-5][0-9][0-9])([ -])")
+# One whole reply: continuation lines ("250-"), then its last line ("250 "), each as _REPLY accepts it.
+_WHOLE_REPLY = re.compile(rb"(?:[2-5][0-9][0-9]-[^\n]*\n)*([2-5][0-9][0-9]) [^\n]*\n")
+_LINE = re.compile(rb"[^\n]*\n")
 _HIDDEN_EHLO = frozenset({b"STARTTLS", b"XCLIENT", b"XFORWARD", b"CHUNKING", b"BINARYMIME"})
 _EOL = re.compile(rb"\r*\n")
 # Control characters, tab included: Postfix splits commands on any white space, the proxy on spaces only.
@@ -85,6 +88,14 @@ class Expect(Enum):
     UNSOLICITED = auto()  # a reply with nothing due (never queued)
 
 
+def _text(lines: list[bytes]) -> str:
+    """A reply's text (its lines without code and separator), printable, for a log detail.
+
+    Built only where a detail needs it: a session's replies are passed on as bytes, never decoded.
+    """
+    return safe_text(b" ".join(strip_eol(x[4:]) for x in lines))
+
+
 def _xclient_addr(host: str) -> str:
     addr = peer_ip(host)
     if addr is None:                # not an IP address (a Unix socket): Postfix's word for unknown
@@ -128,47 +139,73 @@ class SmtpRelay:
     def from_backend(self, data: bytes) -> list[RelayAction]:
         """Feed backend bytes."""
         out: list[RelayAction] = []
-        self._bline += data
-        while True:
-            nl = self._bline.find(b"\n")
+        if self._bline:
+            self._bline += data
+            data = bytes(self._bline)
+            self._bline.clear()
+        pos, size = 0, len(data)
+        while pos < size:
+            if not self._reply:
+                # A whole reply at once (the usual case: a backend writes each reply in one piece): one
+                # regex call instead of a pass per line. It accepts exactly the lines the loop below
+                # accepts; anything else (a bad line, a reply cut short or over MAX_REPLY) goes there.
+                m = _WHOLE_REPLY.match(data, pos)
+                if m is not None and m.end() - pos <= MAX_REPLY:
+                    lines = _LINE.findall(data, pos, m.end())
+                    pos = m.end()
+                    if self._complete(int(m.group(1)), lines, out):
+                        self._bline += data[pos:]
+                        return out
+                    continue
+            nl = data.find(b"\n", pos)
             if nl < 0:
-                if len(self._bline) > self._max_line:
-                    return [*out, Stop(Reason.BACKEND_PROTOCOL, "reply line too long")]
                 break
-            line = bytes(self._bline[:nl + 1])
-            del self._bline[:nl + 1]
+            line = data[pos:nl + 1]
+            pos = nl + 1
             m = _REPLY.match(line)
             if m is None:
+                self._bline += data[pos:]
                 return [*out, Stop(Reason.BACKEND_PROTOCOL, f"not an SMTP reply: {safe_text(line)}")]
             if self._reply_size + len(line) > MAX_REPLY:
+                self._bline += data[pos:]
                 return [*out, Stop(Reason.BACKEND_PROTOCOL, f"reply over {MAX_REPLY} bytes")]
             self._reply.append(line)
             self._reply_size += len(line)
             if m.group(2) == b" ":
                 reply, self._reply, self._reply_size = self._reply, [], 0
-                out += self._on_reply(int(m.group(1)), reply)
-                if out and isinstance(out[-1], Stop):
+                if self._complete(int(m.group(1)), reply, out):
+                    self._bline += data[pos:]
                     return out
-                while self._queue and isinstance(self._queue[0], bytes):
-                    local = self._queue.popleft()
-                    assert isinstance(local, bytes)
-                    out.append(ToClient(local))
+        if pos < size:
+            self._bline += data[pos:]
+            if len(self._bline) > self._max_line:
+                return [*out, Stop(Reason.BACKEND_PROTOCOL, "reply line too long")]
         # Held client bytes may now be processed (after 354, a login, or the opening dance).
         if self.ready and self._mode is not Mode.HOLD and self._cbuf:
             out += self._client_process()
         return out
 
-    def _on_reply(self, code: int, lines: list[bytes]) -> list[RelayAction]:
-        text = safe_text(b" ".join(strip_eol(x[4:]) for x in lines))
-        if self._phase is not Phase.READY:
-            return self._opening(code, lines, text)
-        return self._answer(code, lines, text)
+    def _complete(self, code: int, lines: list[bytes], out: list[RelayAction]) -> bool:
+        """One whole reply: its actions, then the proxy's own replies now due, onto ``out``; True on a ``Stop``."""
+        out += self._on_reply(code, lines)
+        if out and isinstance(out[-1], Stop):
+            return True
+        while self._queue and isinstance(self._queue[0], bytes):
+            local = self._queue.popleft()
+            assert isinstance(local, bytes)
+            out.append(ToClient(local))
+        return False
 
-    def _opening(self, code: int, lines: list[bytes], text: str) -> list[RelayAction]:
+    def _on_reply(self, code: int, lines: list[bytes]) -> list[RelayAction]:
+        if self._phase is not Phase.READY:
+            return self._opening(code, lines)
+        return self._answer(code, lines)
+
+    def _opening(self, code: int, lines: list[bytes]) -> list[RelayAction]:
         """One reply of the backend opening (greeting, EHLO, XCLIENT), before the session is relayed."""
         if self._phase is Phase.GREETING:
             if code != 220:
-                return [Stop(Reason.BACKEND_REFUSED, f"{code} {text}")]
+                return [Stop(Reason.BACKEND_REFUSED, f"{code} {_text(lines)}")]
             if not self._xclient:
                 self._phase, self.ready = Phase.READY, True
                 return [] if self._consume else [ToClient(b"".join(lines))]
@@ -187,12 +224,12 @@ class SmtpRelay:
             return [ToBackend(cmd.encode())]
         # Phase.XCLIENT: the answer to the XCLIENT command, a new greeting.
         if code != 220:
-            return [Stop(Reason.BACKEND_REFUSED, f"XCLIENT refused: {code} {text}")]
+            return [Stop(Reason.BACKEND_REFUSED, f"XCLIENT refused: {code} {_text(lines)}")]
         self._phase = Phase.READY
         self.ready = True
         return [] if self._consume else [ToClient(b"".join(lines))]
 
-    def _answer(self, code: int, lines: list[bytes], text: str) -> list[RelayAction]:
+    def _answer(self, code: int, lines: list[bytes]) -> list[RelayAction]:
         """One reply of the relayed session, to the command at the head of the queue (RFC 2920 order)."""
         kind = self._queue.popleft() if self._queue else Expect.UNSOLICITED
         assert isinstance(kind, Expect)   # proxy replies are released as soon as they reach the head
@@ -215,7 +252,7 @@ class SmtpRelay:
                 self._mode = Mode.COMMAND
                 return [ToClient(b"454 4.7.0 Temporary authentication failure\r\n"),
                         Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
-                                        "mailbox": self._mailbox, "detail": f"{code} {text}"})]
+                                        "mailbox": self._mailbox, "detail": f"{code} {_text(lines)}"})]
             self._queue.append(Expect.EHLO_LOGIN)
             return [ToBackend(f"EHLO {self._helo}\r\n".encode())]
         if kind is Expect.EHLO_LOGIN:
@@ -223,6 +260,7 @@ class SmtpRelay:
             if code != 250:
                 # The backend session is logged in already: the client must not go on as if it failed,
                 # so the session ends (the driver answers 421 for a backend failure).
+                text = _text(lines)
                 return [Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
                                         "mailbox": self._mailbox, "detail": f"{code} {text}"}),
                         Stop(Reason.BACKEND_PROTOCOL, f"EHLO after XCLIENT LOGIN refused: {code} {text}")]
