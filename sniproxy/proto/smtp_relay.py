@@ -36,9 +36,6 @@ from sniproxy.proto.netaddr import peer_ip
 from sniproxy.proto.relay import Notice, RelayAction, Stop, ToBackend, ToClient
 
 _REPLY = re.compile(rb"^([2-5][0-9][0-9])([ -])")
-# One whole reply: continuation lines ("250-"), then its last line ("250 "), each as _REPLY accepts it.
-_WHOLE_REPLY = re.compile(rb"(?:[2-5][0-9][0-9]-[^\n]*\n)*([2-5][0-9][0-9]) [^\n]*\n")
-_LINE = re.compile(rb"[^\n]*\n")
 _HIDDEN_EHLO = frozenset({b"STARTTLS", b"XCLIENT", b"XFORWARD", b"CHUNKING", b"BINARYMIME"})
 _EOL = re.compile(rb"\r*\n")
 # Control characters, tab included: Postfix splits commands on any white space, the proxy on spaces only.
@@ -139,62 +136,35 @@ class SmtpRelay:
     def from_backend(self, data: bytes) -> list[RelayAction]:
         """Feed backend bytes."""
         out: list[RelayAction] = []
-        if self._bline:
-            self._bline += data
-            data = bytes(self._bline)
-            self._bline.clear()
-        pos, size = 0, len(data)
-        while pos < size:
-            if not self._reply:
-                # A whole reply at once (the usual case: a backend writes each reply in one piece): one
-                # regex call instead of a pass per line. It accepts exactly the lines the loop below
-                # accepts; anything else (a bad line, a reply cut short or over MAX_REPLY) goes there.
-                m = _WHOLE_REPLY.match(data, pos)
-                if m is not None and m.end() - pos <= MAX_REPLY:
-                    lines = _LINE.findall(data, pos, m.end())
-                    pos = m.end()
-                    if self._complete(int(m.group(1)), lines, out):
-                        self._bline += data[pos:]
-                        return out
-                    continue
-            nl = data.find(b"\n", pos)
+        self._bline += data
+        while True:
+            nl = self._bline.find(b"\n")
             if nl < 0:
+                if len(self._bline) > self._max_line:
+                    return [*out, Stop(Reason.BACKEND_PROTOCOL, "reply line too long")]
                 break
-            line = data[pos:nl + 1]
-            pos = nl + 1
+            line = bytes(self._bline[:nl + 1])
+            del self._bline[:nl + 1]
             m = _REPLY.match(line)
             if m is None:
-                self._bline += data[pos:]
                 return [*out, Stop(Reason.BACKEND_PROTOCOL, f"not an SMTP reply: {safe_text(line)}")]
             if self._reply_size + len(line) > MAX_REPLY:
-                self._bline += data[pos:]
                 return [*out, Stop(Reason.BACKEND_PROTOCOL, f"reply over {MAX_REPLY} bytes")]
             self._reply.append(line)
             self._reply_size += len(line)
             if m.group(2) == b" ":
                 reply, self._reply, self._reply_size = self._reply, [], 0
-                if self._complete(int(m.group(1)), reply, out):
-                    self._bline += data[pos:]
+                out += self._on_reply(int(m.group(1)), reply)
+                if out and isinstance(out[-1], Stop):
                     return out
-        if pos < size:
-            self._bline += data[pos:]
-            if len(self._bline) > self._max_line:
-                return [*out, Stop(Reason.BACKEND_PROTOCOL, "reply line too long")]
+                while self._queue and isinstance(self._queue[0], bytes):
+                    local = self._queue.popleft()
+                    assert isinstance(local, bytes)
+                    out.append(ToClient(local))
         # Held client bytes may now be processed (after 354, a login, or the opening dance).
         if self.ready and self._mode is not Mode.HOLD and self._cbuf:
             out += self._client_process()
         return out
-
-    def _complete(self, code: int, lines: list[bytes], out: list[RelayAction]) -> bool:
-        """One whole reply: its actions, then the proxy's own replies now due, onto ``out``; True on a ``Stop``."""
-        out += self._on_reply(code, lines)
-        if out and isinstance(out[-1], Stop):
-            return True
-        while self._queue and isinstance(self._queue[0], bytes):
-            local = self._queue.popleft()
-            assert isinstance(local, bytes)
-            out.append(ToClient(local))
-        return False
 
     def _on_reply(self, code: int, lines: list[bytes]) -> list[RelayAction]:
         if self._phase is not Phase.READY:

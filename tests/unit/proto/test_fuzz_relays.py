@@ -172,9 +172,9 @@ def _backend_play(chunks: list[bytes]) -> tuple[list[RelayAction], tuple[bytes, 
 @FUZZ
 @given(data=st.data())
 def test_smtp_backend_replies_whole_or_in_pieces(data: st.DataObject) -> None:
-    """The whole-reply shortcut of ``from_backend`` (one regex for a complete reply) and its line-by-line
-    path (a reply cut across reads) agree: the same actions, details and state, however the stream is cut
-    (one read, random reads, a byte at a time)."""
+    """``from_backend`` cuts lines out of each read by position and keeps only the unread rest: the same
+    actions, details and state (partial line, partial reply), however the stream is cut (one read, random
+    reads, a byte at a time)."""
     stream = b"".join(data.draw(st.lists(_BACKEND_LINE, max_size=12)))
     whole = _backend_play([stream])
     assert _backend_play(random_splits(data, stream)) == whole
@@ -182,8 +182,8 @@ def test_smtp_backend_replies_whole_or_in_pieces(data: st.DataObject) -> None:
 
 
 def test_smtp_reply_over_the_bound_in_one_read() -> None:
-    """A reply over ``MAX_REPLY`` that arrives whole is stopped at the same line, with the same detail, as
-    one that arrives line by line (the whole-reply shortcut leaves it to the line loop)."""
+    """A reply over ``MAX_REPLY`` that arrives in one read is stopped at the same line, with the same detail,
+    as one that arrives line by line."""
     line = b"250-" + b"x" * 100 + b"\r\n"
     reply = line * (MAX_REPLY // len(line) + 2) + b"250 end\r\n"
     one, _ = _backend_play([reply])
