@@ -85,6 +85,14 @@ class Expect(Enum):
     UNSOLICITED = auto()  # a reply with nothing due (never queued)
 
 
+def _text(lines: list[bytes]) -> str:
+    """A reply's text (its lines without code and separator), printable, for a log detail.
+
+    Built only where a detail needs it: a session's replies are passed on as bytes, never decoded.
+    """
+    return safe_text(b" ".join(strip_eol(x[4:]) for x in lines))
+
+
 def _xclient_addr(host: str) -> str:
     addr = peer_ip(host)
     if addr is None:                # not an IP address (a Unix socket): Postfix's word for unknown
@@ -159,16 +167,15 @@ class SmtpRelay:
         return out
 
     def _on_reply(self, code: int, lines: list[bytes]) -> list[RelayAction]:
-        text = safe_text(b" ".join(strip_eol(x[4:]) for x in lines))
         if self._phase is not Phase.READY:
-            return self._opening(code, lines, text)
-        return self._answer(code, lines, text)
+            return self._opening(code, lines)
+        return self._answer(code, lines)
 
-    def _opening(self, code: int, lines: list[bytes], text: str) -> list[RelayAction]:
+    def _opening(self, code: int, lines: list[bytes]) -> list[RelayAction]:
         """One reply of the backend opening (greeting, EHLO, XCLIENT), before the session is relayed."""
         if self._phase is Phase.GREETING:
             if code != 220:
-                return [Stop(Reason.BACKEND_REFUSED, f"{code} {text}")]
+                return [Stop(Reason.BACKEND_REFUSED, f"{code} {_text(lines)}")]
             if not self._xclient:
                 self._phase, self.ready = Phase.READY, True
                 return [] if self._consume else [ToClient(b"".join(lines))]
@@ -187,12 +194,12 @@ class SmtpRelay:
             return [ToBackend(cmd.encode())]
         # Phase.XCLIENT: the answer to the XCLIENT command, a new greeting.
         if code != 220:
-            return [Stop(Reason.BACKEND_REFUSED, f"XCLIENT refused: {code} {text}")]
+            return [Stop(Reason.BACKEND_REFUSED, f"XCLIENT refused: {code} {_text(lines)}")]
         self._phase = Phase.READY
         self.ready = True
         return [] if self._consume else [ToClient(b"".join(lines))]
 
-    def _answer(self, code: int, lines: list[bytes], text: str) -> list[RelayAction]:
+    def _answer(self, code: int, lines: list[bytes]) -> list[RelayAction]:
         """One reply of the relayed session, to the command at the head of the queue (RFC 2920 order)."""
         kind = self._queue.popleft() if self._queue else Expect.UNSOLICITED
         assert isinstance(kind, Expect)   # proxy replies are released as soon as they reach the head
@@ -215,7 +222,7 @@ class SmtpRelay:
                 self._mode = Mode.COMMAND
                 return [ToClient(b"454 4.7.0 Temporary authentication failure\r\n"),
                         Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
-                                        "mailbox": self._mailbox, "detail": f"{code} {text}"})]
+                                        "mailbox": self._mailbox, "detail": f"{code} {_text(lines)}"})]
             self._queue.append(Expect.EHLO_LOGIN)
             return [ToBackend(f"EHLO {self._helo}\r\n".encode())]
         if kind is Expect.EHLO_LOGIN:
@@ -223,6 +230,7 @@ class SmtpRelay:
             if code != 250:
                 # The backend session is logged in already: the client must not go on as if it failed,
                 # so the session ends (the driver answers 421 for a backend failure).
+                text = _text(lines)
                 return [Notice("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
                                         "mailbox": self._mailbox, "detail": f"{code} {text}"}),
                         Stop(Reason.BACKEND_PROTOCOL, f"EHLO after XCLIENT LOGIN refused: {code} {text}")]

@@ -148,6 +148,50 @@ def test_smtp_reply_assembly_is_bounded() -> None:
     assert stopped is not None and stopped.reason.value == "backend_protocol"
 
 
+_BACKEND_LINE = st.sampled_from([
+    b"250 ok\r\n", b"250-a\r\n", b"250-STARTTLS\r\n", b"250-AUTH PLAIN\r\n", b"354 go\n", b"250 x\r\r\n",
+    b"220 mx\r\n", b"550-\r\n", b"550 no\r\n", b"garbage\r\n", b"25\r\n", b"250\r\n", b"250-\r250 x\r\n",
+    b"235 2.7.0 ok\r\n", b"250 " + b"y" * 300 + b"\r\n", b"250-" + b"z" * 300 + b"\n", b"221 bye"])
+
+
+def _backend_play(chunks: list[bytes]) -> tuple[list[RelayAction], tuple[bytes, list[bytes]] | None]:
+    """A ready session with an EHLO and NOOPs pipelined, fed the backend's chunks up to a ``Stop``; the
+    merged actions, and the reply state left (partial line, partial reply) when no ``Stop`` came."""
+    r = SmtpRelay(client_addr=("192.0.2.7", 40000), helo="", hostname="p.example", consume_greeting=True,
+                  decide=None, xclient=False)
+    r.from_backend(b"220 mx ESMTP\r\n")
+    out = r.from_client(b"EHLO c.example\r\n" + b"NOOP\r\n" * 6)
+    for chunk in chunks:
+        actions = r.from_backend(chunk)
+        out += actions
+        if actions and isinstance(actions[-1], Stop):
+            return merged(out), None
+    return merged(out), (bytes(r._bline), list(r._reply))
+
+
+@FUZZ
+@given(data=st.data())
+def test_smtp_backend_replies_whole_or_in_pieces(data: st.DataObject) -> None:
+    """``from_backend`` cuts lines out of each read by position and keeps only the unread rest: the same
+    actions, details and state (partial line, partial reply), however the stream is cut (one read, random
+    reads, a byte at a time)."""
+    stream = b"".join(data.draw(st.lists(_BACKEND_LINE, max_size=12)))
+    whole = _backend_play([stream])
+    assert _backend_play(random_splits(data, stream)) == whole
+    assert _backend_play([stream[i:i + 1] for i in range(len(stream))]) == whole
+
+
+def test_smtp_reply_over_the_bound_in_one_read() -> None:
+    """A reply over ``MAX_REPLY`` that arrives in one read is stopped at the same line, with the same detail,
+    as one that arrives line by line."""
+    line = b"250-" + b"x" * 100 + b"\r\n"
+    reply = line * (MAX_REPLY // len(line) + 2) + b"250 end\r\n"
+    one, _ = _backend_play([reply])
+    lines, _ = _backend_play([x + b"\n" for x in reply.split(b"\n")[:-1]])
+    assert one == lines
+    assert isinstance(one[-1], Stop) and one[-1].detail == f"reply over {MAX_REPLY} bytes"
+
+
 # ---------------------------------------------------------------------------- IMAP EXTERNAL
 _B64 = base64.b64encode(b"alice@example.test")
 _IMAP_CMD = st.sampled_from([

@@ -89,6 +89,29 @@ def test_helpers() -> None:
     assert len(safe_text(b"z" * 1000)) == 200
 
 
+def _safe_text_reference(data: bytes, limit: int = 200) -> str:
+    """What ``safe_text`` did before its table (one Python step per character): its specification."""
+    text = strip_eol(data[:limit + 2])[:limit].decode("ascii", "replace")
+    return "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+
+
+def test_safe_text_every_byte() -> None:
+    """Printable ASCII kept, every other byte (controls, DEL, non-ASCII) one "?", as the reference says."""
+    for b in range(256):
+        one = bytes([b])
+        assert safe_text(one) == _safe_text_reference(one), b
+        assert safe_text(b"a" + one + b"z\r\n") == _safe_text_reference(b"a" + one + b"z\r\n"), b
+    assert safe_text(b"\x7f\x80 ok\t\r\n") == "?? ok?"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 250))
+@example(b"x" * 201 + b"\r\n", 200)
+@example(b"x" * 200 + b"\r", 200)
+def test_safe_text_matches_reference(data: bytes, limit: int) -> None:
+    assert safe_text(data, limit) == _safe_text_reference(data, limit)
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.binary(max_size=300), st.lists(st.integers(1, 40), max_size=30))
 @example(b"\n" + b"\x00" * 33, [1])   # found by hypothesis: whole, the harness lost the "\n" returned before the error

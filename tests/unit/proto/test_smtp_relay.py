@@ -692,3 +692,22 @@ def test_long_data_line_limit_is_64_kib() -> None:
     _data(r)
     assert r.from_client(b"z" * 65536) == []
     assert _to_backend(r.from_client(b"z")) == b"z" * 65537
+
+
+# -- decision 0012: a reply's text is decoded only where a detail uses it; each such detail, exactly ---------------
+def test_reply_text_in_every_detail_that_carries_it() -> None:
+    """The text (code and separators cut, lines joined by a space, non-printable bytes as "?") of the greeting
+    refused in both modes, and of the EHLO refused after an XCLIENT LOGIN, in the Stop and in the Notice."""
+    for r in (_filter(), SmtpRelay(client_addr=("192.0.2.7", 1), helo="", hostname="p", consume_greeting=True,
+                                   decide=None)):
+        (stop,) = r.from_backend(b"554-5.3.2 backend.local\r\n554 5.3.2 \x00unavailable\r\n")
+        assert isinstance(stop, Stop) and stop.detail == "554 5.3.2 backend.local 5.3.2 ?unavailable"
+    r = _ready()
+    _ehlo(r)
+    r.from_client(b"AUTH EXTERNAL =\r\n")
+    r.from_backend(b"220 mx ESMTP\r\n")
+    out = r.from_backend(b"421-4.3.0 going\r\n421 4.3.0 away\r\n")
+    assert _notices(out) == [("auth", {"mechanism": "EXTERNAL", "result": "backend_refused",
+                                       "mailbox": "alice@example.test", "detail": "421 4.3.0 going 4.3.0 away"})]
+    assert isinstance(out[-1], Stop)
+    assert out[-1].detail == "EHLO after XCLIENT LOGIN refused: 421 4.3.0 going 4.3.0 away"
