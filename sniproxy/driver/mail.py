@@ -67,7 +67,11 @@ class _Backend(asyncio.Protocol):
         self.owner.backend_attached(self)
 
     def data_received(self, data: bytes) -> None:
-        self.owner.backend_data(data)
+        owner = self.owner
+        try:
+            owner.from_backend(data)
+        except Exception as exc:  # as in the front's data_received: close this connection, not others
+            owner.internal_error(exc)
 
     def eof_received(self) -> bool:
         self.owner.backend_closed(None)
@@ -92,10 +96,10 @@ class MailBack:
         "_closed",
         "_connect_task",
         "_connecting",
-        "_from_backend",
         "_idling",
         "_imap",
         "_relay",
+        "from_backend",
         "front",
     )
 
@@ -107,8 +111,9 @@ class MailBack:
         # The mail relay of proto/ (see _open_relays): both directions of an IMAP or SMTP session; None
         # on raw TCP listeners.
         self._relay: MailRelay | None = None
-        # Chosen once: through the relay, or straight on (raw TCP).
-        self._from_backend: Callable[[bytes], None] = self._plain_from_backend
+        # Where backend bytes go, chosen once: through the relay, or straight on (raw TCP). Called by
+        # _Backend.data_received, which catches what it raises.
+        self.from_backend: Callable[[bytes], None] = self._plain_from_backend
         self._auth: list[dict[str, Any]] | None = None    # proxy-side login outcomes, for the event
         self._idling = False         # IMAP: the client's last line was IDLE (drain says BYE at once)
         self._connecting = False     # started, backend not yet greeted (the front's backend_connect)
@@ -133,8 +138,9 @@ class MailBack:
         if relay is not None:
             self._relay_actions(relay.from_client(data))
             return
-        bt = self._writable()
-        if bt is not None:
+        backend = self._backend     # _writable(), inline: this is every client record's path
+        bt = backend.transport if backend is not None else None
+        if bt is not None and not bt.is_closing():
             bt.write(data)
 
     def client_eof(self) -> bool:
@@ -179,7 +185,7 @@ class MailBack:
         # freed as soon as its transports let go of it, not at the next full garbage collection.
         self._backend = None
         self._relay = None
-        self._from_backend = _discard
+        self.from_backend = _discard
 
     def event_fields(self) -> dict[str, Any]:
         """The proxy-side login outcomes, if any."""
@@ -272,13 +278,10 @@ class MailBack:
         bt = self._backend.transport if self._backend is not None else None
         return None if bt is None or bt.is_closing() else bt
 
-    def backend_data(self, data: bytes) -> None:
-        """Bytes from the backend: filtered for mail protocols, then encrypted to the client."""
-        try:
-            self._from_backend(data)
-        except Exception as exc:  # as in the front's data_received: close this connection, not others
-            _log.error("internal_error", conn_id=self.front.id, error=repr(exc), exc_info=True)
-            self.front.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+    def internal_error(self, exc: Exception) -> None:
+        """A bug met while handling backend bytes: logged, and this connection (only) ends."""
+        _log.error("internal_error", conn_id=self.front.id, error=repr(exc), exc_info=True)
+        self.front.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
 
     def _plain_from_backend(self, data: bytes) -> None:
         front = self.front
@@ -309,7 +312,7 @@ class MailBack:
                 external = ImapExternal(decide=self._decide, master_user=login.master_user,
                                         master_password=login.master_password)
             self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP, login=external)
-            self._from_backend = self._relay_from_backend
+            self.from_backend = self._relay_from_backend
         elif ls.protocol in _SMTP_PROTOCOLS:
             # Every SMTP session goes through the command filter, XCLIENT opening or not: a backend
             # that trusts this proxy for XCLIENT on one listener trusts it on all of them.
@@ -318,7 +321,7 @@ class MailBack:
                 client_addr=self.front.client_addr, helo="", hostname=ls.hostname,
                 consume_greeting=ls.protocol is Protocol.SMTP, xclient=xclient,
                 decide=self._decide if xclient and backend.login is not None else None)
-            self._from_backend = self._relay_from_backend
+            self.from_backend = self._relay_from_backend
 
     def _relay_from_backend(self, data: bytes) -> None:
         self.front.last_io = monotonic()

@@ -124,8 +124,10 @@ class TlsSession:
             return b""
         if n > GROWN_AT and not self.grown:
             self.grown = GROWN
-        if n < _SCRATCH_SIZE:
-            return _unpack(_SCRATCH, n)
+        return _unpack(_SCRATCH, n) if n < _SCRATCH_SIZE else self._more_out(n)
+
+    def _more_out(self, n: int) -> bytes:
+        """The scratch buffer holds ``n`` bytes and filled up: those, then the rest of the BIO."""
         out = [_unpack(_SCRATCH, n)]
         while (n := _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)) > 0:
             out.append(_unpack(_SCRATCH, n))
@@ -165,12 +167,19 @@ class TlsSession:
         self.established = True
         return True
 
-    def read(self) -> tuple[bytes, bool]:
-        """Decrypt what has been fed: (plaintext, the client sent close_notify). Raises ``TlsFailure``.
+    def read(self, data: bytes = b"") -> tuple[bytes, bool]:
+        """Feed ``data`` (ciphertext from the client, if any) and decrypt all that has been fed.
 
-        Every ``SSL_read`` is given room for a whole record (``_RECORD``), so OpenSSL never keeps
-        plaintext back (no ``SSL_pending`` to ask) and all is read once the BIO is empty.
+        Returns (plaintext, the client sent close_notify); raises ``TlsFailure``. Every ``SSL_read``
+        is given room for a whole record (``_RECORD``), so OpenSSL never keeps plaintext back (no
+        ``SSL_pending`` to ask) and all is read once the BIO is empty.
         """
+        if data:
+            n = len(data)
+            if n > GROWN_AT and not self.grown:
+                self.grown = GROWN
+            if _BIO_write(self._in, data if type(data) is bytes else _ffi.from_buffer(data), n) != n:
+                raise TlsFailure(Reason.INTERNAL_ERROR, "memory BIO write failed")
         ssl = self._ssl
         n = _SSL_read(ssl, _SCRATCH, _SCRATCH_SIZE)
         # The common case, one whole record fed: its plaintext read and nothing left in the BIO.
@@ -200,6 +209,20 @@ class TlsSession:
         result = _SSL_write(self._ssl, data if type(data) is bytes else _ffi.from_buffer(data), n)
         if result != n:     # partial writes are off: anything but all of it is a failure
             raise self._call_failed(result)
+
+    def encrypt(self, data: bytes) -> bytes:
+        """``write`` then ``outgoing`` in one call: the ciphertext to send for ``data``. Raises ``TlsFailure``."""
+        n = len(data)
+        if n:
+            result = _SSL_write(self._ssl, data if type(data) is bytes else _ffi.from_buffer(data), n)
+            if result != n:
+                raise self._call_failed(result)
+        n = _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)
+        if n <= 0:
+            return b""
+        if n > GROWN_AT and not self.grown:
+            self.grown = GROWN
+        return _unpack(_SCRATCH, n) if n < _SCRATCH_SIZE else self._more_out(n)
 
     def close_notify(self) -> None:
         """Queue a close_notify alert; errors are ignored since the connection is ending anyway."""
