@@ -494,7 +494,7 @@ class ClientConnection(asyncio.Protocol):
             if out:
                 self._write_raw(out)
 
-    def _write_raw(self, data: bytes) -> None:
+    def _write_raw(self, data: bytes | memoryview) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             self.bytes_out += len(data)

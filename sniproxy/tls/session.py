@@ -42,6 +42,8 @@ _WANT_READ = _lib.SSL_ERROR_WANT_READ
 _ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
 # The most plaintext one record carries (RFC 8446 §5.1): one SSL_read never returns more.
 _RECORD = 16384
+# Plaintext writes above this size take encrypt()'s one-copy path (the ciphertext is then > GROWN_AT too).
+_BIG_WRITE = 16384
 # One scratch buffer for every session of the worker: plaintext is decrypted into it and ciphertext
 # taken out of the memory BIO into it, then copied out as bytes before the call returns, so no two
 # uses overlap (one event loop, one thread). Big enough for what uvloop reads at once (256,000 bytes)
@@ -210,13 +212,27 @@ class TlsSession:
         if result != n:     # partial writes are off: anything but all of it is a failure
             raise self._call_failed(result)
 
-    def encrypt(self, data: bytes) -> bytes:
-        """``write`` then ``outgoing`` in one call: the ciphertext to send for ``data``. Raises ``TlsFailure``."""
+    def encrypt(self, data: bytes) -> bytes | memoryview:
+        """``write`` then ``outgoing`` in one call: the ciphertext to send for ``data``. Raises ``TlsFailure``.
+
+        After a big write the ciphertext is read out of the BIO once, into a buffer of its own that
+        the transport gets as a memoryview (and may keep until sent), rather than copied twice
+        through the scratch buffer into bytes: a bulk transfer's every byte.
+        """
         n = len(data)
         if n:
             result = _SSL_write(self._ssl, data if type(data) is bytes else _ffi.from_buffer(data), n)
             if result != n:
                 raise self._call_failed(result)
+            if n > _BIG_WRITE:
+                size = _BIO_pending(self._out, _NULL)
+                buf = _no_zero_allocator("char[]", size)
+                got = _BIO_read(self._out, buf, size)
+                if got != size:
+                    raise TlsFailure(Reason.INTERNAL_ERROR, f"memory BIO read {got} of {size} bytes")
+                if not self.grown:
+                    self.grown = GROWN
+                return memoryview(_ffi.buffer(buf, size))
         n = _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)
         if n <= 0:
             return b""

@@ -130,3 +130,16 @@ def test_a_failed_call_without_an_ssl_error_still_fails(pki: TestPki, tmp_path: 
     with pytest.raises(TlsFailure) as err:
         server.write(b"abc")
     assert err.value.reason is Reason.HANDSHAKE_FAILED and "returned 2" in err.value.detail
+
+
+def test_encrypt_a_big_write_in_one_copy(pki: TestPki, tmp_path: Path) -> None:
+    server, client = _established(pki, tmp_path)
+    server.release_buffers()
+    small = server.encrypt(b"* OK\r\n")
+    assert type(small) is bytes and _client_reads(client, small, 6) == b"* OK\r\n"
+    big = bytes(range(256)) * 1000               # 256,000 bytes, as uvloop reads them
+    out = server.encrypt(big)
+    assert isinstance(out, memoryview) and len(out) > len(big) and server.grown
+    assert server.outgoing() == b""              # all of it was taken
+    assert _client_reads(client, bytes(out), len(big)) == big
+    assert server.encrypt(b"") == b""
