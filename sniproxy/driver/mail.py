@@ -69,7 +69,7 @@ class _Backend(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         owner = self.owner
         try:
-            owner.from_backend(data)
+            owner._from_backend(data)
         except Exception as exc:  # as in the front's data_received: close this connection, not others
             owner.internal_error(exc)
 
@@ -96,10 +96,10 @@ class MailBack:
         "_closed",
         "_connect_task",
         "_connecting",
+        "_from_backend",
         "_idling",
         "_imap",
         "_relay",
-        "from_backend",
         "front",
     )
 
@@ -113,7 +113,7 @@ class MailBack:
         self._relay: MailRelay | None = None
         # Where backend bytes go, chosen once: through the relay, or straight on (raw TCP). Called by
         # _Backend.data_received, which catches what it raises.
-        self.from_backend: Callable[[bytes], None] = self._plain_from_backend
+        self._from_backend: Callable[[bytes], None] = self._plain_from_backend
         self._auth: list[dict[str, Any]] | None = None    # proxy-side login outcomes, for the event
         self._idling = False         # IMAP: the client's last line was IDLE (drain says BYE at once)
         self._connecting = False     # started, backend not yet greeted (the front's backend_connect)
@@ -185,7 +185,7 @@ class MailBack:
         # freed as soon as its transports let go of it, not at the next full garbage collection.
         self._backend = None
         self._relay = None
-        self.from_backend = _discard
+        self._from_backend = _discard
 
     def event_fields(self) -> dict[str, Any]:
         """The proxy-side login outcomes, if any."""
@@ -312,7 +312,7 @@ class MailBack:
                 external = ImapExternal(decide=self._decide, master_user=login.master_user,
                                         master_password=login.master_password)
             self._relay = ImapRelay(consume_greeting=ls.protocol is Protocol.IMAP, login=external)
-            self.from_backend = self._relay_from_backend
+            self._from_backend = self._relay_from_backend
         elif ls.protocol in _SMTP_PROTOCOLS:
             # Every SMTP session goes through the command filter, XCLIENT opening or not: a backend
             # that trusts this proxy for XCLIENT on one listener trusts it on all of them.
@@ -321,7 +321,7 @@ class MailBack:
                 client_addr=self.front.client_addr, helo="", hostname=ls.hostname,
                 consume_greeting=ls.protocol is Protocol.SMTP, xclient=xclient,
                 decide=self._decide if xclient and backend.login is not None else None)
-            self.from_backend = self._relay_from_backend
+            self._from_backend = self._relay_from_backend
 
     def _relay_from_backend(self, data: bytes) -> None:
         self.front.last_io = monotonic()
