@@ -286,8 +286,7 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            if self._phase == RELAY:
-                # The relay's path, first and short: every record of a session after its handshake.
+            if self._phase == RELAY:   # the relay's path, first and short: every record after the handshake
                 self.bytes_in += len(data)
                 self.last_io = monotonic()
                 self._read_plaintext(data)
@@ -323,9 +322,7 @@ class ClientConnection(asyncio.Protocol):
         elif phase == CLIENT_HELLO:
             self._client_hello(data)
         elif phase == HANDSHAKE:
-            assert self.tls is not None
-            self.tls.feed(data)
-            self._step_handshake()
+            self._step_handshake(data)
         elif phase == BACKEND_CONNECT or phase == RELAY:   # (relay takes data_received's short path)
             self._read_plaintext(data)
 
@@ -333,16 +330,14 @@ class ClientConnection(asyncio.Protocol):
     def _arm(self, seconds: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self._on_timer)
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._phase == RELAY:
             if self.tls is not None and self.tls.grown:
                 self.tls.release_buffers()
-            idle = self.lr.listener.timeouts.idle
-            remaining = self.last_io + idle - monotonic()
+            remaining = self.last_io + self.lr.listener.timeouts.idle - monotonic()
             if remaining > 0:
                 self._arm(remaining)
                 return
@@ -414,13 +409,13 @@ class ClientConnection(asyncio.Protocol):
         self._phase = HANDSHAKE
         self._hs_started = monotonic()
         buf, self._hello_buf = bytes(self._hello_buf), bytearray()
-        self.tls.feed(buf)
-        self._step_handshake()
+        self._step_handshake(buf)
 
     # ------------------------------------------------------------------ handshake and card
-    def _step_handshake(self) -> None:
+    def _step_handshake(self, data: bytes = b"") -> None:
         tls = self.tls
         assert tls is not None
+        tls.feed(data)     # (nothing to do for b"")
         try:
             done = tls.handshake()
         except TlsFailure as exc:
@@ -480,8 +475,6 @@ class ClientConnection(asyncio.Protocol):
 
     def take_pending(self) -> bytes:
         """The client plaintext held before ``enter_relay`` (then forgotten)."""
-        if not self._pending:
-            return b""
         pending = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
@@ -489,10 +482,8 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ TLS and the client socket
     def _flush_tls(self) -> None:
-        if self.tls is not None:
-            out = self.tls.outgoing()
-            if out:
-                self._write_raw(out)
+        if self.tls is not None and (out := self.tls.outgoing()):
+            self._write_raw(out)
 
     def _write_raw(self, data: bytes | memoryview) -> None:
         transport = self.transport
@@ -509,11 +500,10 @@ class ClientConnection(asyncio.Protocol):
         except TlsFailure as exc:
             self.finish(exc.reason, exc.detail)
             return
-        if out:
-            transport = self.transport      # _write_raw, inline: this is every backend read's path
-            if transport is not None and not transport.is_closing():
-                self.bytes_out += len(out)
-                transport.write(out)
+        transport = self.transport      # _write_raw, inline: this is every backend read's path
+        if out and transport is not None and not transport.is_closing():
+            self.bytes_out += len(out)
+            transport.write(out)
         if tls.grown == GROWN and self._phase == RELAY:
             self._release_soon(tls)
 
@@ -527,8 +517,7 @@ class ClientConnection(asyncio.Protocol):
             self._flush_tls()
             self.finish(exc.reason, exc.detail)
             return
-        out = tls.outgoing()   # nearly always nothing (a KeyUpdate's answer, say)
-        if out:
+        if out := tls.outgoing():   # nearly always nothing (a KeyUpdate's answer, say)
             self._write_raw(out)
         if plain:
             self._to_back(plain)
@@ -598,9 +587,7 @@ class ClientConnection(asyncio.Protocol):
         self._back.finish()
         if self.tls is not None and self.tls.established:
             self.tls.close_notify()
-            out = self.tls.outgoing()
-            if out:
-                self._write_raw(out)
+            self._flush_tls()
         if self.transport is not None:
             self.transport.close()
         STATS.active -= 1
