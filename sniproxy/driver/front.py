@@ -286,7 +286,12 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            self._client_data(data)
+            if self._phase == RELAY:   # the relay's path, first and short: every record after the handshake
+                self.bytes_in += len(data)
+                self.last_io = monotonic()
+                self._read_plaintext(data)
+            else:
+                self._client_data(data)
         except Exception as exc:  # the one catch-all: a bug here must close this connection, not others
             _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
             self.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
@@ -316,28 +321,23 @@ class ClientConnection(asyncio.Protocol):
             self._apply(self._dialog.receive_data(data))
         elif phase == CLIENT_HELLO:
             self._client_hello(data)
-        elif phase >= HANDSHAKE and phase != CLOSED:
-            assert self.tls is not None
-            self.tls.feed(data)
-            if phase == HANDSHAKE:
-                self._step_handshake()
-            else:
-                self._read_plaintext()
+        elif phase == HANDSHAKE:
+            self._step_handshake(data)
+        elif phase == BACKEND_CONNECT or phase == RELAY:   # (relay takes data_received's short path)
+            self._read_plaintext(data)
 
     # ------------------------------------------------------------------ timers
     def _arm(self, seconds: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(seconds, self._on_timer)
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._phase == RELAY:
             if self.tls is not None and self.tls.grown:
                 self.tls.release_buffers()
-            idle = self.lr.listener.timeouts.idle
-            remaining = self.last_io + idle - monotonic()
+            remaining = self.last_io + self.lr.listener.timeouts.idle - monotonic()
             if remaining > 0:
                 self._arm(remaining)
                 return
@@ -409,13 +409,13 @@ class ClientConnection(asyncio.Protocol):
         self._phase = HANDSHAKE
         self._hs_started = monotonic()
         buf, self._hello_buf = bytes(self._hello_buf), bytearray()
-        self.tls.feed(buf)
-        self._step_handshake()
+        self._step_handshake(buf)
 
     # ------------------------------------------------------------------ handshake and card
-    def _step_handshake(self) -> None:
+    def _step_handshake(self, data: bytes = b"") -> None:
         tls = self.tls
         assert tls is not None
+        tls.feed(data)     # (nothing to do for b"")
         try:
             done = tls.handshake()
         except TlsFailure as exc:
@@ -475,8 +475,6 @@ class ClientConnection(asyncio.Protocol):
 
     def take_pending(self) -> bytes:
         """The client plaintext held before ``enter_relay`` (then forgotten)."""
-        if not self._pending:
-            return b""
         pending = b"".join(self._pending)
         self._pending.clear()
         self._pending_size = 0
@@ -484,41 +482,45 @@ class ClientConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ TLS and the client socket
     def _flush_tls(self) -> None:
-        if self.tls is not None:
-            out = self.tls.outgoing()
-            if out:
-                self._write_raw(out)
+        if self.tls is not None and (out := self.tls.outgoing()):
+            self._write_raw(out)
 
-    def _write_raw(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
+    def _write_raw(self, data: bytes | memoryview) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
             self.bytes_out += len(data)
-            self.transport.write(data)
+            transport.write(data)
 
     def send_plain(self, data: bytes) -> None:
         """Encrypt ``data`` to the client (a TLS failure finishes the connection)."""
         tls = self.tls
         assert tls is not None
         try:
-            tls.write(data)
+            out = tls.encrypt(data)
         except TlsFailure as exc:
             self.finish(exc.reason, exc.detail)
             return
-        self._flush_tls()
+        transport = self.transport      # _write_raw, inline: this is every backend read's path
+        if out and transport is not None and not transport.is_closing():
+            self.bytes_out += len(out)
+            transport.write(out)
         if tls.grown == GROWN and self._phase == RELAY:
             self._release_soon(tls)
 
-    def _read_plaintext(self) -> None:
+    def _read_plaintext(self, data: bytes = b"") -> None:
+        """Feed ``data`` to the TLS session, then hand what it decrypts to the back half."""
         tls = self.tls
         assert tls is not None
         try:
-            data, eof = tls.read()
+            plain, eof = tls.read(data)
         except TlsFailure as exc:
             self._flush_tls()
             self.finish(exc.reason, exc.detail)
             return
-        self._flush_tls()
-        if data:
-            self._to_back(data)
+        if out := tls.outgoing():   # nearly always nothing (a KeyUpdate's answer, say)
+            self._write_raw(out)
+        if plain:
+            self._to_back(plain)
         if eof:
             self._client_eof_received()
         if tls.grown == GROWN and self._phase == RELAY:
@@ -585,9 +587,7 @@ class ClientConnection(asyncio.Protocol):
         self._back.finish()
         if self.tls is not None and self.tls.established:
             self.tls.close_notify()
-            out = self.tls.outgoing()
-            if out:
-                self._write_raw(out)
+            self._flush_tls()
         if self.transport is not None:
             self.transport.close()
         STATS.active -= 1

@@ -67,7 +67,11 @@ class _Backend(asyncio.Protocol):
         self.owner.backend_attached(self)
 
     def data_received(self, data: bytes) -> None:
-        self.owner.backend_data(data)
+        owner = self.owner
+        try:
+            owner._from_backend(data)
+        except Exception as exc:  # as in the front's data_received: close this connection, not others
+            owner.internal_error(exc)
 
     def eof_received(self) -> bool:
         self.owner.backend_closed(None)
@@ -107,7 +111,8 @@ class MailBack:
         # The mail relay of proto/ (see _open_relays): both directions of an IMAP or SMTP session; None
         # on raw TCP listeners.
         self._relay: MailRelay | None = None
-        # Chosen once: through the relay, or straight on (raw TCP).
+        # Where backend bytes go, chosen once: through the relay, or straight on (raw TCP). Called by
+        # _Backend.data_received, which catches what it raises.
         self._from_backend: Callable[[bytes], None] = self._plain_from_backend
         self._auth: list[dict[str, Any]] | None = None    # proxy-side login outcomes, for the event
         self._idling = False         # IMAP: the client's last line was IDLE (drain says BYE at once)
@@ -133,8 +138,9 @@ class MailBack:
         if relay is not None:
             self._relay_actions(relay.from_client(data))
             return
-        bt = self._writable()
-        if bt is not None:
+        backend = self._backend     # _writable(), inline: this is every client record's path
+        bt = backend.transport if backend is not None else None
+        if bt is not None and not bt.is_closing():
             bt.write(data)
 
     def client_eof(self) -> bool:
@@ -272,13 +278,10 @@ class MailBack:
         bt = self._backend.transport if self._backend is not None else None
         return None if bt is None or bt.is_closing() else bt
 
-    def backend_data(self, data: bytes) -> None:
-        """Bytes from the backend: filtered for mail protocols, then encrypted to the client."""
-        try:
-            self._from_backend(data)
-        except Exception as exc:  # as in the front's data_received: close this connection, not others
-            _log.error("internal_error", conn_id=self.front.id, error=repr(exc), exc_info=True)
-            self.front.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+    def internal_error(self, exc: Exception) -> None:
+        """A bug met while handling backend bytes: logged, and this connection (only) ends."""
+        _log.error("internal_error", conn_id=self.front.id, error=repr(exc), exc_info=True)
+        self.front.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
 
     def _plain_from_backend(self, data: bytes) -> None:
         front = self.front

@@ -7,24 +7,49 @@ See docs/decisions/0001-tls-engine.md for why pyOpenSSL over memory BIOs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
+from OpenSSL._util import no_zero_allocator as _no_zero_allocator
 
 from sniproxy.errors import Reason, SniproxyError
 from sniproxy.tls.contexts import FlowRuntime
 from sniproxy.tls.verify import VerifyState
 
-_CHUNK = 65536
-_RECORD = 16384
 # A memory BIO keeps the largest buffer it ever needed (OpenSSL's BUF_MEM only grows): a chunk of more
 # than this many bytes through either BIO marks the session ``grown``, for ``release_buffers``.
 GROWN_AT = 4096
 # What ``grown`` says: nothing to release; a big chunk went through; the driver has scheduled the release.
 SMALL, GROWN, RELEASE_DUE = 0, 1, 2
+
+# The record path calls OpenSSL through the binding pyOpenSSL itself uses (``_lib``), not through
+# ``SSL.Connection``'s methods: those allocate a fresh C buffer per call (64 KiB per ``recv``), copy
+# it into bytes, check errors in Python even on success, and every attribute of a Connection goes
+# through its ``__getattr__`` hook. Module globals: one dictionary lookup fewer per call.
+_SSL_read = _lib.SSL_read
+_SSL_write = _lib.SSL_write
+_SSL_get_error = _lib.SSL_get_error
+_BIO_read = _lib.BIO_read
+_BIO_write = _lib.BIO_write
+_BIO_pending = _lib.BIO_get_mem_data
+_unpack: Callable[[Any, int], bytes] = _ffi.unpack
+_NULL = _ffi.NULL
+_WANT_READ = _lib.SSL_ERROR_WANT_READ
+_ZERO_RETURN = _lib.SSL_ERROR_ZERO_RETURN
+# The most plaintext one record carries (RFC 8446 §5.1): one SSL_read never returns more.
+_RECORD = 16384
+# Plaintext writes above this size take encrypt()'s one-copy path (the ciphertext is then > GROWN_AT too).
+_BIG_WRITE = 16384
+# One scratch buffer for every session of the worker: plaintext is decrypted into it and ciphertext
+# taken out of the memory BIO into it, then copied out as bytes before the call returns, so no two
+# uses overlap (one event loop, one thread). Big enough for what uvloop reads at once (256,000 bytes)
+# plus a record, so a bulk read is one copy out. Not zeroed: its pages cost memory only once used.
+_SCRATCH_SIZE = 262144 + 2 * _RECORD
+_SCRATCH = _no_zero_allocator("char[]", _SCRATCH_SIZE)
 
 
 class TlsFailure(SniproxyError):
@@ -48,7 +73,9 @@ def _ssl_error_text(exc: SSL.Error) -> str:
 class TlsSession:
     """The server side of one TLS connection, created with its flow's context."""
 
-    __slots__ = ("_conn", "established", "flow", "grown", "state")
+    # _ssl, _in, _out: the Connection's SSL object and its two memory BIOs (pyOpenSSL's private
+    # ``_ssl``, ``_into_ssl``, ``_from_ssl``; tests/unit/tls/test_session.py fails if an upgrade renames them).
+    __slots__ = ("_conn", "_in", "_out", "_ssl", "established", "flow", "grown", "state")
 
     def __init__(self, runtime: FlowRuntime) -> None:
         self.flow = runtime
@@ -57,6 +84,11 @@ class TlsSession:
         conn.set_app_data(self.state)
         conn.set_accept_state()
         self._conn = conn
+        raw: Any = conn     # the private names are not in pyOpenSSL's type stubs
+        self._ssl, self._in, self._out = raw._ssl, raw._into_ssl, raw._from_ssl
+        # pyOpenSSL turns partial writes on (one record per SSL_write); over a memory BIO, which grows
+        # and never says WANT_WRITE, one SSL_write can take the whole of a write.
+        _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         self.established = False
         self.grown = SMALL
 
@@ -68,24 +100,40 @@ class TlsSession:
             return TlsFailure(Reason.NO_CLIENT_CERT, text)
         return TlsFailure(Reason.HANDSHAKE_FAILED, text)
 
+    def _call_failed(self, result: int) -> TlsFailure:
+        """The failure of an ``SSL_read``/``SSL_write`` that returned ``result``, as pyOpenSSL words it."""
+        conn: Any = self._conn
+        try:
+            conn._raise_ssl_error(self._ssl, result)     # reads (and empties) OpenSSL's error queue
+        except SSL.Error as exc:
+            return self._failure(exc)
+        return TlsFailure(Reason.HANDSHAKE_FAILED, f"OpenSSL call returned {result}")
+
     def feed(self, data: bytes) -> None:
         """Give the session ciphertext received from the client."""
-        if len(data) > GROWN_AT and not self.grown:
+        n = len(data)
+        if n > GROWN_AT and not self.grown:
             self.grown = GROWN
-        self._conn.bio_write(data)
+        # A memory BIO write fails only when it cannot grow (out of memory).
+        if n and _BIO_write(self._in, data if type(data) is bytes else _ffi.from_buffer(data), n) != n:
+            raise TlsFailure(Reason.INTERNAL_ERROR, "memory BIO write failed")
 
     def outgoing(self) -> bytes:
         """Take every byte of ciphertext the session wants sent to the client."""
-        conn: Any = self._conn
-        # Ask the BIO how much it holds: one read of exactly that, and no WantReadError (an exception
-        # per call, and a 64 KiB buffer per ``bio_read``) when it holds nothing, as after most reads.
-        pending = _lib.BIO_get_mem_data(conn._from_ssl, _ffi.NULL)
-        if pending <= 0:
+        # One BIO_read into the scratch buffer: -1 (nothing) after most reads, everything after most writes.
+        n = _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)
+        if n <= 0:
             return b""
-        data: bytes = conn.bio_read(pending)
-        if len(data) > GROWN_AT and not self.grown:
+        if n > GROWN_AT and not self.grown:
             self.grown = GROWN
-        return data
+        return _unpack(_SCRATCH, n) if n < _SCRATCH_SIZE else self._more_out(n)
+
+    def _more_out(self, n: int) -> bytes:
+        """The scratch buffer holds ``n`` bytes and filled up: those, then the rest of the BIO."""
+        out = [_unpack(_SCRATCH, n)]
+        while (n := _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)) > 0:
+            out.append(_unpack(_SCRATCH, n))
+        return b"".join(out)
 
     def release_buffers(self) -> None:
         """Swap each empty memory BIO for a new one, freeing the buffer the old one kept.
@@ -93,25 +141,22 @@ class TlsSession:
         A memory BIO never gives back the largest buffer it needed: after the handshake's flights
         (about 7 KiB for both) or one 256 KiB read relayed, an IMAP connection would keep that for
         its hours of IDLE. A BIO still holding bytes is kept. ``SSL_set_bio`` frees the BIO it
-        replaces; pyOpenSSL's memory-BIO methods read ``_into_ssl``/``_from_ssl``, hence the
-        private names (tests/unit/tls/test_session.py fails if a pyOpenSSL upgrade renames them).
+        replaces; pyOpenSSL's memory-BIO methods read ``_into_ssl``/``_from_ssl``, so they are
+        updated too.
         """
         self.grown = SMALL
-        conn: Any = self._conn      # the private names are not in pyOpenSSL's type stubs
-        ssl = getattr(conn, "_ssl", None)
-        into, from_ = getattr(conn, "_into_ssl", None), getattr(conn, "_from_ssl", None)
-        if ssl is None or into is None or from_ is None:
-            return
-        if _lib.BIO_get_mem_data(into, _ffi.NULL) == 0:
+        conn: Any = self._conn
+        ssl, into, from_ = self._ssl, self._in, self._out
+        if _BIO_pending(into, _NULL) == 0:
             bio = _lib.BIO_new(_lib.BIO_s_mem())
-            if bio != _ffi.NULL:
+            if bio != _NULL:
                 _lib.SSL_set_bio(ssl, bio, from_)     # replaces (and frees) the read BIO only
-                conn._into_ssl = into = bio
-        if _lib.BIO_get_mem_data(from_, _ffi.NULL) == 0:
+                conn._into_ssl = self._in = into = bio
+        if _BIO_pending(from_, _NULL) == 0:
             bio = _lib.BIO_new(_lib.BIO_s_mem())
-            if bio != _ffi.NULL:
+            if bio != _NULL:
                 _lib.SSL_set_bio(ssl, into, bio)      # replaces (and frees) the write BIO only
-                conn._from_ssl = bio
+                conn._from_ssl = self._out = bio
 
     def handshake(self) -> bool:
         """Advance the handshake; True once it is complete. Raises ``TlsFailure``."""
@@ -124,32 +169,76 @@ class TlsSession:
         self.established = True
         return True
 
-    def read(self) -> tuple[bytes, bool]:
-        """Decrypt what has been fed: (plaintext, the client sent close_notify). Raises ``TlsFailure``."""
-        conn: Any = self._conn
-        out = []
-        while True:
-            try:
-                out.append(conn.recv(_CHUNK))
-            except SSL.WantReadError:
-                return b"".join(out), False
-            except SSL.ZeroReturnError:
-                return b"".join(out), True
-            except SSL.Error as exc:
-                raise self._failure(exc) from None
-            # Nothing left in the BIO and no plaintext held: another recv would only raise WantReadError.
-            if not _lib.BIO_get_mem_data(conn._into_ssl, _ffi.NULL) and not conn.pending():
-                return out[0] if len(out) == 1 else b"".join(out), False
+    def read(self, data: bytes = b"") -> tuple[bytes, bool]:
+        """Feed ``data`` (ciphertext from the client, if any) and decrypt all that has been fed.
+
+        Returns (plaintext, the client sent close_notify); raises ``TlsFailure``. Every ``SSL_read``
+        is given room for a whole record (``_RECORD``), so OpenSSL never keeps plaintext back (no
+        ``SSL_pending`` to ask) and all is read once the BIO is empty.
+        """
+        if data:
+            n = len(data)
+            if n > GROWN_AT and not self.grown:
+                self.grown = GROWN
+            if _BIO_write(self._in, data if type(data) is bytes else _ffi.from_buffer(data), n) != n:
+                raise TlsFailure(Reason.INTERNAL_ERROR, "memory BIO write failed")
+        ssl = self._ssl
+        n = _SSL_read(ssl, _SCRATCH, _SCRATCH_SIZE)
+        # The common case, one whole record fed: its plaintext read and nothing left in the BIO.
+        if n > 0 and not _BIO_pending(self._in, _NULL):
+            return _unpack(_SCRATCH, n), False
+        chunks: list[bytes] = []
+        off = 0
+        while n > 0:         # several records: read until OpenSSL wants more bytes
+            off += n
+            if _SCRATCH_SIZE - off < _RECORD:
+                chunks.append(_unpack(_SCRATCH, off))
+                off = 0
+            n = _SSL_read(ssl, _SCRATCH + off, _SCRATCH_SIZE - off)
+        err = _SSL_get_error(ssl, n)
+        if err != _WANT_READ and err != _ZERO_RETURN:
+            raise self._call_failed(n)
+        if off or chunks:
+            chunks.append(_unpack(_SCRATCH, off))
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0], err == _ZERO_RETURN
 
     def write(self, data: bytes) -> None:
         """Encrypt plaintext for the client (take it back with ``outgoing``). Raises ``TlsFailure``."""
-        view = memoryview(data)
-        try:
-            while view:
-                n = self._conn.send(view[:_RECORD])
-                view = view[n:]
-        except SSL.Error as exc:
-            raise self._failure(exc) from None
+        n = len(data)
+        if not n:
+            return
+        # bytes go to C as they are; other buffers (bytearray, memoryview) through cffi's from_buffer.
+        result = _SSL_write(self._ssl, data if type(data) is bytes else _ffi.from_buffer(data), n)
+        if result != n:     # partial writes are off: anything but all of it is a failure
+            raise self._call_failed(result)
+
+    def encrypt(self, data: bytes) -> bytes | memoryview:
+        """``write`` then ``outgoing`` in one call: the ciphertext to send for ``data``. Raises ``TlsFailure``.
+
+        After a big write the ciphertext is read out of the BIO once, into a buffer of its own that
+        the transport gets as a memoryview (and may keep until sent), rather than copied twice
+        through the scratch buffer into bytes: a bulk transfer's every byte.
+        """
+        n = len(data)
+        if n:
+            result = _SSL_write(self._ssl, data if type(data) is bytes else _ffi.from_buffer(data), n)
+            if result != n:
+                raise self._call_failed(result)
+            if n > _BIG_WRITE:
+                size = _BIO_pending(self._out, _NULL)
+                buf = _no_zero_allocator("char[]", size)
+                got = _BIO_read(self._out, buf, size)
+                if got != size:
+                    raise TlsFailure(Reason.INTERNAL_ERROR, f"memory BIO read {got} of {size} bytes")
+                if not self.grown:
+                    self.grown = GROWN
+                return memoryview(_ffi.buffer(buf, size))
+        n = _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)
+        if n <= 0:
+            return b""
+        if n > GROWN_AT and not self.grown:
+            self.grown = GROWN
+        return _unpack(_SCRATCH, n) if n < _SCRATCH_SIZE else self._more_out(n)
 
     def close_notify(self) -> None:
         """Queue a close_notify alert; errors are ignored since the connection is ending anyway."""
