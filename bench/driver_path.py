@@ -61,6 +61,7 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: " + s
 
 
 Step = Callable[[], None]
+PKI_DIR: Path | None = None   # --pki: a PKI built once and reused (its RSA key generation varies run to run)
 ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}
 DRIVER_FILES = ("sniproxy/driver/", "sniproxy/connection.py", "sniproxy/http_connection.py")
 
@@ -108,7 +109,7 @@ def counted(step: Step, n: int) -> dict[str, float]:
 
 
 async def mail_step(tmp: Path) -> Step:
-    pki = build(tmp / "pki")
+    pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
     h = Harness(snapshot(mail_config(pki), tmp), "tls")
@@ -129,7 +130,7 @@ async def mail_step(tmp: Path) -> Step:
 
 
 async def imap_step(tmp: Path) -> Step:
-    pki = build(tmp / "pki")
+    pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
     h = Harness(snapshot(mail_config(pki), tmp), "imaps")
@@ -151,7 +152,7 @@ async def imap_step(tmp: Path) -> Step:
 
 
 async def http_step(tmp: Path) -> Step:
-    pki = build(tmp / "pki")
+    pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
     h = Harness(snapshot(https_config(pki), tmp), "https")
@@ -176,6 +177,13 @@ async def http_step(tmp: Path) -> Step:
 
 async def measure(make: Callable[[Path], Any], tmp: Path, args: argparse.Namespace) -> str:
     step = await make(tmp)
+    if args.callgrind is not None:
+        # For valgrind --tool=callgrind: a warm-up, then exactly N steps; N minus 0 is the steps' cost.
+        for _ in range(100):
+            step()
+        for _ in range(args.callgrind):
+            step()
+        return f"{args.callgrind} steps run"
     if args.count:
         c = counted(step, 50)
         return " ".join(f"{k} {v:.1f}" for k, v in c.items())
@@ -187,13 +195,21 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="iterations per run")
     ap.add_argument("--repeat", type=int, default=7, help="runs; the best is reported")
     ap.add_argument("--count", action="store_true", help="count bytecode per iteration instead of timing")
+    ap.add_argument("--pki", type=Path, help="build the test PKI here once and reuse it (callgrind: same setup)")
+    ap.add_argument("--only", choices=("mail", "imap", "http"), help="run this path alone")
+    ap.add_argument("--callgrind", type=int, metavar="N",
+                    help="run 100 steps then N more, untimed (callgrind: N runs minus 0 runs)")
     args = ap.parse_args()
+    global PKI_DIR
+    PKI_DIR = args.pki
     configure("warning", "json")
     with tempfile.TemporaryDirectory(prefix="sniproxy-driver-bench-") as d:
         tmp = Path(d)
         for label, make in (("mail (tls relay, 1 KB each way)", mail_step),
                             ("imap (imaps NOOP and answer)", imap_step),
                             ("http (small SOAP POST + response, keep-alive)", http_step)):
+            if args.only is not None and make.__name__ != f"{args.only}_step":
+                continue
             sub = tmp / make.__name__
             sub.mkdir()
             print(f"{label}: {asyncio.run(measure(make, sub, args))}", flush=True)

@@ -34,6 +34,7 @@ from sniproxy.proto.http_backend import (
     ResponseBody,
     ResponseEnd,
     ResponseHead,
+    field_block,
 )
 from sniproxy.proto.http_rewrite import (
     BadRequest,
@@ -41,12 +42,12 @@ from sniproxy.proto.http_rewrite import (
     StripRules,
     TlsFacts,
     check_fields,
+    forwarded_fields,
     identity_headers,
     misdirected,
     needs_card,
     request_host,
     soap_version,
-    strip_identity,
     without_hop_by_hop,
 )
 from sniproxy.proto.http_server import (
@@ -125,7 +126,7 @@ class HttpBack:
         self._bk_out: list[bytes] = []     # bytes for the backend, written once per batch of client events
         self._ex: BackendExchange | None = None   # the request/response exchange in progress
         self._chain_der: tuple[bytes, ...] = ()
-        self._id_cache: tuple[bytes | None, Headers] | None = None
+        self._id_cache: tuple[bytes | None, bytes] | None = None   # (Host, its identity field block)
         self._resp_started = False
         self._resp_timer: asyncio.TimerHandle | None = None
         # When the response head is due (loop time), or None: one timer per connection follows it,
@@ -263,7 +264,7 @@ class HttpBack:
         self._ex = None
         try:
             host = request_host(req.target, req.headers)
-            plain_headers = without_hop_by_hop(req.headers)
+            headers, removed = forwarded_fields(req.headers, self._rules)
         except BadRequest as exc:
             self._refuse(400, "bad request", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
@@ -276,13 +277,12 @@ class HttpBack:
             self._refuse(403, "a professional card is required for this service", self._soap, Reason.CARD_REQUIRED,
                          detail=f"no card for {req.target[:200].decode('latin-1')}")
             return
-        headers, removed = strip_identity(plain_headers, self._rules)
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         try:
-            headers += self._identity_headers(req.headers)
-        except BadRequest as exc:   # a card value no HTTP field can carry
+            block = self._identity_block(req.headers)
+        except (BadRequest, RequestError) as exc:   # a card value no HTTP field can carry
             self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
         bk = self._pool.take()
@@ -297,7 +297,7 @@ class HttpBack:
         try:
             # the method, target and client fields come from h11's parser, the identity fields passed
             # check_fields: the head is written as it is, with our framing
-            data = ex.request(req.method, req.target, headers, chunked=req.chunked)
+            data = ex.request(req.method, req.target, headers, chunked=req.chunked, block=block)
         except RequestError as exc:  # a head we accepted in but will not write out (no Host in HTTP/1.0)
             self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
             return
@@ -307,10 +307,13 @@ class HttpBack:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
 
-    def _identity_headers(self, headers: Headers) -> Headers:
+    def _identity_block(self, headers: Headers) -> bytes:
+        # The identity fields depend on the connection and the Host only: encoded once for both
+        # (several KB of PEM and base64 with a card), not walked again on every request.
         host = next((v for n, v in headers if n == b"host"), None)
-        if self._id_cache is not None and self._id_cache[0] == host:
-            return list(self._id_cache[1])
+        cache = self._id_cache
+        if cache is not None and cache[0] == host:
+            return cache[1]
         front = self.front
         tls = front.tls
         assert tls is not None
@@ -320,8 +323,9 @@ class HttpBack:
                          chain_der=self._chain_der, card=front.card)
         out = identity_headers(self._opts.headers, facts, self._opts.card_headers)
         check_fields(out)
-        self._id_cache = (host, out)
-        return list(out)
+        block = field_block(out)
+        self._id_cache = (host, block)
+        return block
 
     def _to_backend(self, data: bytes | None) -> None:
         if data:

@@ -78,6 +78,23 @@ Event = Informational | ResponseHead | ResponseBody | ResponseEnd | ResponseBrok
 _NO_BODY = (204, 304)
 
 
+_BLOCK_REFUSED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+def field_block(headers: Headers) -> bytes:
+    """``headers`` (fields already checked: ``check_fields``) encoded once for ``BackendExchange.request``.
+
+    The identity fields are the same on every request of a connection (several KB with a card): encoded
+    here once per connection and Host, they are not walked again per request. A field that bears on the
+    request's routing or framing cannot be in such a block (``request`` counts those in ``headers`` only):
+    raises ``RequestError``.
+    """
+    for name, _ in headers:
+        if name.lower() in _BLOCK_REFUSED:
+            raise RequestError(f"{name.decode('latin-1')} in a pre-encoded field block")
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
+
+
 class BackendExchange:
     """One request/response exchange on a backend connection (a new one per request)."""
 
@@ -103,8 +120,9 @@ class BackendExchange:
         self._sent = False         # the whole request was written (a response may come before)
 
     # ------------------------------------------------------------------ the request
-    def request(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool) -> bytes:
-        """The request head. ``headers`` are fields already checked (h11's parser, ``check_fields``)."""
+    def request(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool, block: bytes = b"") -> bytes:
+        """The request head. ``headers`` are fields already checked (llhttp's parser, ``check_fields``);
+        ``block``, written after them, is a ``field_block`` (the identity fields, encoded once per connection)."""
         hosts = 0
         length: bytes | None = None
         for name, value in headers:
@@ -125,7 +143,7 @@ class BackendExchange:
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
-        lines.append(b"\r\n")
+        lines += (block, b"\r\n")
         return b"".join(lines)
 
     def body(self, data: bytes) -> bytes:

@@ -42,6 +42,10 @@ STRIP_EXACT = frozenset({"forwarded", "x-forwarded-client-cert", "client-cert", 
 STRIP_PREFIXES = ("x-forwarded-", "x-ssl-", "x-client-cert", "ssl-", "x-mss-", "wl-proxy-", "$ws", "x-amzn-mtls-")
 
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # control characters other than HT (CR/LF checked apart)
+# Whatever ``check_head`` refuses in a head's lines, in one pattern: a control character other than HT,
+# CR and LF; a CR not followed by LF; an LF not preceded by CR; a line starting with SP or HT after the
+# first. A head it does not find and whose request line is short enough passes every check there.
+_HEAD_SUSPECT = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n|\n[ \t]")
 
 
 _FRAMING = frozenset({b"content-length", b"host", b"transfer-encoding"})
@@ -66,6 +70,8 @@ def check_head(raw: bytes, max_request_line: int) -> None:
     Raises ``BadRequest``.
     """
     body = raw[:-4] if raw.endswith(b"\r\n\r\n") else raw
+    if _HEAD_SUSPECT.search(body) is None and body.find(b"\r\n", 0, max_request_line + 2) >= 0:
+        return   # nothing any check below refuses: one scan instead of seven (every request goes here)
     if b"\n" in body.replace(b"\r\n", b""):
         raise BadRequest("bare LF in the request head")
     if b"\r" in body.replace(b"\r\n", b""):
@@ -196,6 +202,29 @@ def strip_identity(headers: Iterable[tuple[bytes, bytes]], rules: StripRules) ->
             removed += 1
         else:
             kept.append((name, value))
+    return kept, removed
+
+
+def forwarded_fields(headers: Sequence[tuple[bytes, bytes]], rules: StripRules) -> tuple[Headers, int]:
+    """``strip_identity(without_hop_by_hop(headers), rules)`` in one pass, for names already lower-cased
+    (the request reader's); the same ``BadRequest``. A request naming fields in ``Connection`` takes the
+    two-pass way (rare: the named set must be known before the first field is kept)."""
+    kept: Headers = []
+    removed = 0
+    seen = rules._seen
+    for pair in headers:
+        name = pair[0]
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                return strip_identity(without_hop_by_hop(headers), rules)
+            continue
+        verdict = seen.get(name)
+        if verdict is None:
+            verdict = rules.is_identity(name)
+        if verdict:
+            removed += 1
+        else:
+            kept.append(pair)
     return kept, removed
 
 
