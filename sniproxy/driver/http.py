@@ -92,6 +92,7 @@ class HttpBack:
         "_flow",
         "_http",
         "_id_cache",
+        "_loop",
         "_opts",
         "_pause",
         "_pool",
@@ -144,6 +145,8 @@ class HttpBack:
         self._resume = front.resume_client_reading
         self._rules = _strip_rules(self._opts)
         self._debug = False
+        # The event loop, looked up once (asyncio.get_running_loop() makes a getpid() system call).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ BackHalf
     def start(self) -> None:
@@ -226,9 +229,10 @@ class HttpBack:
     def _events(self, events: list[Event]) -> None:
         # A batch holds at most one request (the next waits for this response). When its framing
         # breaks within the bytes already here, refuse before anything of it reaches the backend.
-        refused = next((e for e in events if isinstance(e, RequestRefused)), None)
-        if refused is not None:
-            events = [refused]
+        for event in events:
+            if isinstance(event, RequestRefused):
+                events = [event]
+                break
         for event in events:
             if self._closed:
                 return
@@ -373,7 +377,9 @@ class HttpBack:
     def _arm_response_timer(self) -> None:
         if self._resp_started:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + self._opts.response_timeout
         self._resp_deadline = deadline
         timer = self._resp_timer

@@ -75,6 +75,9 @@ class ResponseBroken:
 
 Event = Informational | ResponseHead | ResponseBody | ResponseEnd | ResponseBroken
 
+_REUSABLE = ResponseEnd(reusable=True)       # (frozen: one of each, not one per response)
+_NOT_REUSABLE = ResponseEnd(reusable=False)
+
 _NO_BODY = (204, 304)
 
 
@@ -189,7 +192,7 @@ class BackendExchange:
             self._ended = False
             # reusable only between whole exchanges: not with a request body still owed, nor bytes after
             reusable = self._keep and self._sent and not self._extra and not self._head_only
-            self._events.append(ResponseEnd(reusable=reusable))
+            self._events.append(_REUSABLE if reusable else _NOT_REUSABLE)
         out, self._events = self._events, []
         return out
 
@@ -197,7 +200,7 @@ class BackendExchange:
         self._done = True
         if self._final and not self._framed and self._status not in _NO_BODY:
             # HTTP/1.0 style: the body is framed by the connection's end (RFC 9112 §6.3 rule 8).
-            return [ResponseEnd(reusable=False)]
+            return [_NOT_REUSABLE]
         return [ResponseBroken("backend closed before the response ended")]
 
     def _broken(self, detail: str) -> None:

@@ -113,7 +113,10 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
         if lname == b"host":
             hosts += 1
         elif lname == b"content-length":
-            lengths.update(v.strip() for v in value.split(b","))
+            if b"," in value:
+                lengths.update(v.strip() for v in value.split(b","))
+            else:
+                lengths.add(value.strip())
         elif lname == b"transfer-encoding":
             codings += [v.strip().lower() for v in value.split(b",")]
         elif lname == b"connection" and not close:
@@ -127,7 +130,7 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
     length = 0
     if lengths:
         text = next(iter(lengths))
-        if not text or not all(c in b"0123456789" for c in text):
+        if not text.isdigit():   # (bytes.isdigit: ASCII digits only, False when empty)
             raise BadRequest("Content-Length is not a number")
         length = int(text)
     if codings and codings != [b"chunked"]:
@@ -142,16 +145,24 @@ def without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], *, strict: bool =
     ``strict`` (requests): ``Connection`` naming a framing or routing field is a ``BadRequest``;
     otherwise (responses) such names are ignored, the proxy frames the response itself.
     """
-    pairs = [(n.lower(), n, v) for n, v in headers]
-    named = {v.strip().lower() for low, _, value in pairs if low == b"connection" for v in value.split(b",")}
-    if not named:   # the usual case: the fixed set only
-        return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP]
+    kept: Headers = []
+    connection: list[bytes] = []
+    for pair in headers:   # one pass; the fields Connection names are removed after it (rare)
+        low = pair[0].lower()
+        if low in HOP_BY_HOP:
+            if low == b"connection":
+                connection.append(pair[1])
+        else:
+            kept.append(pair)
+    if not connection:   # the usual case: the fixed set only
+        return kept
+    named = {v.strip().lower() for value in connection for v in value.split(b",")}
     if not strict:
         named -= _FRAMING
     elif named & _FRAMING:
         # "Connection: content-length" would drop the length the proxy framed the body with.
         raise BadRequest("Connection names a framing or routing field")
-    return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP and low not in named]
+    return [pair for pair in kept if pair[0].lower() not in named]
 
 
 _SEEN_MAX = 512
