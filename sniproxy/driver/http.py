@@ -90,12 +90,14 @@ class HttpBack:
         "_debug",
         "_ex",
         "_flow",
+        "_host_ok",
         "_http",
         "_id_cache",
         "_loop",
         "_opts",
         "_pause",
         "_pool",
+        "_req_fields",
         "_req_method",
         "_resp_deadline",
         "_resp_started",
@@ -105,7 +107,6 @@ class HttpBack:
         "_routes",
         "_rules",
         "_send",
-        "_soap",
         "_statuses",
         "_stripped",
         "front",
@@ -133,7 +134,10 @@ class HttpBack:
         # When the response head is due (loop time), or None: one timer per connection follows it,
         # moved on when it fires early rather than re-armed per request (a heap entry per request).
         self._resp_deadline: float | None = None
-        self._soap: str | None = None
+        # The current (or last) request's fields: its SOAP version is guessed from them only when the proxy
+        # writes an error body itself (a fault or plain text), not on every request.
+        self._req_fields: Headers = []
+        self._host_ok: bytes | None = None   # the last Host value that passed the Host checks (see _start_request)
         self._statuses: dict[str, int] = {}
         self._stripped = 0
         self._closed = False               # the front finished (its phase is ``closed``)
@@ -261,33 +265,46 @@ class HttpBack:
         self._update_reading()
 
     def _start_request(self, req: RequestStarted) -> None:
-        self._soap = soap_version(req.headers)
+        fields = req.headers
+        self._req_fields = fields
         self._resp_started = False
         self._req_method = req.method.upper()
         self._resp_status = 0
         self._ex = None
+        target = req.target
+        host_value = None
+        for name, value in fields:   # (names lower-cased, at most one Host: ClientSide checked both)
+            if name == b"host":
+                host_value = value
+                break
+        # The Host checks depend on its value alone for an origin-form target (the routes and the flow are
+        # the connection's): a value that passed them once on this connection is not checked again.
+        known = host_value is not None and host_value == self._host_ok and target[:1] == b"/"
         try:
-            host = request_host(req.target, req.headers)
-            headers, removed = forwarded_fields(req.headers, self._rules)
+            host = None if known else request_host(target, fields)
+            headers, removed = forwarded_fields(fields, self._rules)
         except BadRequest as exc:
-            self._refuse(400, "bad request", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            self._refuse(400, "bad request", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
-        other = misdirected(host, self._routes, self._flow or "")
-        if other is not None:
-            self._refuse(421, f"{host} is served by another flow than this connection's", self._soap,
-                         Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
-            return
-        if not self._chain_der and needs_card(req.target, self._opts.card_required_paths):
-            self._refuse(403, "a professional card is required for this service", self._soap, Reason.CARD_REQUIRED,
-                         detail=f"no card for {req.target[:200].decode('latin-1')}")
+        if not known:
+            other = misdirected(host, self._routes, self._flow or "")
+            if other is not None:
+                self._refuse(421, f"{host} is served by another flow than this connection's", self._request_soap(),
+                             Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
+                return
+            if target[:1] == b"/":
+                self._host_ok = host_value
+        if not self._chain_der and needs_card(target, self._opts.card_required_paths):
+            self._refuse(403, "a professional card is required for this service", self._request_soap(),
+                         Reason.CARD_REQUIRED, detail=f"no card for {target[:200].decode('latin-1')}")
             return
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         try:
-            block = self._identity_block(req.headers)
+            block = self._identity_block(host_value)
         except (BadRequest, RequestError) as exc:   # a card value no HTTP field can carry
-            self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         bk = self._pool.take()
         if bk is not None:
@@ -303,7 +320,7 @@ class HttpBack:
             # check_fields: the head is written as it is, with our framing
             data = ex.request(req.method, req.target, headers, chunked=req.chunked, block=block)
         except RequestError as exc:  # a head we accepted in but will not write out (no Host in HTTP/1.0)
-            self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         self._ex = ex
         self._to_backend(data)
@@ -311,10 +328,9 @@ class HttpBack:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
 
-    def _identity_block(self, headers: Headers) -> bytes:
+    def _identity_block(self, host: bytes | None) -> bytes:
         # The identity fields depend on the connection and the Host only: encoded once for both
         # (several KB of PEM and base64 with a card), not walked again on every request.
-        host = next((v for n, v in headers if n == b"host"), None)
         cache = self._id_cache
         if cache is not None and cache[0] == host:
             return cache[1]
@@ -330,6 +346,9 @@ class HttpBack:
         block = field_block(out)
         self._id_cache = (host, block)
         return block
+
+    def _request_soap(self) -> str | None:
+        return soap_version(self._req_fields)
 
     def _to_backend(self, data: bytes | None) -> None:
         if data:
@@ -498,7 +517,7 @@ class HttpBack:
             self._bk.close()
             self._bk = None
         self._refuse(status, "the service is unavailable" if status == 502 else "the service did not answer in time",
-                     self._soap, reason, detail=detail)
+                     self._request_soap(), reason, detail=detail)
 
     # ------------------------------------------------------------------ answers and flow control
     def _refuse(self, status: int, message: str, soap: str | None, reason: Reason, detail: str = "") -> None:

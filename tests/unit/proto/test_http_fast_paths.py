@@ -1,0 +1,140 @@
+"""The one-pass forms of the request checks (issue 16, decision 0010) against the forms they replaced.
+
+``check_head``'s single scan, ``without_hop_by_hop``'s single pass, ``forwarded_fields`` (hop-by-hop and
+identity removal together) and ``check_framing``'s digit check must refuse and keep exactly what the
+several-pass code did: the old code is kept here as the oracle, and hypothesis feeds both heads and field
+lists built from the bytes that matter (CR, LF, HT, SP, controls, commas, framing and identity names).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sniproxy.proto.http_backend import BackendExchange, RequestError, field_block
+from sniproxy.proto.http_rewrite import (
+    _FRAMING,
+    HOP_BY_HOP,
+    BadRequest,
+    Headers,
+    StripRules,
+    check_framing,
+    check_head,
+    forwarded_fields,
+    strip_identity,
+    without_hop_by_hop,
+)
+
+_CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def old_check_head(raw: bytes, max_request_line: int) -> None:
+    body = raw[:-4] if raw.endswith(b"\r\n\r\n") else raw
+    if b"\n" in body.replace(b"\r\n", b""):
+        raise BadRequest("bare LF in the request head")
+    if b"\r" in body.replace(b"\r\n", b""):
+        raise BadRequest("bare CR in the request head")
+    lines = body.split(b"\r\n")
+    if len(lines[0]) > max_request_line:
+        raise BadRequest(f"request line over {max_request_line} bytes")
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            raise BadRequest("obs-fold (a header line starting with whitespace)")
+    for line in lines:
+        if _CTL.search(line):
+            raise BadRequest("control character in the request head")
+
+
+def old_without_hop_by_hop(headers: Headers, *, strict: bool = True) -> Headers:
+    pairs = [(n.lower(), n, v) for n, v in headers]
+    named = {v.strip().lower() for low, _, value in pairs if low == b"connection" for v in value.split(b",")}
+    if not named:
+        return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP]
+    if not strict:
+        named -= _FRAMING
+    elif named & _FRAMING:
+        raise BadRequest("Connection names a framing or routing field")
+    return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP and low not in named]
+
+
+def outcome(fn, *args, **kw):  # type: ignore[no-untyped-def]
+    try:
+        return ("ok", fn(*args, **kw))
+    except BadRequest as exc:
+        return ("refused", str(exc))
+
+
+HEAD_BYTES = st.sampled_from([b"\r", b"\n", b"\r\n", b"\t", b" ", b"\x00", b"\x0b", b"\x7f", b"\x1f", b"a", b":",
+                              b"Host", b"GET / HTTP/1.1", b"\r\n\r\n", b"\x80"])
+NAMES = st.sampled_from([b"host", b"Host", b"content-length", b"Content-Length", b"transfer-encoding",
+                         b"connection", b"Connection", b"keep-alive", b"te", b"upgrade", b"x-forwarded-for",
+                         b"X_Forwarded_For", b"forwarded", b"ssl-client-cert", b"x-card", b"content-type",
+                         b"soapaction", b"trailer", b"x-other"])
+VALUES = st.sampled_from([b"", b"close", b"keep-alive", b"x-card, close", b" Content-Length ", b"host",
+                          b"x-other", b"12", b" 12 ", b"7, 7", b"7,8", b"chunked", b"gzip, chunked", b"-1",
+                          b"\xd9\xa1", b"1 2", b"TE, upgrade"])
+FIELDS = st.lists(st.tuples(NAMES, VALUES), max_size=8)
+RULES = StripRules.build(["X-Card"], ["x-other*"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(HEAD_BYTES, max_size=12).map(b"".join), st.integers(0, 40))
+def test_check_head_refuses_what_the_seven_scans_refused(head: bytes, max_line: int) -> None:
+    assert outcome(check_head, head, max_line) == outcome(old_check_head, head, max_line)
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\rb\r\n\r\n", b"GET / HTTP/1.1\r\nHost: a\x00\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\tb\r\n\r\n", b"GET /" + b"x" * 40 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+])
+def test_check_head_examples(head: bytes) -> None:
+    assert outcome(check_head, head, 30) == outcome(old_check_head, head, 30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(FIELDS, st.booleans())
+def test_without_hop_by_hop_keeps_what_the_three_passes_kept(fields: Headers, strict: bool) -> None:
+    assert outcome(without_hop_by_hop, fields, strict=strict) == outcome(old_without_hop_by_hop, fields, strict=strict)
+
+
+@settings(max_examples=400, deadline=None)
+@given(FIELDS)
+def test_forwarded_fields_is_hop_by_hop_then_identity_removal(fields: Headers) -> None:
+    low = [(n.lower(), v) for n, v in fields]   # (the request reader lower-cases names)
+    expected = outcome(lambda: strip_identity(old_without_hop_by_hop(low), RULES))
+    assert outcome(forwarded_fields, low, RULES) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(FIELDS)
+def test_check_framing_reads_lengths_as_before(fields: Headers) -> None:
+    lengths = {v.strip() for n, value in fields if n.lower() == b"content-length" for v in value.split(b",")}
+    result = outcome(check_framing, fields)
+    if len(lengths) == 1 and result[0] == "ok":
+        text = next(iter(lengths))
+        assert text and all(c in b"0123456789" for c in text) and result[1].length == int(text)
+    if (len(lengths) == 1 and not all(c in b"0123456789" for c in next(iter(lengths)))) or lengths == {b""}:
+        assert result[0] == "refused"
+
+
+def test_field_block_is_the_fields_as_request_writes_them() -> None:
+    fields = [(b"Forwarded", b"for=1"), (b"X-SSL-Client-Verify", b"SUCCESS")]
+    block = field_block(fields)
+    assert block == b"Forwarded: for=1\r\nX-SSL-Client-Verify: SUCCESS\r\n"
+    host = [(b"host", b"h"), (b"content-length", b"0")]
+    assert (BackendExchange().request(b"POST", b"/", host, chunked=False, block=block)
+            == BackendExchange().request(b"POST", b"/", host + fields, chunked=False))
+    assert field_block([]) == b""
+
+
+@pytest.mark.parametrize("name", [b"Host", b"content-length", b"Transfer-Encoding"])
+def test_field_block_never_carries_routing_or_framing(name: bytes) -> None:
+    # request() counts Host and Content-Length in its own fields only: one hidden in the block would
+    # reach the backend unchecked (a second Host, a second length).
+    with pytest.raises(RequestError):
+        field_block([(b"x-a", b"1"), (name, b"2")])
