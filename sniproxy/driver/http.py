@@ -318,12 +318,12 @@ class HttpBack:
         try:
             # the method, target and client fields come from h11's parser, the identity fields passed
             # check_fields: the head is written as it is, with our framing
-            data = ex.request(req.method, req.target, headers, chunked=req.chunked, block=block)
+            parts = ex.request_parts(req.method, target, headers, chunked=req.chunked, block=block)
         except RequestError as exc:  # a head we accepted in but will not write out (no Host in HTTP/1.0)
             self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         self._ex = ex
-        self._to_backend(data)
+        self._bk_out += parts   # (joined once with the body in _flush_backend)
         if self._debug:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)

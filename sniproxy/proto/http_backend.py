@@ -126,6 +126,12 @@ class BackendExchange:
     def request(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool, block: bytes = b"") -> bytes:
         """The request head. ``headers`` are fields already checked (llhttp's parser, ``check_fields``);
         ``block``, written after them, is a ``field_block`` (the identity fields, encoded once per connection)."""
+        return b"".join(self.request_parts(method, target, headers, chunked=chunked, block=block))
+
+    def request_parts(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool,
+                      block: bytes = b"") -> list[bytes]:
+        """``request``'s head in pieces, ``block`` one of them as it is: the caller joins them once with
+        the body (a block of several KB is not copied into a head first, then into the write)."""
         hosts = 0
         length: bytes | None = None
         for name, value in headers:
@@ -146,8 +152,7 @@ class BackendExchange:
         lines = [method, b" ", target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
-        lines += (block, b"\r\n")
-        return b"".join(lines)
+        return [b"".join(lines), block, b"\r\n"]
 
     def body(self, data: bytes) -> bytes:
         """A piece of the request body, framed for the backend."""
