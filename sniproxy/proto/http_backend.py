@@ -79,6 +79,7 @@ _REUSABLE = ResponseEnd(reusable=True)       # (frozen: one of each, not one per
 _NOT_REUSABLE = ResponseEnd(reusable=False)
 
 _NO_BODY = (204, 304)
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 _BLOCK_REFUSED = frozenset({b"host", b"content-length", b"transfer-encoding"})
@@ -101,7 +102,7 @@ def field_block(headers: Headers) -> bytes:
 class BackendExchange:
     """One request/response exchange on a backend connection (a new one per request)."""
 
-    __slots__ = ("_chunked", "_done", "_ended", "_events", "_extra", "_final", "_framed", "_head_only",
+    __slots__ = ("_chunked", "_done", "_ended", "_events", "_extra", "_final", "_head_only",
                  "_headers", "_in_head", "_keep", "_parser", "_reason", "_remaining", "_sent", "_status")
 
     def __init__(self) -> None:
@@ -111,7 +112,6 @@ class BackendExchange:
         self._reason = b""
         self._status = 0
         self._in_head = False      # between a status line and the end of its fields
-        self._framed = False       # the final response has Content-Length or Transfer-Encoding
         self._done = False         # the final response ended (or broke): nothing more is read
         self._final = False        # the final (non-1xx) response head was read
         self._ended = False        # its end was reached and not reported yet
@@ -203,7 +203,9 @@ class BackendExchange:
 
     def _eof(self) -> list[Event]:
         self._done = True
-        if self._final and not self._framed and self._status not in _NO_BODY:
+        # (the framing fields are looked for only here, at the end of the stream, not in every field's callback)
+        framed = any(name.lower() in _FRAMING for name, _ in self._headers)
+        if self._final and not framed and self._status not in _NO_BODY:
             # HTTP/1.0 style: the body is framed by the connection's end (RFC 9112 §6.3 rule 8).
             return [_NOT_REUSABLE]
         return [ResponseBroken("backend closed before the response ended")]
@@ -220,7 +222,6 @@ class BackendExchange:
             raise _Stop   # the rest is never parsed
         self._headers = []
         self._reason = b""
-        self._framed = False
         self._in_head = True
 
     def on_status(self, reason: bytes) -> None:
@@ -230,9 +231,6 @@ class BackendExchange:
     def on_header(self, name: bytes, value: bytes) -> None:
         """llhttp: one field (trailers come after the head and are dropped: RFC 9110 §6.5.1)."""
         if self._in_head:
-            low = name.lower()
-            if low == b"content-length" or low == b"transfer-encoding":
-                self._framed = True
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -315,7 +315,7 @@ class ClientSide:
         the backend's Content-Length kept, else chunked for HTTP/1.1 clients, else the end of the
         connection; ``Connection: close`` when this response is the connection's last)."""
         assert self._resp is None and (self._state is _State.BODY or self._state is _State.WAIT)
-        if _REASON.fullmatch(reason) is None:
+        if reason != b"OK" and _REASON.fullmatch(reason) is None:
             raise ResponseError(f"illegal reason phrase {reason[:40]!r}")
         lengths: list[bytes] = []
         codings: list[bytes] = []
@@ -401,8 +401,8 @@ class ClientSide:
 
     def next_request(self) -> list[Event]:
         """After ``end`` allowed it: start the next pipelined request, if its bytes are here."""
-        if self._state is not _State.HEAD:
-            return []
+        if self._state is not _State.HEAD or (not self._buf and not self._eof):
+            return []   # (nothing pipelined: the usual case, with nothing to scan)
         return self._advance()
 
     def error(self, status: int, message: str, soap: str | None) -> bytes:
@@ -420,4 +420,4 @@ def _fields(headers: Headers, host: bool) -> bytes:
     if host:
         headers = ([(n, v) for n, v in headers if n.lower() == b"host"]
                    + [(n, v) for n, v in headers if n.lower() != b"host"])
-    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
+    return b"".join([b"%s: %s\r\n" % (n, v) for n, v in headers])
