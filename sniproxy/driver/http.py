@@ -233,26 +233,29 @@ class HttpBack:
     def _events(self, events: list[Event]) -> None:
         # A batch holds at most one request (the next waits for this response). When its framing
         # breaks within the bytes already here, refuse before anything of it reaches the backend.
+        # (dispatch on the exact class: the events are final dataclasses of http_server, one per kind)
         for event in events:
-            if isinstance(event, RequestRefused):
+            if type(event) is RequestRefused:
                 events = [event]
                 break
         for event in events:
             if self._closed:
                 return
-            if isinstance(event, RequestStarted):
-                self._start_request(event)
-            elif isinstance(event, (BodyReceived, RequestEnded)):
+            kind = type(event)
+            if kind is RequestStarted:
+                self._start_request(event)  # type: ignore[arg-type]
+            elif kind is BodyReceived or kind is RequestEnded:
                 ex = self._ex
                 if ex is None:   # its head was refused: nothing of it goes to the backend
                     continue
                 try:
-                    out = ex.body(event.data) if isinstance(event, BodyReceived) else ex.end()
+                    out = ex.body(event.data) if kind is BodyReceived else ex.end()  # type: ignore[union-attr]
                 except RequestError as exc:   # a body the head it came with cannot carry
                     self.front.finish(Reason.BAD_REQUEST, f"request body cannot be forwarded: {exc}")
                     return
-                self._to_backend(out)
-                if isinstance(event, RequestEnded):
+                if out:
+                    self._bk_out.append(out)
+                if kind is RequestEnded:
                     self._arm_response_timer()
             elif isinstance(event, RequestRefused):
                 self._refuse(event.status, event.detail, event.soap, Reason.BAD_REQUEST)

@@ -15,6 +15,7 @@ read differently from us is a smuggling vector in the other direction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httptools
 
@@ -105,6 +106,11 @@ class BackendExchange:
     __slots__ = ("_chunked", "_done", "_ended", "_events", "_extra", "_final", "_head_only",
                  "_headers", "_in_head", "_keep", "_parser", "_reason", "_remaining", "_sent", "_status")
 
+    # httptools looks every callback up when a parser is made: a missing one costs an AttributeError per
+    # exchange. None: no callback, nothing raised.
+    on_chunk_header: ClassVar[None] = None
+    on_chunk_complete: ClassVar[None] = None
+
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
         self._events: list[Event] = []
@@ -134,11 +140,13 @@ class BackendExchange:
         the body (a block of several KB is not copied into a head first, then into the write)."""
         hosts = 0
         length: bytes | None = None
-        for name, value in headers:
+        lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+        for name, value in headers:   # one pass: written, and the two fields request checks counted
             if name == b"host":
                 hosts += 1
             elif name == b"content-length":
                 length = value
+            lines.append(b"%s: %s\r\n" % (name, value))
         if hosts != 1:   # RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
             raise RequestError("missing Host header" if hosts == 0 else "several Host headers")
         if chunked and length is not None:
@@ -149,9 +157,6 @@ class BackendExchange:
             self._remaining = int(length)
         self._chunked = chunked
         self._head_only = method == b"HEAD"
-        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
         return [b"".join(lines), block, b"\r\n"]
 
     def body(self, data: bytes) -> bytes:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import ClassVar
 
 import httptools
 
@@ -108,6 +109,14 @@ class _Head:
     """llhttp's callbacks for one request head (the parser is fed the head alone)."""
 
     __slots__ = ("complete", "fields", "url")
+
+    # httptools looks every callback up (getattr with a default) when a parser is made: one this class
+    # lacks costs an AttributeError raised and dropped, per request. None: no callback, nothing raised.
+    on_message_begin: ClassVar[None] = None
+    on_body: ClassVar[None] = None
+    on_message_complete: ClassVar[None] = None
+    on_chunk_header: ClassVar[None] = None
+    on_chunk_complete: ClassVar[None] = None
 
     def __init__(self) -> None:
         self.url = b""

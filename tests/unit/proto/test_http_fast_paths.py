@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sniproxy.proto.http_backend import BackendExchange, RequestError, field_block
+from sniproxy.proto.http_backend import BackendExchange, RequestError, ResponseBroken, ResponseEnd, field_block
 from sniproxy.proto.http_rewrite import (
     _FRAMING,
     HOP_BY_HOP,
@@ -138,3 +138,24 @@ def test_field_block_never_carries_routing_or_framing(name: bytes) -> None:
     # reach the backend unchecked (a second Host, a second length).
     with pytest.raises(RequestError):
         field_block([(b"x-a", b"1"), (name, b"2")])
+
+
+def backend_events(raw: bytes) -> list[object]:
+    ex = BackendExchange()
+    ex.request(b"GET", b"/", [(b"host", b"h")], chunked=False)
+    ex.end()
+    return [*ex.receive_data(raw), *ex.receive_data(b"")]
+
+
+@pytest.mark.parametrize(("raw", "ends"), [
+    # The framing fields are looked for at the end of the stream only: those of the final head, in any case.
+    (b"HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\n\r\nab", False),
+    (b"HTTP/1.1 200 OK\r\nTransfer-encoding: chunked\r\n\r\n2\r\nab\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nX-Content-Length: 5\r\n\r\nab", True),
+    # a 1xx's fields are not the final response's
+    (b"HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nab", True),
+    (b"HTTP/1.1 103 Early Hints\r\nX-A: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", False),
+])
+def test_end_of_stream_ends_only_an_unframed_final_response(raw: bytes, ends: bool) -> None:
+    last = backend_events(raw)[-1]
+    assert last == (ResponseEnd(reusable=False) if ends else ResponseBroken("backend closed before the response ended"))
