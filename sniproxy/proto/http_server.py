@@ -228,7 +228,8 @@ class ClientSide:
             check_head(head, self._max_line)
         except BadRequest as exc:
             return self._refuse(str(exc), _guess_soap(head))
-        if _REQUEST_LINE.fullmatch(head, 0, head.find(b"\r\n")) is None:
+        eol = head.find(b"\r\n")
+        if _REQUEST_LINE.fullmatch(head, 0, eol) is None:
             return self._refuse("malformed request line", _guess_soap(head))
         parsed = _Head()
         parser = httptools.HttpRequestParser(parsed)
@@ -241,7 +242,9 @@ class ClientSide:
         if not parsed.complete:
             return self._refuse("incomplete request head", _guess_soap(head))
         method = parser.get_method()
-        version = parser.get_http_version().encode("ascii")
+        # "1.0" or "1.1": the request line ends with it (_REQUEST_LINE), and llhttp parsed that same line
+        # (its get_http_version formats a str from the numbers, per request)
+        version = head[eol - 3:eol]
         headers = parsed.fields
         try:
             framing = check_framing(headers)
