@@ -19,6 +19,12 @@ its figures with other benches. ``--count`` measures what does not depend on the
 bytecode the interpreter runs in ``sniproxy/`` per iteration (``sys.settrace`` opcode events), with
 the attribute loads and stores and the calls among them; ``driver`` is the part in the driver's own
 modules.
+
+Instruction counts (decision 0010), which do not depend on the load either: ``--only http --pki DIR
+--callgrind N`` runs 100 steps then N more, untimed, over a PKI built once in DIR (its RSA key
+generation would otherwise vary from run to run); run it under ``valgrind --tool=callgrind`` with N
+and with 0, the difference over N is one step. ``--headers forwarded,nginx`` gives the http step the
+identity profiles of ``bench/peers.py`` (default: all six).
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: " + s
 
 Step = Callable[[], None]
 PKI_DIR: Path | None = None   # --pki: a PKI built once and reused (its RSA key generation varies run to run)
+HEADERS: list[str] = []       # --headers: the http step's identity profiles (default: all six, as kit's config)
 ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}
 DRIVER_FILES = ("sniproxy/driver/", "sniproxy/connection.py", "sniproxy/http_connection.py")
 
@@ -155,7 +162,7 @@ async def http_step(tmp: Path) -> Step:
     pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
-    h = Harness(snapshot(https_config(pki), tmp), "https")
+    h = Harness(snapshot(https_config(pki, http={"headers": HEADERS} if HEADERS else None), tmp), "https")
     client = TlsClient(pki, sni=MSG)
     client.handshake(h)
     client.send(h, POST)
@@ -196,12 +203,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=7, help="runs; the best is reported")
     ap.add_argument("--count", action="store_true", help="count bytecode per iteration instead of timing")
     ap.add_argument("--pki", type=Path, help="build the test PKI here once and reuse it (callgrind: same setup)")
+    ap.add_argument("--headers", help="comma-separated identity profiles of the http step (bench/peers.py: "
+                    "forwarded,nginx); default: all six")
     ap.add_argument("--only", choices=("mail", "imap", "http"), help="run this path alone")
     ap.add_argument("--callgrind", type=int, metavar="N",
                     help="run 100 steps then N more, untimed (callgrind: N runs minus 0 runs)")
     args = ap.parse_args()
-    global PKI_DIR
+    global PKI_DIR, HEADERS
     PKI_DIR = args.pki
+    HEADERS = [h for h in args.headers.split(",") if h] if args.headers else []
     configure("warning", "json")
     with tempfile.TemporaryDirectory(prefix="sniproxy-driver-bench-") as d:
         tmp = Path(d)
