@@ -268,39 +268,16 @@ class HttpBack:
         self._update_reading()
 
     def _start_request(self, req: RequestStarted) -> None:
-        fields = req.headers
-        self._req_fields = fields
+        self._req_fields = req.headers
         self._resp_started = False
         self._req_method = req.method.upper()
         self._resp_status = 0
         self._ex = None
+        admitted = self._admit(req)
+        if admitted is None:   # refused (answered, the connection finishing)
+            return
+        headers, removed, host_value = admitted
         target = req.target
-        host_value = None
-        for name, value in fields:   # (names lower-cased, at most one Host: ClientSide checked both)
-            if name == b"host":
-                host_value = value
-                break
-        # The Host checks depend on its value alone for an origin-form target (the routes and the flow are
-        # the connection's): a value that passed them once on this connection is not checked again.
-        known = host_value is not None and host_value == self._host_ok and target[:1] == b"/"
-        try:
-            host = None if known else request_host(target, fields)
-            headers, removed = forwarded_fields(fields, self._rules)
-        except BadRequest as exc:
-            self._refuse(400, "bad request", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
-            return
-        if not known:
-            other = misdirected(host, self._routes, self._flow or "")
-            if other is not None:
-                self._refuse(421, f"{host} is served by another flow than this connection's", self._request_soap(),
-                             Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
-                return
-            if target[:1] == b"/":
-                self._host_ok = host_value
-        if not self._chain_der and needs_card(target, self._opts.card_required_paths):
-            self._refuse(403, "a professional card is required for this service", self._request_soap(),
-                         Reason.CARD_REQUIRED, detail=f"no card for {target[:200].decode('latin-1')}")
-            return
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
@@ -319,8 +296,8 @@ class HttpBack:
             self._bk_task = asyncio.get_running_loop().create_task(self._connect())
         ex = BackendExchange()
         try:
-            # the method, target and client fields come from h11's parser, the identity fields passed
-            # check_fields: the head is written as it is, with our framing
+            # the method, target and client fields come from the request reader (llhttp), the identity fields
+            # passed check_fields: the head is written as it is, with our framing
             parts = ex.request_parts(req.method, target, headers, chunked=req.chunked, block=block)
         except RequestError as exc:  # a head we accepted in but will not write out (no Host in HTTP/1.0)
             self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
@@ -330,6 +307,40 @@ class HttpBack:
         if self._debug:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
+
+    def _admit(self, req: RequestStarted) -> tuple[Headers, int, bytes | None] | None:
+        """The request's checks before anything of it reaches a backend, in order: Host (400), hop-by-hop
+        fields (400), the flow of its Host (421), the card paths (403). Returns the fields to forward, how many
+        identity fields were removed and the Host value; None when it was refused."""
+        fields = req.headers
+        target = req.target
+        host_value = None
+        for name, value in fields:   # (names lower-cased, at most one Host: ClientSide checked both)
+            if name == b"host":
+                host_value = value
+                break
+        # The Host checks depend on its value alone for an origin-form target (the routes and the flow are
+        # the connection's): a value that passed them once on this connection is not checked again.
+        known = host_value is not None and host_value == self._host_ok and target[:1] == b"/"
+        try:
+            host = None if known else request_host(target, fields)
+            headers, removed = forwarded_fields(fields, self._rules)
+        except BadRequest as exc:
+            self._refuse(400, "bad request", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
+            return None
+        if not known:
+            other = misdirected(host, self._routes, self._flow or "")
+            if other is not None:
+                self._refuse(421, f"{host} is served by another flow than this connection's", self._request_soap(),
+                             Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
+                return None
+            if target[:1] == b"/":
+                self._host_ok = host_value
+        if not self._chain_der and needs_card(target, self._opts.card_required_paths):
+            self._refuse(403, "a professional card is required for this service", self._request_soap(),
+                         Reason.CARD_REQUIRED, detail=f"no card for {target[:200].decode('latin-1')}")
+            return None
+        return headers, removed, host_value
 
     def _identity_block(self, host: bytes | None) -> bytes:
         # The identity fields depend on the connection and the Host only: encoded once for both
