@@ -135,7 +135,7 @@ class BackendExchange:
         return b"".join(self.request_parts(method, target, headers, chunked=chunked, block=block))
 
     def request_parts(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool,
-                      block: bytes = b"") -> list[bytes]:
+                      block: bytes) -> list[bytes]:
         """``request``'s head in pieces, ``block`` one of them as it is: the caller joins them once with
         the body (a block of several KB is not copied into a head first, then into the write)."""
         hosts = 0

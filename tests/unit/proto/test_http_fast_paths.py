@@ -159,3 +159,28 @@ def backend_events(raw: bytes) -> list[object]:
 def test_end_of_stream_ends_only_an_unframed_final_response(raw: bytes, ends: bool) -> None:
     last = backend_events(raw)[-1]
     assert last == (ResponseEnd(reusable=False) if ends else ResponseBroken("backend closed before the response ended"))
+
+
+# The callbacks httptools' parsers look up when they are made (httptools/parser/parser.pyx, ``getattr(protocol,
+# name, None)``): each one the protocol object lacks costs an AttributeError raised and dropped, per parser.
+_PARSER_CALLBACKS = ("on_header", "on_headers_complete", "on_body", "on_message_begin", "on_message_complete",
+                     "on_chunk_header", "on_chunk_complete")
+
+
+@pytest.mark.parametrize("name", [*_PARSER_CALLBACKS, "on_status"])
+def test_the_response_parser_finds_every_callback_it_looks_up(name: str) -> None:
+    assert hasattr(BackendExchange, name)
+
+
+@pytest.mark.parametrize("name", [*_PARSER_CALLBACKS, "on_url"])
+def test_the_request_parser_finds_every_callback_it_looks_up(name: str) -> None:
+    from sniproxy.proto.http_server import _Head
+    assert hasattr(_Head, name)
+
+
+def test_unused_callbacks_install_nothing() -> None:
+    # None: httptools installs no callback for them, as when they were missing (a chunked body still parses).
+    assert BackendExchange.on_chunk_header is None and BackendExchange.on_chunk_complete is None
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+    events = backend_events(raw)
+    assert [e for e in events if isinstance(e, ResponseEnd)] == [ResponseEnd(reusable=True)]
