@@ -184,3 +184,44 @@ def test_unused_callbacks_install_nothing() -> None:
     raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
     events = backend_events(raw)
     assert [e for e in events if isinstance(e, ResponseEnd)] == [ResponseEnd(reusable=True)]
+
+
+@pytest.mark.parametrize("ctl", [*range(0x00, 0x09), *range(0x0B, 0x0D), *range(0x0E, 0x20), 0x7F])
+def test_every_control_character_is_refused_whatever_the_fast_path(ctl: int) -> None:
+    head = b"GET / HTTP/1.1\r\nHost: a" + bytes([ctl]) + b"b\r\n\r\n"
+    with pytest.raises(BadRequest, match="control character"):
+        check_head(head, 100)
+
+
+@pytest.mark.parametrize(("head", "error"), [
+    # one pair of counts equal by chance must not let a bare CR or LF through (each CR and LF is counted)
+    (b"GET /XX\r\nA: b\rc\r\n\r\n", "bare CR"),
+    (b"GET /XX\nA: b\r\nC: d\r\n\r\n", "bare LF"),
+    (b"GET / HTTP/1.1\r\nA: b\n\rC: d\r\n\r\n", "bare LF"),
+])
+def test_crafted_counts_still_refused(head: bytes, error: str) -> None:
+    with pytest.raises(BadRequest, match=error):
+        check_head(head, 100)
+
+
+@pytest.mark.parametrize("fields", [
+    [(b"host", b"h"), (b"x-forwarded-for", b"1.2.3.4"), (b"ssl_client_cert", b"x"), (b"x-card", b"1")],
+    [(b"x-mss-idnat", b"1"), (b"forwarded", b"for=x"), (b"x-other-thing", b"2"), (b"content-type", b"t")],
+])
+def test_forwarded_fields_strips_names_never_seen_before(fields: Headers) -> None:
+    # A fresh rule set (its memo empty): every identity name is judged, not only those already memoized.
+    rules = StripRules.build(["X-Card"], ["x-other*"])
+    kept, removed = forwarded_fields(fields, rules)
+    assert kept == [f for f in fields if f[0] in (b"host", b"content-type")]
+    assert removed == len(fields) - len(kept)
+
+
+def test_client_eof_while_a_response_is_owed_is_reported_after_it() -> None:
+    from sniproxy.proto.http_server import ClientClosed, ClientSide, RequestEnded, RequestStarted
+    side = ClientSide()
+    events = side.receive_data(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert isinstance(events[0], RequestStarted) and isinstance(events[-1], RequestEnded)
+    assert side.receive_data(b"") == []           # EOF while the response is owed: nothing yet
+    side.response(200, [(b"content-length", b"0")], b"OK")
+    assert side.end() == (b"", True)
+    assert side.next_request() == [ClientClosed(mid_request=False)]
