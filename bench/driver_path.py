@@ -19,6 +19,12 @@ its figures with other benches. ``--count`` measures what does not depend on the
 bytecode the interpreter runs in ``sniproxy/`` per iteration (``sys.settrace`` opcode events), with
 the attribute loads and stores and the calls among them; ``driver`` is the part in the driver's own
 modules.
+
+Instruction counts (decision 0010), which do not depend on the load either: ``--only http --pki DIR
+--callgrind N`` runs 100 steps then N more, untimed, over a PKI built once in DIR (its RSA key
+generation would otherwise vary from run to run); run it under ``valgrind --tool=callgrind`` with N
+and with 0, the difference over N is one step. ``--headers forwarded,nginx`` gives the http step the
+identity profiles of ``bench/peers.py`` (default: all six).
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: " + s
 
 
 Step = Callable[[], None]
+PKI_DIR: Path | None = None   # --pki: a PKI built once and reused (its RSA key generation varies run to run)
+HEADERS: list[str] = []       # --headers: the http step's identity profiles (default: all six, as kit's config)
 ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}
 DRIVER_FILES = ("sniproxy/driver/", "sniproxy/connection.py", "sniproxy/http_connection.py")
 
@@ -108,7 +116,7 @@ def counted(step: Step, n: int) -> dict[str, float]:
 
 
 async def mail_step(tmp: Path) -> Step:
-    pki = build(tmp / "pki")
+    pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
     h = Harness(snapshot(mail_config(pki), tmp), "tls")
@@ -129,7 +137,7 @@ async def mail_step(tmp: Path) -> Step:
 
 
 async def imap_step(tmp: Path) -> Step:
-    pki = build(tmp / "pki")
+    pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
     h = Harness(snapshot(mail_config(pki), tmp), "imaps")
@@ -151,10 +159,10 @@ async def imap_step(tmp: Path) -> Step:
 
 
 async def http_step(tmp: Path) -> Step:
-    pki = build(tmp / "pki")
+    pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
-    h = Harness(snapshot(https_config(pki), tmp), "https")
+    h = Harness(snapshot(https_config(pki, http={"headers": HEADERS} if HEADERS else None), tmp), "https")
     client = TlsClient(pki, sni=MSG)
     client.handshake(h)
     client.send(h, POST)
@@ -176,6 +184,13 @@ async def http_step(tmp: Path) -> Step:
 
 async def measure(make: Callable[[Path], Any], tmp: Path, args: argparse.Namespace) -> str:
     step = await make(tmp)
+    if args.callgrind is not None:
+        # For valgrind --tool=callgrind: a warm-up, then exactly N steps; N minus 0 is the steps' cost.
+        for _ in range(100):
+            step()
+        for _ in range(args.callgrind):
+            step()
+        return f"{args.callgrind} steps run"
     if args.count:
         c = counted(step, 50)
         return " ".join(f"{k} {v:.1f}" for k, v in c.items())
@@ -187,13 +202,24 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=2000, help="iterations per run")
     ap.add_argument("--repeat", type=int, default=7, help="runs; the best is reported")
     ap.add_argument("--count", action="store_true", help="count bytecode per iteration instead of timing")
+    ap.add_argument("--pki", type=Path, help="build the test PKI here once and reuse it (callgrind: same setup)")
+    ap.add_argument("--headers", help="comma-separated identity profiles of the http step (bench/peers.py: "
+                    "forwarded,nginx); default: all six")
+    ap.add_argument("--only", choices=("mail", "imap", "http"), help="run this path alone")
+    ap.add_argument("--callgrind", type=int, metavar="N",
+                    help="run 100 steps then N more, untimed (callgrind: N runs minus 0 runs)")
     args = ap.parse_args()
+    global PKI_DIR, HEADERS
+    PKI_DIR = args.pki
+    HEADERS = [h for h in args.headers.split(",") if h] if args.headers else []
     configure("warning", "json")
     with tempfile.TemporaryDirectory(prefix="sniproxy-driver-bench-") as d:
         tmp = Path(d)
         for label, make in (("mail (tls relay, 1 KB each way)", mail_step),
                             ("imap (imaps NOOP and answer)", imap_step),
                             ("http (small SOAP POST + response, keep-alive)", http_step)):
+            if args.only is not None and make.__name__ != f"{args.only}_step":
+                continue
             sub = tmp / make.__name__
             sub.mkdir()
             print(f"{label}: {asyncio.run(measure(make, sub, args))}", flush=True)

@@ -3,8 +3,8 @@
 One command: ``python bench/https_proxy.py`` (about 1 minute on 2 cores). It generates the test PKI in a temp
 dir, starts the SOAP echo backend (``tests/integration/httpbackend.py``, stdlib threaded HTTP/1.1 with
 keep-alive) and ``sniproxy run`` (``workers: 1``, an ``https`` listener with every identity header
-profile) on loopback, then for each body size (a small SOAP envelope, 100 KB) runs the same client
-against the backend directly (plain HTTP) and through the proxy (TLS 1.3 with the ``fort`` card):
+profile, or those of ``--headers``) on loopback, then for each body size (a small SOAP envelope, 100 KB)
+runs the same client against the backend directly (plain HTTP) and through the proxy (TLS 1.3 with the ``fort`` card):
 ``--conns`` keep-alive connections in one asyncio client, each posting to ``/echo`` and reading the
 echoed body (h11 parses the responses), for ``--seconds`` per case, at most ``--max-requests``.
 Writes ``bench/results/http.json`` (every figure) and ``http.md`` (table). Server CPU is
@@ -139,6 +139,8 @@ def main() -> int:
     ap.add_argument("--conns", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--max-requests", type=int, default=200_000)
+    ap.add_argument("--headers", default="forwarded,nginx,tomcat,envoy,rfc9440,card",
+                    help="identity header profiles, comma-separated (bench/peers.py uses forwarded,nginx)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "http.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sniproxy-bench-http-"))
@@ -149,7 +151,7 @@ def main() -> int:
     cfg["log"] = {"level": "warning", "format": "json"}
     cfg["listeners"] = [{"name": "ws", "bind": f"{HOST}:{port}", "protocol": "https",
                          "backend": f"{HOST}:{backend.port}", "sni": {SNI: "igcsante"}, "default_flow": "2bis",
-                         "http": {"headers": ["forwarded", "nginx", "tomcat", "envoy", "rfc9440", "card"]}}]
+                         "http": {"headers": args.headers.split(",")}}]
     path = write_config(cfg, tmp / "sniproxy.yaml")
     cmd = [sys.executable, "-O", "-m", "sniproxy", "run", "-c", str(path)]
     proxy = subprocess.Popen(cmd, cwd=ROOT,
@@ -189,7 +191,8 @@ def main() -> int:
         backend.stop()
     meta = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
             "cpus": os.cpu_count(), "conns": args.conns, "seconds": args.seconds,
-            "command": "python bench/https_proxy.py", "backend": "tests/integration/httpbackend.py (stdlib, threaded)"}
+            "command": "python bench/https_proxy.py", "headers": args.headers,
+            "backend": "tests/integration/httpbackend.py (stdlib, threaded)"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     lines = ["# HTTPS mode http: requests/s, direct vs through sniproxy", "",

@@ -34,6 +34,7 @@ from sniproxy.proto.http_backend import (
     ResponseBody,
     ResponseEnd,
     ResponseHead,
+    field_block,
 )
 from sniproxy.proto.http_rewrite import (
     BadRequest,
@@ -41,12 +42,12 @@ from sniproxy.proto.http_rewrite import (
     StripRules,
     TlsFacts,
     check_fields,
+    forwarded_fields,
     identity_headers,
     misdirected,
     needs_card,
     request_host,
     soap_version,
-    strip_identity,
     without_hop_by_hop,
 )
 from sniproxy.proto.http_server import (
@@ -89,11 +90,14 @@ class HttpBack:
         "_debug",
         "_ex",
         "_flow",
+        "_host_ok",
         "_http",
         "_id_cache",
+        "_loop",
         "_opts",
         "_pause",
         "_pool",
+        "_req_fields",
         "_req_method",
         "_resp_deadline",
         "_resp_started",
@@ -103,7 +107,6 @@ class HttpBack:
         "_routes",
         "_rules",
         "_send",
-        "_soap",
         "_statuses",
         "_stripped",
         "front",
@@ -125,13 +128,16 @@ class HttpBack:
         self._bk_out: list[bytes] = []     # bytes for the backend, written once per batch of client events
         self._ex: BackendExchange | None = None   # the request/response exchange in progress
         self._chain_der: tuple[bytes, ...] = ()
-        self._id_cache: tuple[bytes | None, Headers] | None = None
+        self._id_cache: tuple[bytes | None, bytes] | None = None   # (Host, its identity field block)
         self._resp_started = False
         self._resp_timer: asyncio.TimerHandle | None = None
         # When the response head is due (loop time), or None: one timer per connection follows it,
         # moved on when it fires early rather than re-armed per request (a heap entry per request).
         self._resp_deadline: float | None = None
-        self._soap: str | None = None
+        # The current (or last) request's fields: its SOAP version is guessed from them only when the proxy
+        # writes an error body itself (a fault or plain text), not on every request.
+        self._req_fields: Headers = []
+        self._host_ok: bytes | None = None   # the last Host value that passed the Host checks (see _start_request)
         self._statuses: dict[str, int] = {}
         self._stripped = 0
         self._closed = False               # the front finished (its phase is ``closed``)
@@ -143,6 +149,8 @@ class HttpBack:
         self._resume = front.resume_client_reading
         self._rules = _strip_rules(self._opts)
         self._debug = False
+        # The event loop, looked up once (asyncio.get_running_loop() makes a getpid() system call).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ BackHalf
     def start(self) -> None:
@@ -225,25 +233,29 @@ class HttpBack:
     def _events(self, events: list[Event]) -> None:
         # A batch holds at most one request (the next waits for this response). When its framing
         # breaks within the bytes already here, refuse before anything of it reaches the backend.
-        refused = next((e for e in events if isinstance(e, RequestRefused)), None)
-        if refused is not None:
-            events = [refused]
+        # (dispatch on the exact class: the events are final dataclasses of http_server, one per kind)
+        for event in events:
+            if type(event) is RequestRefused:
+                events = [event]
+                break
         for event in events:
             if self._closed:
                 return
-            if isinstance(event, RequestStarted):
-                self._start_request(event)
-            elif isinstance(event, (BodyReceived, RequestEnded)):
+            kind = type(event)
+            if kind is RequestStarted:
+                self._start_request(event)  # type: ignore[arg-type]
+            elif kind is BodyReceived or kind is RequestEnded:
                 ex = self._ex
                 if ex is None:   # its head was refused: nothing of it goes to the backend
                     continue
                 try:
-                    out = ex.body(event.data) if isinstance(event, BodyReceived) else ex.end()
+                    out = ex.body(event.data) if kind is BodyReceived else ex.end()  # type: ignore[union-attr]
                 except RequestError as exc:   # a body the head it came with cannot carry
                     self.front.finish(Reason.BAD_REQUEST, f"request body cannot be forwarded: {exc}")
                     return
-                self._to_backend(out)
-                if isinstance(event, RequestEnded):
+                if out:
+                    self._bk_out.append(out)
+                if kind is RequestEnded:
                     self._arm_response_timer()
             elif isinstance(event, RequestRefused):
                 self._refuse(event.status, event.detail, event.soap, Reason.BAD_REQUEST)
@@ -256,34 +268,23 @@ class HttpBack:
         self._update_reading()
 
     def _start_request(self, req: RequestStarted) -> None:
-        self._soap = soap_version(req.headers)
+        self._req_fields = req.headers
         self._resp_started = False
         self._req_method = req.method.upper()
         self._resp_status = 0
         self._ex = None
-        try:
-            host = request_host(req.target, req.headers)
-            plain_headers = without_hop_by_hop(req.headers)
-        except BadRequest as exc:
-            self._refuse(400, "bad request", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+        admitted = self._admit(req)
+        if admitted is None:   # refused (answered, the connection finishing)
             return
-        other = misdirected(host, self._routes, self._flow or "")
-        if other is not None:
-            self._refuse(421, f"{host} is served by another flow than this connection's", self._soap,
-                         Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
-            return
-        if not self._chain_der and needs_card(req.target, self._opts.card_required_paths):
-            self._refuse(403, "a professional card is required for this service", self._soap, Reason.CARD_REQUIRED,
-                         detail=f"no card for {req.target[:200].decode('latin-1')}")
-            return
-        headers, removed = strip_identity(plain_headers, self._rules)
+        headers, removed, host_value = admitted
+        target = req.target
         self._stripped += removed
         if req.chunked:
             headers.append((b"transfer-encoding", b"chunked"))
         try:
-            headers += self._identity_headers(req.headers)
-        except BadRequest as exc:   # a card value no HTTP field can carry
-            self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            block = self._identity_block(host_value)
+        except (BadRequest, RequestError) as exc:   # a card value no HTTP field can carry
+            self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         bk = self._pool.take()
         if bk is not None:
@@ -295,22 +296,58 @@ class HttpBack:
             self._bk_task = asyncio.get_running_loop().create_task(self._connect())
         ex = BackendExchange()
         try:
-            # the method, target and client fields come from h11's parser, the identity fields passed
-            # check_fields: the head is written as it is, with our framing
-            data = ex.request(req.method, req.target, headers, chunked=req.chunked)
+            # the method, target and client fields come from the request reader (llhttp), the identity fields
+            # passed check_fields: the head is written as it is, with our framing
+            parts = ex.request_parts(req.method, target, headers, chunked=req.chunked, block=block)
         except RequestError as exc:  # a head we accepted in but will not write out (no Host in HTTP/1.0)
-            self._refuse(400, "request cannot be forwarded", self._soap, Reason.BAD_REQUEST, detail=str(exc))
+            self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         self._ex = ex
-        self._to_backend(data)
+        self._bk_out += parts   # (joined once with the body in _flush_backend)
         if self._debug:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
 
-    def _identity_headers(self, headers: Headers) -> Headers:
-        host = next((v for n, v in headers if n == b"host"), None)
-        if self._id_cache is not None and self._id_cache[0] == host:
-            return list(self._id_cache[1])
+    def _admit(self, req: RequestStarted) -> tuple[Headers, int, bytes | None] | None:
+        """The request's checks before anything of it reaches a backend, in order: Host (400), hop-by-hop
+        fields (400), the flow of its Host (421), the card paths (403). Returns the fields to forward, how many
+        identity fields were removed and the Host value; None when it was refused."""
+        fields = req.headers
+        target = req.target
+        host_value = None
+        for name, value in fields:   # (names lower-cased, at most one Host: ClientSide checked both)
+            if name == b"host":
+                host_value = value
+                break
+        # The Host checks depend on its value alone for an origin-form target (the routes and the flow are
+        # the connection's): a value that passed them once on this connection is not checked again.
+        known = host_value is not None and host_value == self._host_ok and target[:1] == b"/"
+        try:
+            host = None if known else request_host(target, fields)
+            headers, removed = forwarded_fields(fields, self._rules)
+        except BadRequest as exc:
+            self._refuse(400, "bad request", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
+            return None
+        if not known:
+            other = misdirected(host, self._routes, self._flow or "")
+            if other is not None:
+                self._refuse(421, f"{host} is served by another flow than this connection's", self._request_soap(),
+                             Reason.MISDIRECTED_REQUEST, detail=f"host {host} is flow {other}, SNI chose {self._flow}")
+                return None
+            if target[:1] == b"/":
+                self._host_ok = host_value
+        if not self._chain_der and needs_card(target, self._opts.card_required_paths):
+            self._refuse(403, "a professional card is required for this service", self._request_soap(),
+                         Reason.CARD_REQUIRED, detail=f"no card for {target[:200].decode('latin-1')}")
+            return None
+        return headers, removed, host_value
+
+    def _identity_block(self, host: bytes | None) -> bytes:
+        # The identity fields depend on the connection and the Host only: encoded once for both
+        # (several KB of PEM and base64 with a card), not walked again on every request.
+        cache = self._id_cache
+        if cache is not None and cache[0] == host:
+            return cache[1]
         front = self.front
         tls = front.tls
         assert tls is not None
@@ -320,8 +357,12 @@ class HttpBack:
                          chain_der=self._chain_der, card=front.card)
         out = identity_headers(self._opts.headers, facts, self._opts.card_headers)
         check_fields(out)
-        self._id_cache = (host, out)
-        return list(out)
+        block = field_block(out)
+        self._id_cache = (host, block)
+        return block
+
+    def _request_soap(self) -> str | None:
+        return soap_version(self._req_fields)
 
     def _to_backend(self, data: bytes | None) -> None:
         if data:
@@ -369,7 +410,9 @@ class HttpBack:
     def _arm_response_timer(self) -> None:
         if self._resp_started:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + self._opts.response_timeout
         self._resp_deadline = deadline
         timer = self._resp_timer
@@ -488,7 +531,7 @@ class HttpBack:
             self._bk.close()
             self._bk = None
         self._refuse(status, "the service is unavailable" if status == 502 else "the service did not answer in time",
-                     self._soap, reason, detail=detail)
+                     self._request_soap(), reason, detail=detail)
 
     # ------------------------------------------------------------------ answers and flow control
     def _refuse(self, status: int, message: str, soap: str | None, reason: Reason, detail: str = "") -> None:

@@ -33,10 +33,13 @@ class BackendOwner(Protocol):
 class BackendConn(asyncio.Protocol):
     """One plaintext HTTP connection to the backend, owned by one client connection at a time."""
 
-    __slots__ = ("closed", "owner", "paused", "pool", "transport")
+    __slots__ = ("closed", "loop", "owner", "paused", "pool", "transport")
 
     def __init__(self, pool: BackendPool) -> None:
         self.pool = pool
+        # Its event loop, looked up once: asyncio.get_running_loop() costs a getpid() system call, and
+        # the pool wants the loop every time the connection is given back (once per request).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.owner: BackendOwner | None = None
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -132,7 +135,9 @@ class BackendPool:
         if conn.closed or len(self._idle) >= self.max_idle:
             conn.close()
             return
-        loop = asyncio.get_running_loop()
+        loop = conn.loop
+        if loop is None:
+            loop = conn.loop = asyncio.get_running_loop()
         self._idle.append(conn)
         self._since[id(conn)] = loop.time()
         if self._sweep is None:

@@ -15,6 +15,7 @@ read differently from us is a smuggling vector in the other direction.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import httptools
 
@@ -75,14 +76,40 @@ class ResponseBroken:
 
 Event = Informational | ResponseHead | ResponseBody | ResponseEnd | ResponseBroken
 
+_REUSABLE = ResponseEnd(reusable=True)       # (frozen: one of each, not one per response)
+_NOT_REUSABLE = ResponseEnd(reusable=False)
+
 _NO_BODY = (204, 304)
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+_BLOCK_REFUSED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
+def field_block(headers: Headers) -> bytes:
+    """``headers`` (fields already checked: ``check_fields``) encoded once for ``BackendExchange.request``.
+
+    The identity fields are the same on every request of a connection (several KB with a card): encoded
+    here once per connection and Host, they are not walked again per request. A field that bears on the
+    request's routing or framing cannot be in such a block (``request`` counts those in ``headers`` only):
+    raises ``RequestError``.
+    """
+    for name, _ in headers:
+        if name.lower() in _BLOCK_REFUSED:
+            raise RequestError(f"{name.decode('latin-1')} in a pre-encoded field block")
+    return b"".join([b"%s: %s\r\n" % (name, value) for name, value in headers])
 
 
 class BackendExchange:
     """One request/response exchange on a backend connection (a new one per request)."""
 
-    __slots__ = ("_chunked", "_done", "_ended", "_events", "_extra", "_final", "_framed", "_head_only",
+    __slots__ = ("_chunked", "_done", "_ended", "_events", "_extra", "_final", "_head_only",
                  "_headers", "_in_head", "_keep", "_parser", "_reason", "_remaining", "_sent", "_status")
+
+    # httptools looks every callback up when a parser is made: a missing one costs an AttributeError per
+    # exchange. None: no callback, nothing raised.
+    on_chunk_header: ClassVar[None] = None
+    on_chunk_complete: ClassVar[None] = None
 
     def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
@@ -91,7 +118,6 @@ class BackendExchange:
         self._reason = b""
         self._status = 0
         self._in_head = False      # between a status line and the end of its fields
-        self._framed = False       # the final response has Content-Length or Transfer-Encoding
         self._done = False         # the final response ended (or broke): nothing more is read
         self._final = False        # the final (non-1xx) response head was read
         self._ended = False        # its end was reached and not reported yet
@@ -103,15 +129,24 @@ class BackendExchange:
         self._sent = False         # the whole request was written (a response may come before)
 
     # ------------------------------------------------------------------ the request
-    def request(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool) -> bytes:
-        """The request head. ``headers`` are fields already checked (h11's parser, ``check_fields``)."""
+    def request(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool, block: bytes = b"") -> bytes:
+        """The request head. ``headers`` are fields already checked (llhttp's parser, ``check_fields``);
+        ``block``, written after them, is a ``field_block`` (the identity fields, encoded once per connection)."""
+        return b"".join(self.request_parts(method, target, headers, chunked=chunked, block=block))
+
+    def request_parts(self, method: bytes, target: bytes, headers: Headers, *, chunked: bool,
+                      block: bytes) -> list[bytes]:
+        """``request``'s head in pieces, ``block`` one of them as it is: the caller joins them once with
+        the body (a block of several KB is not copied into a head first, then into the write)."""
         hosts = 0
         length: bytes | None = None
-        for name, value in headers:
+        lines = [b"%s %s HTTP/1.1\r\n" % (method, target)]
+        for name, value in headers:   # one pass: written, and the two fields request checks counted
             if name == b"host":
                 hosts += 1
             elif name == b"content-length":
                 length = value
+            lines.append(b"%s: %s\r\n" % (name, value))
         if hosts != 1:   # RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host
             raise RequestError("missing Host header" if hosts == 0 else "several Host headers")
         if chunked and length is not None:
@@ -122,11 +157,7 @@ class BackendExchange:
             self._remaining = int(length)
         self._chunked = chunked
         self._head_only = method == b"HEAD"
-        lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in headers:
-            lines += (name, b": ", value, b"\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        return [b"".join(lines), block, b"\r\n"]
 
     def body(self, data: bytes) -> bytes:
         """A piece of the request body, framed for the backend."""
@@ -171,15 +202,17 @@ class BackendExchange:
             self._ended = False
             # reusable only between whole exchanges: not with a request body still owed, nor bytes after
             reusable = self._keep and self._sent and not self._extra and not self._head_only
-            self._events.append(ResponseEnd(reusable=reusable))
+            self._events.append(_REUSABLE if reusable else _NOT_REUSABLE)
         out, self._events = self._events, []
         return out
 
     def _eof(self) -> list[Event]:
         self._done = True
-        if self._final and not self._framed and self._status not in _NO_BODY:
+        # (the framing fields are looked for only here, at the end of the stream, not in every field's callback)
+        framed = any(name.lower() in _FRAMING for name, _ in self._headers)
+        if self._final and not framed and self._status not in _NO_BODY:
             # HTTP/1.0 style: the body is framed by the connection's end (RFC 9112 §6.3 rule 8).
-            return [ResponseEnd(reusable=False)]
+            return [_NOT_REUSABLE]
         return [ResponseBroken("backend closed before the response ended")]
 
     def _broken(self, detail: str) -> None:
@@ -194,7 +227,6 @@ class BackendExchange:
             raise _Stop   # the rest is never parsed
         self._headers = []
         self._reason = b""
-        self._framed = False
         self._in_head = True
 
     def on_status(self, reason: bytes) -> None:
@@ -204,9 +236,6 @@ class BackendExchange:
     def on_header(self, name: bytes, value: bytes) -> None:
         """llhttp: one field (trailers come after the head and are dropped: RFC 9110 §6.5.1)."""
         if self._in_head:
-            low = name.lower()
-            if low == b"content-length" or low == b"transfer-encoding":
-                self._framed = True
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -42,6 +42,8 @@ STRIP_EXACT = frozenset({"forwarded", "x-forwarded-client-cert", "client-cert", 
 STRIP_PREFIXES = ("x-forwarded-", "x-ssl-", "x-client-cert", "ssl-", "x-mss-", "wl-proxy-", "$ws", "x-amzn-mtls-")
 
 _CTL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")   # control characters other than HT (CR/LF checked apart)
+# The control characters ``_CTL`` finds in a line, CR and LF aside (``check_head`` checks those as pairs).
+_CTL_BYTES = bytes([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 
 
 _FRAMING = frozenset({b"content-length", b"host", b"transfer-encoding"})
@@ -66,6 +68,11 @@ def check_head(raw: bytes, max_request_line: int) -> None:
     Raises ``BadRequest``.
     """
     body = raw[:-4] if raw.endswith(b"\r\n\r\n") else raw
+    if (body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n")   # every CR and LF in a CRLF pair
+            and b"\n " not in body and b"\n\t" not in body                # no line starts with SP or HT
+            and len(body.translate(None, _CTL_BYTES)) == len(body)           # no control character
+            and body.find(b"\r\n", 0, max_request_line + 2) >= 0):         # a short enough request line
+        return   # nothing the checks below refuse: C-speed scans, no line list (every request comes here)
     if b"\n" in body.replace(b"\r\n", b""):
         raise BadRequest("bare LF in the request head")
     if b"\r" in body.replace(b"\r\n", b""):
@@ -107,7 +114,10 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
         if lname == b"host":
             hosts += 1
         elif lname == b"content-length":
-            lengths.update(v.strip() for v in value.split(b","))
+            if b"," in value:
+                lengths.update(v.strip() for v in value.split(b","))
+            else:
+                lengths.add(value.strip())
         elif lname == b"transfer-encoding":
             codings += [v.strip().lower() for v in value.split(b",")]
         elif lname == b"connection" and not close:
@@ -121,7 +131,7 @@ def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
     length = 0
     if lengths:
         text = next(iter(lengths))
-        if not text or not all(c in b"0123456789" for c in text):
+        if not text.isdigit():   # (bytes.isdigit: ASCII digits only, False when empty)
             raise BadRequest("Content-Length is not a number")
         length = int(text)
     if codings and codings != [b"chunked"]:
@@ -136,16 +146,24 @@ def without_hop_by_hop(headers: Iterable[tuple[bytes, bytes]], *, strict: bool =
     ``strict`` (requests): ``Connection`` naming a framing or routing field is a ``BadRequest``;
     otherwise (responses) such names are ignored, the proxy frames the response itself.
     """
-    pairs = [(n.lower(), n, v) for n, v in headers]
-    named = {v.strip().lower() for low, _, value in pairs if low == b"connection" for v in value.split(b",")}
-    if not named:   # the usual case: the fixed set only
-        return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP]
+    kept: Headers = []
+    connection: list[bytes] = []
+    for pair in headers:   # one pass; the fields Connection names are removed after it (rare)
+        low = pair[0].lower()
+        if low in HOP_BY_HOP:
+            if low == b"connection":
+                connection.append(pair[1])
+        else:
+            kept.append(pair)
+    if not connection:   # the usual case: the fixed set only
+        return kept
+    named = {v.strip().lower() for value in connection for v in value.split(b",")}
     if not strict:
         named -= _FRAMING
     elif named & _FRAMING:
         # "Connection: content-length" would drop the length the proxy framed the body with.
         raise BadRequest("Connection names a framing or routing field")
-    return [(n, v) for low, n, v in pairs if low not in HOP_BY_HOP and low not in named]
+    return [pair for pair in kept if pair[0].lower() not in named]
 
 
 _SEEN_MAX = 512
@@ -196,6 +214,29 @@ def strip_identity(headers: Iterable[tuple[bytes, bytes]], rules: StripRules) ->
             removed += 1
         else:
             kept.append((name, value))
+    return kept, removed
+
+
+def forwarded_fields(headers: Sequence[tuple[bytes, bytes]], rules: StripRules) -> tuple[Headers, int]:
+    """``strip_identity(without_hop_by_hop(headers), rules)`` in one pass, for names already lower-cased
+    (the request reader's); the same ``BadRequest``. A request naming fields in ``Connection`` takes the
+    two-pass way (rare: the named set must be known before the first field is kept)."""
+    kept: Headers = []
+    removed = 0
+    seen = rules._seen
+    for pair in headers:
+        name = pair[0]
+        if name in HOP_BY_HOP:
+            if name == b"connection":
+                return strip_identity(without_hop_by_hop(headers), rules)
+            continue
+        verdict = seen.get(name)
+        if verdict is None:
+            verdict = rules.is_identity(name)
+        if verdict:
+            removed += 1
+        else:
+            kept.append(pair)
     return kept, removed
 
 

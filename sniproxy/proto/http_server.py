@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import Enum
+from typing import ClassVar
 
 import httptools
 
@@ -108,6 +109,14 @@ class _Head:
     """llhttp's callbacks for one request head (the parser is fed the head alone)."""
 
     __slots__ = ("complete", "fields", "url")
+
+    # httptools looks every callback up (getattr with a default) when a parser is made: one this class
+    # lacks costs an AttributeError raised and dropped, per request. None: no callback, nothing raised.
+    on_message_begin: ClassVar[None] = None
+    on_body: ClassVar[None] = None
+    on_message_complete: ClassVar[None] = None
+    on_chunk_header: ClassVar[None] = None
+    on_chunk_complete: ClassVar[None] = None
 
     def __init__(self) -> None:
         self.url = b""
@@ -219,7 +228,8 @@ class ClientSide:
             check_head(head, self._max_line)
         except BadRequest as exc:
             return self._refuse(str(exc), _guess_soap(head))
-        if _REQUEST_LINE.fullmatch(head, 0, head.find(b"\r\n")) is None:
+        eol = head.find(b"\r\n")
+        if _REQUEST_LINE.fullmatch(head, 0, eol) is None:
             return self._refuse("malformed request line", _guess_soap(head))
         parsed = _Head()
         parser = httptools.HttpRequestParser(parsed)
@@ -232,7 +242,9 @@ class ClientSide:
         if not parsed.complete:
             return self._refuse("incomplete request head", _guess_soap(head))
         method = parser.get_method()
-        version = parser.get_http_version().encode("ascii")
+        # "1.0" or "1.1": the request line ends with it (_REQUEST_LINE), and llhttp parsed that same line
+        # (its get_http_version formats a str from the numbers, per request)
+        version = head[eol - 3:eol]
         headers = parsed.fields
         try:
             framing = check_framing(headers)
@@ -315,7 +327,7 @@ class ClientSide:
         the backend's Content-Length kept, else chunked for HTTP/1.1 clients, else the end of the
         connection; ``Connection: close`` when this response is the connection's last)."""
         assert self._resp is None and (self._state is _State.BODY or self._state is _State.WAIT)
-        if _REASON.fullmatch(reason) is None:
+        if reason != b"OK" and _REASON.fullmatch(reason) is None:
             raise ResponseError(f"illegal reason phrase {reason[:40]!r}")
         lengths: list[bytes] = []
         codings: list[bytes] = []
@@ -401,8 +413,8 @@ class ClientSide:
 
     def next_request(self) -> list[Event]:
         """After ``end`` allowed it: start the next pipelined request, if its bytes are here."""
-        if self._state is not _State.HEAD:
-            return []
+        if self._state is not _State.HEAD or (not self._buf and not self._eof):
+            return []   # (nothing pipelined: the usual case, with nothing to scan)
         return self._advance()
 
     def error(self, status: int, message: str, soap: str | None) -> bytes:
@@ -420,4 +432,4 @@ def _fields(headers: Headers, host: bool) -> bytes:
     if host:
         headers = ([(n, v) for n, v in headers if n.lower() == b"host"]
                    + [(n, v) for n, v in headers if n.lower() != b"host"])
-    return b"".join([n + b": " + v + b"\r\n" for n, v in headers])
+    return b"".join([b"%s: %s\r\n" % (n, v) for n, v in headers])
