@@ -481,9 +481,9 @@ def manager_load(pki: Any, tmp: Path, big: bytes, big2: bytes, empty_inter: byte
     from sniproxy.config.load import load
     from sniproxy.crl import index as crl_index
     from sniproxy.crl import validate as crl_validate
-    from sniproxy.crl.manager import CrlManager, policy_of
+    from sniproxy.crl.manager import CrlManager
     from sniproxy.crl.prepare import prepare_file
-    from sniproxy.crl.state import RevocationHolder, RevocationView, check_chain
+    from sniproxy.crl.state import RevocationHolder, RevocationPolicy, RevocationView, check_chain
     from sniproxy.demo.conf import DemoPorts, config_dict, write_config
     from sniproxy.observability.log import configure
 
@@ -562,7 +562,7 @@ def manager_load(pki: Any, tmp: Path, big: bytes, big2: bytes, empty_inter: byte
 
     # Per-handshake cost of the revocation decision (check_chain for leaf + intermediate), empty vs big.
     aset = next(a for n, a in cfg.authorities.items() if n == FORT)
-    policy = policy_of(aset)
+    policy = RevocationPolicy.of(aset)
     files = pki.authorities[FORT]
     leaf = x509.load_pem_x509_certificate(pki.cards["fort"].cert.read_bytes())
     ica = x509.load_pem_x509_certificate(files.intermediates[0].read_bytes())
