@@ -85,3 +85,11 @@ def test_markdown_shows_dash_and_direction(peers: ModuleType) -> None:
     assert "**0.25** (vs HAProxy; higher is better)" in row
     cpu = next(line for line in md.splitlines() if line.startswith("| same: server CPU"))
     assert "lower is better" in cpu and "vs stunnel" in cpu
+
+
+def test_sniproxy_worker_variants_are_not_the_peer_to_beat(peers: ModuleType) -> None:
+    # the workers rows run sniproxy-1u / sniproxy-auto in the HTTPS blocks; one faster than HAProxy crashed the table
+    raw = _raw()
+    raw["https_small"]["sniproxy-1u"] = [{"ok": True, "round": 0, "requests_per_server_cpu_s": 20000.0}]
+    raw["https_small"]["sniproxy-auto"] = [{"ok": True, "round": 0, "requests_per_server_cpu_s": 30000.0}]
+    assert peers.ratios(peers.summarize(raw))["https_small"] == {"best": "haproxy", "ratio": 0.25}
