@@ -864,7 +864,10 @@ def main() -> int:
     ap.add_argument("--http-client", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.render:
-        args.out.write_text(markdown(json.loads(args.render.read_text())))
+        res = json.loads(args.render.read_text())
+        res["summary"] = summarize(res["raw"])   # recomputed: a fixed summary applies to a stored run
+        res["ratios"] = ratios(res["summary"])
+        args.out.write_text(markdown(res))
         print(args.out.read_text())
         return 0
     if args.http_client:
