@@ -26,17 +26,25 @@ import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 TRIM_EVERY = 30.0   # seconds; a bound on how long freed pages stay counted in RSS
 
 
-def _find_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    if name is None:
+def _libc(name: str) -> Any | None:
+    """The C library's function ``name`` (``None`` where there is no such libc or function, e.g. musl)."""
+    lib = ctypes.util.find_library("c")
+    if lib is None:
         return None
     try:
-        fn = ctypes.CDLL(name).malloc_trim
+        return getattr(ctypes.CDLL(lib), name)
     except (OSError, AttributeError):
+        return None
+
+
+def _find_trim() -> Callable[[int], int] | None:
+    fn = _libc("malloc_trim")
+    if fn is None:
         return None
     fn.argtypes = [ctypes.c_size_t]
     fn.restype = ctypes.c_int
@@ -61,12 +69,8 @@ def fix_thresholds() -> bool:
     MB per CPU-second. Fixed, 0 to 423. The memory this keeps is bounded by ``TRIM_THRESHOLD`` and handed
     back every ``TRIM_EVERY`` seconds by ``trim_forever`` anyway. Called once at a worker's start.
     """
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc("mallopt")
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int

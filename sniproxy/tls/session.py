@@ -233,12 +233,7 @@ class TlsSession:
                 if not self.grown:
                     self.grown = GROWN
                 return memoryview(_ffi.buffer(buf, size))
-        n = _BIO_read(self._out, _SCRATCH, _SCRATCH_SIZE)
-        if n <= 0:
-            return b""
-        if n > GROWN_AT and not self.grown:
-            self.grown = GROWN
-        return _unpack(_SCRATCH, n) if n < _SCRATCH_SIZE else self._more_out(n)
+        return self.outgoing()
 
     def close_notify(self) -> None:
         """Queue a close_notify alert; errors are ignored since the connection is ending anyway."""
