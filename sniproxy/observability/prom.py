@@ -12,6 +12,7 @@ dates and age) are computed at scrape time by ``StateCollector``, never stored.
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -94,10 +95,27 @@ def process_dead(pid: int) -> None:
             mark_process_dead(pid, str(_installed))  # type: ignore[no-untyped-call]
 
 
+class _Collector(MultiProcessCollector):
+    """prometheus_client's collector, less the files that hold no value yet.
+
+    A worker opens its file before it gives it a size: a scrape in that instant reads 0 bytes, and
+    prometheus_client's reader fails on them (the admin endpoint answered 500 just after workers
+    were restarted). A file never shrinks once sized, so one of 8 bytes or more stays readable.
+    """
+
+    def collect(self) -> Any:
+        files = []
+        for f in glob.glob(os.path.join(self._path, "*.db")):
+            with contextlib.suppress(FileNotFoundError):   # a dead worker's live gauge, being forgotten
+                if os.stat(f).st_size >= 8:
+                    files.append(f)
+        return self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
 def scrape(directory: Path, extra: Iterable[Collector] = ()) -> bytes:
     """The Prometheus text of every process's files plus ``extra`` collectors. Blocking: run in a thread."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    _Collector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     for c in extra:
         registry.register(c)
     return generate_latest(registry)

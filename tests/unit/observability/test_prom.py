@@ -87,6 +87,21 @@ def test_one_scrape_sums_the_workers(tmp_path: Path) -> None:
     assert got[("sniproxy_connections_total", ok)] == 7
 
 
+def test_a_worker_file_still_being_created_is_not_an_error(tmp_path: Path) -> None:
+    """A worker that has just started opens its file before it sizes it: a scrape in that instant sees 0
+    bytes (prometheus_client's reader then fails on it, and the admin endpoint answered 500). Such a file
+    holds no value yet, so the scrape reads the others and leaves it out."""
+    from sniproxy.observability import prom
+
+    d, _ = _run(tmp_path)
+    for name in ("counter_4242.db", "histogram_4242.db", "gauge_livesum_4242.db", "gauge_all_4242.db"):
+        (d / name).touch()
+    got = samples(prom.scrape(d).decode())
+    ok = (("flow", "2bis"), ("listener", "imaps"), ("outcome", "ok"), ("protocol", "imaps"), ("reason", "ok"))
+    assert got[("sniproxy_connections_total", ok)] == 7
+    assert got[("sniproxy_connections_active", (("listener", "imaps"), ("protocol", "imaps")))] == 2
+
+
 def test_state_collector(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
