@@ -17,9 +17,8 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from cryptography.x509.oid import NameOID
 
-from sniproxy.card import load_certs
+from sniproxy.card import is_test_issuer, load_certs
 from sniproxy.config.fields import Report
 from sniproxy.errors import ConfigError
 
@@ -38,16 +37,11 @@ def describe(cert: x509.Certificate) -> str:
 
 
 def looks_test(cert: x509.Certificate) -> bool:
-    """True when a CA's subject says TEST: CN starting with ``TEST`` or O/OU containing ``TEST``
-    (IGC Santé ``CN=TEST AC ...``, ``OU=IGC-SANTE TEST``; IGC CPS ``O=GIP-CPS-TEST``)."""
-    for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
-        if str(attr.value).upper().startswith("TEST"):
-            return True
-    for oid in (NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME):
-        for attr in cert.subject.get_attributes_for_oid(oid):
-            if "TEST" in str(attr.value).upper():
-                return True
-    return False
+    """True when a CA's subject says TEST, by the rule the card check applies to a card's issuer
+    (``sniproxy.card.is_test_issuer``): CN starting with the word ``TEST``, or the word ``TEST`` in O/OU
+    (IGC Santé ``CN=TEST AC ...``, ``OU=IGC-SANTE TEST``; IGC CPS ``O=GIP-CPS-TEST``). One rule, so an
+    authority set's inferred profile and its cards' issuers never disagree."""
+    return is_test_issuer(cert.subject)
 
 
 def is_ca(cert: x509.Certificate) -> bool:
