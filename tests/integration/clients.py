@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import smtplib
 import socket
@@ -38,7 +39,13 @@ def imap_starttls(port: int, pki: TestPki, card: str | None, sni: str | None,
     m = imaplib.IMAP4(host, port, timeout=timeout)
     if sni is not None:
         m.host = sni  # imaplib passes self.host as server_hostname: that is the SNI sent
-    m.starttls(ssl_context=client_context(pki, card))
+    try:
+        m.starttls(ssl_context=client_context(pki, card))
+    except BaseException:
+        # a refused card fails after the handshake, at imaplib's next read: close what it left open
+        with contextlib.suppress(OSError):
+            m.shutdown()
+        raise
     return m
 
 
@@ -49,8 +56,12 @@ def smtp_starttls(port: int, pki: TestPki, card: str | None, sni: str | None,
     s.ehlo("client.test")
     if sni is not None:
         s._host = sni  # type: ignore[attr-defined]  # smtplib passes self._host as server_hostname
-    s.starttls(context=client_context(pki, card))
-    s.ehlo("client.test")
+    try:
+        s.starttls(context=client_context(pki, card))
+        s.ehlo("client.test")
+    except BaseException:
+        s.close()   # a refused card fails at the first read after the handshake: close what smtplib left open
+        raise
     return s
 
 

@@ -496,7 +496,8 @@ def test_revoked_card_refused_on_https_as_on_imaps(pki: TestPki, backend: HttpBa
         assert r.returncode != 0
         https_ev = p.wait_event(lambda e: e["listener"] == "https")
         try:
-            tls_socket(imaps, pki, card="revoked", sni="frontimap.mssante.fr").recv(10)
+            with tls_socket(imaps, pki, card="revoked", sni="frontimap.mssante.fr") as s:
+                s.recv(10)
         except (ssl.SSLError, OSError):
             pass
         imap_ev = p.wait_event(lambda e: e["listener"] == "imaps")

@@ -296,6 +296,7 @@ def test_a_client_that_never_reads_does_not_grow_proxy_memory(pki: TestPki, star
     base = _rss_kib(p.proc.pid)
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    tls: ssl.SSLSocket | None = None
     try:
         tls = client_context(pki, "cps-2ter").wrap_socket(raw, server_hostname=IMAP_2BIS)
         tls.recv(1)                        # relaying; then read nothing for 3 s
@@ -310,7 +311,7 @@ def test_a_client_that_never_reads_does_not_grow_proxy_memory(pki: TestPki, star
         assert growth < 16 * 1024, growth
     finally:
         stop.set()
-        raw.close()
+        (tls or raw).close()   # wrap_socket took over raw's descriptor
         srv.close()
         pusher.join(timeout=5)
 

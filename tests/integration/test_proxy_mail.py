@@ -370,14 +370,14 @@ def test_backend_down_gets_protocol_error(pki: TestPki, start_proxy: StartProxy)
     raw.recv(4096)
     raw.sendall(b"a STARTTLS\r\n")
     assert b"a OK" in raw.recv(4096)
-    tls = client_context(pki, "fort").wrap_socket(raw, server_hostname=IMAP_SANTE)
-    assert read_all(tls).startswith(b"* BYE [UNAVAILABLE]")
+    with client_context(pki, "fort").wrap_socket(raw, server_hostname=IMAP_SANTE) as tls:
+        assert read_all(tls).startswith(b"* BYE [UNAVAILABLE]")
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "backend_unavailable" and "Connection refused" in ev["detail"]
-    s = smtplib.SMTP("127.0.0.1", smtp, timeout=10)
-    s.ehlo("client.test")
-    s.starttls(context=client_context(pki, "fort"))
-    code, text = s.ehlo("client.test")
+    with smtplib.SMTP("127.0.0.1", smtp, timeout=10) as s:
+        s.ehlo("client.test")
+        s.starttls(context=client_context(pki, "fort"))
+        code, text = s.ehlo("client.test")
     assert code == 421 and b"4.3.0" in text
     ev = proxy.wait_event(lambda e: e["listener"] == "smtp")
     assert ev["reason"] == "backend_unavailable"
@@ -465,11 +465,11 @@ def test_commands_sent_before_client_eof_still_reach_the_backend(biflux: tuple[P
     raw = _raw(ports.imap)
     raw.sendall(b"a STARTTLS\r\n")
     assert b"a OK" in raw.recv(4096)
-    tls = client_context(pki, "fort").wrap_socket(raw, server_hostname=IMAP_SANTE)
-    tls.sendall(b"b LOGIN alice@example.test alicepw\r\nc LOGOUT\r\n")
-    # TCP FIN right behind the commands, before the backend is ready (base method: keep TLS reading)
-    socket.socket.shutdown(tls, socket.SHUT_WR)
-    answer = read_all(tls)
+    with client_context(pki, "fort").wrap_socket(raw, server_hostname=IMAP_SANTE) as tls:
+        tls.sendall(b"b LOGIN alice@example.test alicepw\r\nc LOGOUT\r\n")
+        # TCP FIN right behind the commands, before the backend is ready (base method: keep TLS reading)
+        socket.socket.shutdown(tls, socket.SHUT_WR)
+        answer = read_all(tls)
     assert b"b OK" in answer and b"c OK" in answer, answer
     ev = proxy.wait_event(lambda e: e["listener"] == "imap")
     assert ev["reason"] == "ok", ev

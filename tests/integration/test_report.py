@@ -7,6 +7,7 @@ SMTP (Postfix), two of them refused. The report must list exactly the holders an
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import imaplib
@@ -72,17 +73,20 @@ def _drive(ports: DemoPorts, pki: TestPki, proto: str, card: str, sni: str | Non
             m.host = sni           # imaplib sends self.host as the SNI
         else:
             m.host = "127.0.0.1"   # an IP literal: no SNI is sent
-        m.starttls(ssl_context=ctx)
-        m.noop()
-        m.logout()
+        try:
+            m.starttls(ssl_context=ctx)
+            m.noop()
+            m.logout()
+        finally:
+            with contextlib.suppress(OSError):   # a refused card fails at the first read after the handshake
+                m.shutdown()                     # (after logout the socket is already closed)
     else:
         assert ports.smtp is not None
-        s = smtplib.SMTP("127.0.0.1", ports.smtp, timeout=10, source_address=(src, 0))
-        s.ehlo("client.test")
-        s._host = sni or "127.0.0.1"  # type: ignore[attr-defined]   # smtplib sends self._host as the SNI
-        s.starttls(context=ctx)
-        s.ehlo("client.test")
-        s.quit()
+        with smtplib.SMTP("127.0.0.1", ports.smtp, timeout=10, source_address=(src, 0)) as s:
+            s.ehlo("client.test")
+            s._host = sni or "127.0.0.1"  # type: ignore[attr-defined]   # smtplib sends self._host as the SNI
+            s.starttls(context=ctx)
+            s.ehlo("client.test")
 
 
 def _report(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
