@@ -93,7 +93,7 @@ _CARDS: weakref.WeakValueDictionary[tuple[bytes, str | None], CardIdentity] = we
 
 # The values of the last RECENT_CARDS identities read, by the same key, least recently used first: a client that
 # reconnects after its last connection closed (no live holder left in _CARDS) skips the parse too (decision 0015:
-# read_card is about 1.1 M instructions, rebuilding an identity from its values a few thousand). Values, not the
+# about 1.1 M instructions a connection; timeit: read_card 271 us, rebuilding from the values 2.5 us). Values, not the
 # identity itself: an identity held here would keep its _CARDS entry alive with no connection holding it.
 # An identity is a pure function of the leaf's DER and the authority's name (no config, no clock), so a reload
 # does not clear it; the chain's verification and revocation run at every handshake, before card_of is called.
