@@ -370,17 +370,19 @@ class HttpBack:
 
     def _flush_backend(self) -> None:
         """One write per batch: head, body pieces and the end of a small request go out together."""
-        if not self._bk_out:
+        parts = self._bk_out
+        if not parts:
             return
-        data = b"".join(self._bk_out)
-        self._bk_out.clear()
+        self._bk_out = []
         if self._closed:
             return
         self.front.last_io = monotonic()
         if self._bk is not None:
-            self._bk.write(data)
+            # As pieces, not joined: uvloop sends a writelines in one writev, so the identity block (KBs)
+            # and the body are not copied into one bytes object first.
+            self._bk.writelines(parts)
         elif self._bk_pending is not None:
-            self._bk_pending.append(data)
+            self._bk_pending += parts
 
     async def _connect(self) -> None:
         try:
@@ -404,7 +406,8 @@ class HttpBack:
             return
         self._bk = bk
         pending, self._bk_pending = self._bk_pending or [], None
-        bk.write(b"".join(pending))
+        if pending:
+            bk.writelines(pending)
         self._update_reading()
 
     def _arm_response_timer(self) -> None:
