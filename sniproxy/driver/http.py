@@ -19,7 +19,7 @@ import asyncio
 import logging
 from functools import lru_cache
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 from sniproxy.config.model import HttpMode, HttpOptions, Listener, Protocol
 from sniproxy.driver.halves import FrontHalf
@@ -32,6 +32,7 @@ from sniproxy.proto.http_backend import (
     Informational,
     RequestError,
     ResponseBody,
+    ResponseBroken,
     ResponseEnd,
     ResponseHead,
     field_block,
@@ -456,13 +457,14 @@ class HttpBack:
         for event in ex.receive_data(data):
             if self._closed or self._bk is not bk:
                 return
-            if isinstance(event, ResponseBody):
-                out.append(self._http.body(event.data))
-            elif isinstance(event, ResponseHead):
-                self._resp_status = event.status
-                out.append(self._response_head(event))
-            elif isinstance(event, ResponseEnd):
-                self._response_end(bk, out, event.reusable)
+            kind = type(event)   # (exact class: the events are final dataclasses of http_backend, one per kind)
+            if kind is ResponseBody:
+                out.append(self._http.body(event.data))  # type: ignore[union-attr]
+            elif kind is ResponseHead:
+                self._resp_status = event.status  # type: ignore[union-attr]
+                out.append(self._response_head(event))  # type: ignore[arg-type]
+            elif kind is ResponseEnd:
+                self._response_end(bk, out, event.reusable)  # type: ignore[union-attr]
                 return
             elif isinstance(event, Informational):
                 # 100 Continue (and 103) relayed; a 101 cannot happen: Upgrade is never forwarded.
@@ -470,7 +472,7 @@ class HttpBack:
                     out.append(self._http.informational(event.status, []))
             else:   # ResponseBroken
                 self._flush_client(out)
-                self._backend_error(502, Reason.BACKEND_PROTOCOL, event.detail)
+                self._backend_error(502, Reason.BACKEND_PROTOCOL, cast(ResponseBroken, event).detail)
                 return
         self._flush_client(out)
 
@@ -510,7 +512,11 @@ class HttpBack:
         if not keep:
             self.front.finish(Reason.OK, "response ended the connection")
             return
-        self._events(self._http.next_request())
+        events = self._http.next_request()
+        if events:
+            self._events(events)
+        else:   # (the usual case: nothing pipelined; nothing for the backend either, _events flushed it)
+            self._update_reading()
 
     def backend_closed(self, exc: Exception | None) -> None:
         """The current backend connection went away."""
