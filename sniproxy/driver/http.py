@@ -304,7 +304,7 @@ class HttpBack:
             self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         self._ex = ex
-        self._bk_out += parts   # (joined once with the body in _flush_backend)
+        self._bk_out += parts   # (written with the body, as pieces, by _flush_backend)
         if self._debug:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
