@@ -13,6 +13,11 @@ best run is the one the machine's other load disturbed least):
 
 - ``imap``: an ``imaps`` listener after the backend's greeting: a NOOP to the backend and its answer,
   through the IMAP backend filter.
+- ``relay``: the http step's bytes through a ``tls`` listener (the raw relay): the same TLS and driver,
+  no HTTP (the floor the http step is compared with; decision 0013).
+
+``--server-only`` (http, relay): the proxy's side of each step alone; the client's records are made
+before the steps and the proxy's output is dropped undecrypted (decision 0013).
 
 Both include the client's own TLS work (the same for any driver): compare runs of this script, not
 its figures with other benches. ``--count`` measures what does not depend on the machine's load: the
@@ -69,6 +74,8 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: " + s
 Step = Callable[[], None]
 PKI_DIR: Path | None = None   # --pki: a PKI built once and reused (its RSA key generation varies run to run)
 HEADERS: list[str] = []       # --headers: the http step's identity profiles (default: all six, as kit's config)
+SERVER_ONLY = False           # --server-only: the proxy's side alone (server_step)
+RECORDS = 1100                # --server-only: client records made up front (100 warm-up steps + N <= 1000)
 ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR"}
 DRIVER_FILES = ("sniproxy/driver/", "sniproxy/connection.py", "sniproxy/http_connection.py")
 
@@ -171,6 +178,9 @@ async def http_step(tmp: Path) -> Step:
     proto.data_received(RESPONSE)
     client.recv(h)
 
+    if SERVER_ONLY:
+        return server_step(h, client, backend, proto, lambda: len(dialer.conns) == 1)
+
     def step() -> None:
         client.ssl.send(POST)
         h.conn.data_received(client.outgoing())
@@ -179,6 +189,50 @@ async def http_step(tmp: Path) -> Step:
         client.ssl.bio_write(h.t.take())
         client.ssl.recv(65536)
         assert len(dialer.conns) == 1, "the backend connection was not reused"
+    return step
+
+
+def server_step(h: Harness, client: TlsClient, backend: Any, proto: Any, ok: Callable[[], bool]) -> Step:
+    """--server-only: the proxy's side of one exchange alone. The client's TLS records are made before
+    any step (``RECORDS`` of them, whatever N, so the N = 0 run makes them too and N minus 0 does not
+    count them); what the proxy sends the client is taken and dropped, never decrypted (TLS 1.3 needs
+    nothing back from the client for its next record)."""
+    records = []
+    for _ in range(RECORDS):
+        client.ssl.send(POST)
+        records.append(client.outgoing())
+    feed = iter(records)
+
+    def step() -> None:
+        h.conn.data_received(next(feed))
+        backend.out.clear()
+        proto.data_received(RESPONSE)
+        h.t.take()
+        assert ok(), "the backend connection was not reused"
+    return step
+
+
+async def relay_step(tmp: Path) -> Step:
+    """The floor: the http step's bytes (the same POST record in, the same response out) through a ``tls``
+    listener, the raw relay: the same TLS session and driver, no HTTP."""
+    pki = build(PKI_DIR or tmp / "pki")
+    dialer = FakeDialer()
+    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
+    h = Harness(snapshot(mail_config(pki), tmp), "tls")
+    client = TlsClient(pki, sni=IMAP_SNI)
+    client.handshake(h)
+    await settle()
+    backend, proto = dialer.last
+    if SERVER_ONLY:
+        return server_step(h, client, backend, proto, lambda: len(dialer.conns) == 1)
+
+    def step() -> None:
+        client.ssl.send(POST)
+        h.conn.data_received(client.outgoing())
+        backend.out.clear()
+        proto.data_received(RESPONSE)
+        client.ssl.bio_write(h.t.take())
+        client.ssl.recv(65536)
     return step
 
 
@@ -205,19 +259,26 @@ def main() -> int:
     ap.add_argument("--pki", type=Path, help="build the test PKI here once and reuse it (callgrind: same setup)")
     ap.add_argument("--headers", help="comma-separated identity profiles of the http step (bench/peers.py: "
                     "forwarded,nginx); default: all six")
-    ap.add_argument("--only", choices=("mail", "imap", "http"), help="run this path alone")
+    ap.add_argument("--only", choices=("mail", "imap", "http", "relay"), help="run this path alone")
+    ap.add_argument("--server-only", action="store_true",
+                    help="http and relay, with --count or --callgrind N (N <= 1000): the proxy's side alone, the "
+                    "client's records made up front")
     ap.add_argument("--callgrind", type=int, metavar="N",
                     help="run 100 steps then N more, untimed (callgrind: N runs minus 0 runs)")
     args = ap.parse_args()
-    global PKI_DIR, HEADERS
+    if args.server_only and not args.count and (args.callgrind is None or args.callgrind > RECORDS - 100):
+        ap.error(f"--server-only goes with --count or --callgrind N, N <= {RECORDS - 100}")
+    global PKI_DIR, HEADERS, SERVER_ONLY
     PKI_DIR = args.pki
+    SERVER_ONLY = args.server_only
     HEADERS = [h for h in args.headers.split(",") if h] if args.headers else []
     configure("warning", "json")
     with tempfile.TemporaryDirectory(prefix="sniproxy-driver-bench-") as d:
         tmp = Path(d)
         for label, make in (("mail (tls relay, 1 KB each way)", mail_step),
                             ("imap (imaps NOOP and answer)", imap_step),
-                            ("http (small SOAP POST + response, keep-alive)", http_step)):
+                            ("http (small SOAP POST + response, keep-alive)", http_step),
+                            ("relay (the http step's bytes through the raw tls relay)", relay_step)):
             if args.only is not None and make.__name__ != f"{args.only}_step":
                 continue
             sub = tmp / make.__name__

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from functools import lru_cache
 from time import monotonic
-from typing import Any
+from typing import Any, cast
 
 from sniproxy.config.model import HttpMode, HttpOptions, Listener, Protocol
 from sniproxy.driver.halves import FrontHalf
@@ -32,6 +32,7 @@ from sniproxy.proto.http_backend import (
     Informational,
     RequestError,
     ResponseBody,
+    ResponseBroken,
     ResponseEnd,
     ResponseHead,
     field_block,
@@ -303,7 +304,7 @@ class HttpBack:
             self._refuse(400, "request cannot be forwarded", self._request_soap(), Reason.BAD_REQUEST, detail=str(exc))
             return
         self._ex = ex
-        self._bk_out += parts   # (joined once with the body in _flush_backend)
+        self._bk_out += parts   # (written with the body, as pieces, by _flush_backend)
         if self._debug:
             _log.debug("http_request", conn_id=self.front.id, method=req.method.decode("latin-1"),
                        target=req.target[:200].decode("latin-1"), stripped=removed, reused=bk is not None)
@@ -370,17 +371,19 @@ class HttpBack:
 
     def _flush_backend(self) -> None:
         """One write per batch: head, body pieces and the end of a small request go out together."""
-        if not self._bk_out:
+        parts = self._bk_out
+        if not parts:
             return
-        data = b"".join(self._bk_out)
-        self._bk_out.clear()
+        self._bk_out = []
         if self._closed:
             return
         self.front.last_io = monotonic()
         if self._bk is not None:
-            self._bk.write(data)
+            # As pieces, not joined: uvloop sends a writelines in one writev, so the identity block (KBs)
+            # and the body are not copied into one bytes object first.
+            self._bk.writelines(parts)
         elif self._bk_pending is not None:
-            self._bk_pending.append(data)
+            self._bk_pending += parts
 
     async def _connect(self) -> None:
         try:
@@ -404,7 +407,8 @@ class HttpBack:
             return
         self._bk = bk
         pending, self._bk_pending = self._bk_pending or [], None
-        bk.write(b"".join(pending))
+        if pending:
+            bk.writelines(pending)
         self._update_reading()
 
     def _arm_response_timer(self) -> None:
@@ -453,13 +457,14 @@ class HttpBack:
         for event in ex.receive_data(data):
             if self._closed or self._bk is not bk:
                 return
-            if isinstance(event, ResponseBody):
-                out.append(self._http.body(event.data))
-            elif isinstance(event, ResponseHead):
-                self._resp_status = event.status
-                out.append(self._response_head(event))
-            elif isinstance(event, ResponseEnd):
-                self._response_end(bk, out, event.reusable)
+            kind = type(event)   # (exact class: the events are final dataclasses of http_backend, one per kind)
+            if kind is ResponseBody:
+                out.append(self._http.body(event.data))  # type: ignore[union-attr]
+            elif kind is ResponseHead:
+                self._resp_status = event.status  # type: ignore[union-attr]
+                out.append(self._response_head(event))  # type: ignore[arg-type]
+            elif kind is ResponseEnd:
+                self._response_end(bk, out, event.reusable)  # type: ignore[union-attr]
                 return
             elif isinstance(event, Informational):
                 # 100 Continue (and 103) relayed; a 101 cannot happen: Upgrade is never forwarded.
@@ -467,7 +472,7 @@ class HttpBack:
                     out.append(self._http.informational(event.status, []))
             else:   # ResponseBroken
                 self._flush_client(out)
-                self._backend_error(502, Reason.BACKEND_PROTOCOL, event.detail)
+                self._backend_error(502, Reason.BACKEND_PROTOCOL, cast(ResponseBroken, event).detail)
                 return
         self._flush_client(out)
 
@@ -507,7 +512,11 @@ class HttpBack:
         if not keep:
             self.front.finish(Reason.OK, "response ended the connection")
             return
-        self._events(self._http.next_request())
+        events = self._http.next_request()
+        if events:
+            self._events(events)
+        else:   # (the usual case: nothing pipelined; nothing for the backend either, _events flushed it)
+            self._update_reading()
 
     def backend_closed(self, exc: Exception | None) -> None:
         """The current backend connection went away."""

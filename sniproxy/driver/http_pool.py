@@ -84,6 +84,11 @@ class BackendConn(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def writelines(self, parts: list[bytes]) -> None:
+        """Send ``parts`` in one go (one writev with uvloop) unless the connection is already closing."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(parts)
+
     def close(self) -> None:
         """Close for good (never back to the pool)."""
         self.closed = True

@@ -97,20 +97,26 @@ class Framing(NamedTuple):
     close: bool          # Connection names "close"
 
 
-def check_framing(headers: Sequence[tuple[bytes, bytes]]) -> Framing:
+_FRAMING_NAMES = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+
+
+def check_framing(headers: Sequence[tuple[bytes, bytes]], *, lowered: bool = False) -> Framing:
     """Refuse ambiguous body framing (RFC 9112 §6.1, §6.3). Raises ``BadRequest``.
 
     Content-Length and Transfer-Encoding together, a Transfer-Encoding other than exactly one
     ``chunked``, and Content-Length values that differ are all refused outright rather than
     resolved: the backend behind may resolve them another way. One pass over the fields, so the
-    request reader takes the framing from here rather than looking again.
+    request reader takes the framing from here rather than looking again. ``lowered``: the names
+    are already lower-cased (the request reader's), not lower-cased again.
     """
     lengths: set[bytes] = set()
     codings: list[bytes] = []
     hosts = 0
     close = False
     for name, value in headers:
-        lname = name.lower()
+        lname = name if lowered else name.lower()
+        if lname not in _FRAMING_NAMES:   # (most fields: one set lookup, not four comparisons)
+            continue
         if lname == b"host":
             hosts += 1
         elif lname == b"content-length":

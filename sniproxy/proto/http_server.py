@@ -247,7 +247,7 @@ class ClientSide:
         version = head[eol - 3:eol]
         headers = parsed.fields
         try:
-            framing = check_framing(headers)
+            framing = check_framing(headers, lowered=True)   # (on_header lower-cased the names)
         except BadRequest as exc:
             return self._refuse(str(exc), _guess_soap(head))
         if not framing.host and version == b"1.1":

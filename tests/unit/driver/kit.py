@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,10 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         assert not self.closed, "write on a closed transport (uvloop raises)"
         self.out += data
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        # Recorded as one write of the pieces would be: transcripts do not depend on which the driver used.
+        self.write(b"".join(parts))
 
     def is_closing(self) -> bool:
         return self.closed
