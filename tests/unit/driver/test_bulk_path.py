@@ -16,7 +16,17 @@ from sniproxy.driver.front import ClientConnection
 from sniproxy.driver.mail import MailBack
 from sniproxy.tls.session import INBOX_SIZE
 from tests.unit.driver import kit
-from tests.unit.driver.kit import IMAP_SNI, FakeDialer, FakeTransport, Harness, TlsClient, mail_config, settle, snapshot
+from tests.unit.driver.kit import (
+    IMAP_SNI,
+    FakeDialer,
+    FakeTransport,
+    Harness,
+    TlsClient,
+    https_config,
+    mail_config,
+    settle,
+    snapshot,
+)
 
 IMAP_GREETING = b"* OK [CAPABILITY IMAP4rev1 IDLE] backend ready\r\n"
 
@@ -154,3 +164,15 @@ async def test_the_handshake_read_through_the_buffer(pki: TestPki, tmp_path: Pat
     assert backend.take() == b"ping"
     proto.data_received(b"pong")
     assert client.recv(h) == b"pong" and events == []
+
+
+@pytest.mark.parametrize(("mode", "views"), [("tcp", True), ("http", False)])
+async def test_https_gets_views_in_mode_tcp_only(pki: TestPki, tmp_path: Path, events: list[dict[str, Any]],
+                                                 dialer: FakeDialer, mode: str, views: bool) -> None:
+    # An https listener in mode tcp is a raw relay (its backend transport writes any buffer); in mode http the
+    # HTTP half parses the bytes.
+    h = Harness(snapshot(https_config(pki, http={"mode": mode}), tmp_path), "https")
+    client = TlsClient(pki)
+    client.handshake(h)
+    await settle()
+    assert h.conn.tls is not None and h.conn.tls.views is views
