@@ -6,6 +6,12 @@ client's records are made before the measured loop (the client's encryption is n
 proxy writes to either side is dropped unread (a write is one ``len`` call), so what runs in the loop is
 the proxy's own work: the front half, the TLS session, the relay, OpenSSL.
 
+Each client read is handed over as uvloop would: to a ``BufferedProtocol`` (``get_buffer``, the read's bytes
+copied into that buffer, ``buffer_updated``), else to ``data_received`` as a bytes object copied out of a
+read buffer (uvloop reads into its own buffer, then makes bytes of it). The copy into the read buffer stands
+for the kernel's (``recv`` into user memory), which both paths make: so the two kinds of tree are counted
+alike (decision 0014; before it the bytes were handed over ready-made, the ``--premade`` option).
+
 - ``pingpong``: a 64 B client record -> backend, then 64 B from the backend -> client, ``--n`` times;
 - ``download``: ``--n`` backend reads of ``--chunk`` bytes (uvloop reads up to 256,000) -> client;
 - ``upload``: ``--n`` client reads of ``--chunk`` bytes of ciphertext -> backend.
@@ -29,12 +35,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sniproxy.demo.pki import build  # noqa: E402
+from sniproxy.lifecycle.memory import fix_thresholds  # noqa: E402
 from sniproxy.observability.log import configure  # noqa: E402
 from tests.unit.driver.kit import IMAP_SNI, FakeDialer, Harness, TlsClient, mail_config, settle, snapshot  # noqa: E402
 
@@ -51,7 +60,30 @@ def _records(client: TlsClient, plain: bytes, n: int) -> list[bytes]:
     return out
 
 
-async def run(what: str, n: int, chunk: int, repeat: int, make: int, tmp: Path) -> list[float]:
+def _reader(conn: Any, premade: bool) -> Callable[[bytes], None]:
+    """What uvloop does with one client read of ``data`` (see the module's docstring)."""
+    if premade:
+        return cast(Callable[[bytes], None], conn.data_received)
+    if hasattr(conn, "buffer_updated"):
+        get_buffer, updated = conn.get_buffer, conn.buffer_updated
+
+        def buffered(data: bytes) -> None:
+            n = len(data)
+            get_buffer(-1)[:n] = data      # the kernel's copy into the protocol's buffer
+            updated(n)
+        return buffered
+    read_buf = bytearray(262144)          # uvloop's own read buffer
+    view, received = memoryview(read_buf), conn.data_received
+
+    def copied(data: bytes) -> None:
+        n = len(data)
+        view[:n] = data                    # the kernel's copy into uvloop's buffer
+        received(bytes(view[:n]))          # uvloop's bytes of it
+    return copied
+
+
+async def run(what: str, n: int, chunk: int, repeat: int, make: int, tmp: Path,
+              premade: bool = False) -> list[float]:
     """Set up one relaying ``tls`` connection, then run ``what`` ``n`` times (``repeat`` runs); CPU s per run."""
     pki = build(PKI_DIR)       # reused when already there: the N and 0 runs of --callgrind share it
     dialer = FakeDialer()
@@ -83,7 +115,7 @@ async def run(what: str, n: int, chunk: int, repeat: int, make: int, tmp: Path) 
     payload = b"d" * chunk
     clock = time.process_time
     times = []
-    conn_in, back_in = h.conn.data_received, proto.data_received
+    conn_in, back_in = _reader(h.conn, premade), proto.data_received
     for r in range(repeat):
         t0 = clock()
         if what == "pingpong":
@@ -109,7 +141,7 @@ def callgrind(args: argparse.Namespace) -> int:
             out = Path(d) / "cg.out"
             cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-O",
                    __file__, args.what, "--n", str(n), "--chunk", str(args.chunk), "--repeat", "1",
-                   "--make", str(args.n)]
+                   "--make", str(args.n), *(["--premade"] if args.premade else [])]
             env = dict(os.environ, PYTHONPATH=str(ROOT))
             res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
             m = re.search(r"Collected : (\d+)", res.stderr)
@@ -133,13 +165,16 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--make", type=int, default=0, help="client records to make at least (--callgrind sets it)")
     ap.add_argument("--callgrind", action="store_true")
+    ap.add_argument("--premade", action="store_true",
+                    help="hand client reads to data_received as ready-made bytes (the figures of decision 0011)")
     ap.add_argument("--keep", help="with --callgrind: keep the N run's callgrind output here")
     args = ap.parse_args()
     if args.callgrind:
         return callgrind(args)
     configure("error")
+    fix_thresholds()        # as a worker does at its start (lifecycle/worker.main): 256 KB buffers from the heap
     with tempfile.TemporaryDirectory(prefix="tls-relay-path-") as d:
-        times = asyncio.run(run(args.what, args.n, args.chunk, args.repeat, args.make, Path(d)))
+        times = asyncio.run(run(args.what, args.n, args.chunk, args.repeat, args.make, Path(d), args.premade))
     if args.n:
         best = min(times) / args.n * 1e6
         unit = f"us per iteration (best of {args.repeat})"

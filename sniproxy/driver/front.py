@@ -23,7 +23,7 @@ from typing import cast
 from sniproxy.card import CardIdentity, UnreadableCard
 from sniproxy.config.model import Protocol
 from sniproxy.driver.event import log_connection
-from sniproxy.driver.halves import FINISHED, BackHalf
+from sniproxy.driver.halves import FINISHED, RAW_PROTOCOLS, BackHalf, farewell, no_plaintext, refusal
 from sniproxy.driver.http import HttpBack, serves_http
 from sniproxy.driver.mail import MailBack
 from sniproxy.driver.shared import (
@@ -48,28 +48,21 @@ from sniproxy.observability.log import get_logger
 from sniproxy.observability.metrics import ACTIVE, CRL_GRACE_ACCEPTS, HANDSHAKES
 from sniproxy.proto.actions import Action, Send, StartTls, Stop
 from sniproxy.proto.clienthello import ClientHelloError, ClientHelloParser
-from sniproxy.proto.imap import ImapPreTls, imap_unavailable
+from sniproxy.proto.imap import ImapPreTls
 from sniproxy.proto.netaddr import peer_ip
 from sniproxy.proto.proxy_protocol import ProxyHeaderParser, looks_like_header
 from sniproxy.proto.proxy_wire import ProxyHeaderError
 from sniproxy.proto.smtp import SmtpPreTls
 from sniproxy.runtime.snapshot import ListenerRuntime, Snapshot, SnapshotHolder
-from sniproxy.tls.session import GROWN, RELEASE_DUE, TlsFailure, TlsSession
+from sniproxy.tls.session import GROWN, INBOX, RELEASE_DUE, TlsFailure, TlsSession
 
 _log = get_logger("sniproxy.connection")
 _ids = itertools.count(1)
 # A fatal unrecognized_name alert (RFC 8446 §6.2, alert 112), sent before any TLS state exists.
 _ALERT_UNRECOGNIZED_NAME = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70])
 _ALERT_HANDSHAKE_FAILURE = bytes([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28])
-_IMAP_PROTOCOLS = (Protocol.IMAP, Protocol.IMAPS)
-_SMTP_PROTOCOLS = (Protocol.SMTP, Protocol.SMTPS)
-# Seconds after a big chunk through the TLS session before its memory BIOs are swapped for empty ones
-# (TlsSession.release_buffers): at most one swap a second during a bulk transfer.
+# Seconds after a big chunk before TlsSession.release_buffers: at most one swap a second during a bulk transfer.
 RELEASE_AFTER = 1.0
-
-
-def _no_plaintext(data: bytes) -> None:
-    """Where client plaintext goes before the hand-over: nowhere, as none can be decrypted yet."""
 
 
 def back_half(front: ClientConnection) -> BackHalf:
@@ -79,8 +72,8 @@ def back_half(front: ClientConnection) -> BackHalf:
     return MailBack(front)
 
 
-class ClientConnection(asyncio.Protocol):
-    """One client connection through the proxy (every listener, every mode)."""
+class ClientConnection(asyncio.BufferedProtocol):
+    """One client connection through the proxy (every listener, every mode); uvloop reads into ``INBOX``."""
 
     __slots__ = (
         "_back",
@@ -160,7 +153,7 @@ class ClientConnection(asyncio.Protocol):
         self._back: BackHalf = back_half(self)
         # Where decrypted client plaintext goes: held in backend_connect, the back half's in relay. A
         # slot rather than a test of the phase: one attribute load per record.
-        self._to_back: Callable[[bytes], None] = _no_plaintext
+        self._to_back: Callable[[bytes], None] = no_plaintext
 
     # ------------------------------------------------------------------ accept and admission
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -224,11 +217,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _shed(self, reason: Reason, detail: str) -> bool:
         """Refuse at once, in the listener's protocol when it speaks first: shed load, never queue it."""
-        ls = self.lr.listener
-        if ls.protocol is Protocol.IMAP:
-            self._write_raw(imap_unavailable("Too many connections, try again later"))
-        elif ls.protocol is Protocol.SMTP:
-            self._write_raw(f"421 4.7.0 {ls.hostname} Too many connections, try again later\r\n".encode())
+        if msg := refusal(self.lr.listener):
+            self._write_raw(msg)
         self.finish(reason, detail)
         return False
 
@@ -293,6 +283,22 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self._client_data(data)
         except Exception as exc:  # the one catch-all: a bug here must close this connection, not others
+            _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
+            self.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
+
+    def get_buffer(self, sizehint: int) -> bytearray:
+        return cast(bytearray, INBOX)    # a cffi buffer: writable, as a bytearray is
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """uvloop read ``nbytes`` into ``INBOX``: decrypted from there in the relay, else copied out as bytes."""
+        try:
+            if self._phase == RELAY:
+                self.bytes_in += nbytes
+                self.last_io = monotonic()
+                self._read_plaintext(b"", nbytes)
+            else:
+                self._client_data(INBOX[:nbytes])
+        except Exception as exc:  # as in data_received
             _log.error("internal_error", conn_id=self.id, error=repr(exc), exc_info=True)
             self.finish(Reason.INTERNAL_ERROR, type(exc).__name__)
 
@@ -456,6 +462,8 @@ class ClientConnection(asyncio.Protocol):
         """Enter ``relay``: no longer a handshake in progress (limits.max_pending); the idle timer runs."""
         self._phase = RELAY
         self._to_back = self._back.client_data
+        if self.tls is not None:        # a raw relay's backend transport takes bulk plaintext as memoryviews
+            self.tls.views = self.lr.listener.protocol in RAW_PROTOCOLS and not serves_http(self.lr.listener)
         self._leave_pending()
         self._arm(self.lr.listener.timeouts.idle)
         if self.tls is not None and self.tls.grown == GROWN:
@@ -507,20 +515,20 @@ class ClientConnection(asyncio.Protocol):
         if tls.grown == GROWN and self._phase == RELAY:
             self._release_soon(tls)
 
-    def _read_plaintext(self, data: bytes = b"") -> None:
-        """Feed ``data`` to the TLS session, then hand what it decrypts to the back half."""
+    def _read_plaintext(self, data: bytes = b"", inbox: int = 0) -> None:
+        """Feed ``data`` (or ``inbox`` bytes of ``INBOX``) to the TLS session, then hand what it decrypts on."""
         tls = self.tls
         assert tls is not None
         try:
-            plain, eof = tls.read(data)
+            plain, eof = tls.read_inbox(inbox) if inbox else tls.read(data)
         except TlsFailure as exc:
             self._flush_tls()
             self.finish(exc.reason, exc.detail)
             return
         if out := tls.outgoing():   # nearly always nothing (a KeyUpdate's answer, say)
             self._write_raw(out)
-        if plain:
-            self._to_back(plain)
+        if plain:   # a memoryview only with tls.views (enter_relay): the raw relay writes it as it is
+            self._to_back(cast(bytes, plain))
         if eof:
             self._client_eof_received()
         if tls.grown == GROWN and self._phase == RELAY:
@@ -551,21 +559,13 @@ class ClientConnection(asyncio.Protocol):
             self._back.drain_begin()
 
     def goodbye(self) -> None:
-        """End the session for a drain with the protocol's own goodbye, then close.
+        """End the session for a drain with the protocol's own goodbye (``halves.farewell``), then close.
 
-        IMAP ``* BYE [UNAVAILABLE]`` (RFC 9051 §7.1.5: the client reconnects), SMTP ``421 4.3.2``
-        (RFC 3463: system not accepting messages); before TLS on a STARTTLS listener, in clear.
+        Before TLS on a STARTTLS listener, in clear.
         """
         if self._phase == CLOSED:
             return
-        ls = self.lr.listener
-        if ls.protocol in _IMAP_PROTOCOLS:
-            msg = imap_unavailable("Server shutting down, please reconnect")
-        elif ls.protocol in _SMTP_PROTOCOLS:
-            msg = f"421 4.3.2 {ls.hostname} Service shutting down, try again later\r\n".encode()
-        else:
-            msg = b""
-        if msg:
+        if msg := farewell(self.lr.listener):
             if self.tls is not None and self.tls.established:
                 self.send_plain(msg)
             elif self._phase == PRETLS:
@@ -597,4 +597,4 @@ class ClientConnection(asyncio.Protocol):
             self._ip = None
         STATS.by_reason[reason.value] = STATS.by_reason.get(reason.value, 0) + 1
         log_connection(self, PHASE_NAMES[phase], self._back.event_fields())
-        self._back, self._to_back = FINISHED, _no_plaintext   # unlinked (halves.Finished): no cycle left
+        self._back, self._to_back = FINISHED, no_plaintext   # unlinked (halves.Finished): no cycle left

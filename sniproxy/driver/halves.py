@@ -12,7 +12,10 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from sniproxy.card import CardIdentity, UnreadableCard
+from sniproxy.config.model import Listener
+from sniproxy.config.model import Protocol as Speaks
 from sniproxy.errors import Reason
+from sniproxy.proto.imap import imap_unavailable
 from sniproxy.runtime.snapshot import ListenerRuntime
 from sniproxy.tls.session import TlsSession
 
@@ -169,3 +172,31 @@ class Finished:
 
 
 FINISHED = Finished()   # stateless: one for every finished connection
+# The listener protocols whose back half relays raw bytes (``MailBack`` with no mail relay), unless served as HTTP.
+RAW_PROTOCOLS = (Speaks.TLS, Speaks.HTTPS)
+
+
+def no_plaintext(data: bytes) -> None:
+    """Where client plaintext goes before the hand-over (none can be decrypted yet) and after the end."""
+
+
+def refusal(listener: Listener) -> bytes:
+    """What a connection refused at accept is told (``limits``), on a STARTTLS listener only; else b""."""
+    if listener.protocol is Speaks.IMAP:
+        return imap_unavailable("Too many connections, try again later")
+    if listener.protocol is Speaks.SMTP:
+        return f"421 4.7.0 {listener.hostname} Too many connections, try again later\r\n".encode()
+    return b""
+
+
+def farewell(listener: Listener) -> bytes:
+    """What a drain says before closing (``FrontHalf.goodbye``), in the listener's protocol; b"" if nothing.
+
+    IMAP ``* BYE [UNAVAILABLE]`` (RFC 9051 §7.1.5: the client reconnects), SMTP ``421 4.3.2`` (RFC 3463:
+    system not accepting messages).
+    """
+    if listener.protocol in (Speaks.IMAP, Speaks.IMAPS):
+        return imap_unavailable("Server shutting down, please reconnect")
+    if listener.protocol in (Speaks.SMTP, Speaks.SMTPS):
+        return f"421 4.3.2 {listener.hostname} Service shutting down, try again later\r\n".encode()
+    return b""

@@ -36,6 +36,11 @@ _SSL_get_error = _lib.SSL_get_error
 _BIO_read = _lib.BIO_read
 _BIO_write = _lib.BIO_write
 _BIO_pending = _lib.BIO_get_mem_data
+_BIO_new_mem_buf = _lib.BIO_new_mem_buf
+_BIO_set_mem_eof_return = _lib.BIO_set_mem_eof_return
+_BIO_new = _lib.BIO_new
+_BIO_s_mem = _lib.BIO_s_mem
+_SSL_set_bio = _lib.SSL_set_bio
 _unpack: Callable[[Any, int], bytes] = _ffi.unpack
 _NULL = _ffi.NULL
 _WANT_READ = _lib.SSL_ERROR_WANT_READ
@@ -50,6 +55,19 @@ _BIG_WRITE = 16384
 # plus a record, so a bulk read is one copy out. Not zeroed: its pages cost memory only once used.
 _SCRATCH_SIZE = 262144 + 2 * _RECORD
 _SCRATCH = _no_zero_allocator("char[]", _SCRATCH_SIZE)
+# The worker-wide inbox: uvloop reads the client's bytes straight into it (``ClientConnection.get_buffer``, a
+# ``BufferedProtocol``: no bytes object per read), and they are consumed before ``buffer_updated`` returns
+# (fed to OpenSSL, or copied out as bytes), so one serves every connection of the worker, as the scratch buffer
+# does. 256 KiB: what uvloop reads at once otherwise. ``INBOX`` is the writable buffer the transport gets.
+INBOX_SIZE = 262144
+_INBOX = _no_zero_allocator("char[]", INBOX_SIZE)
+INBOX: Any = _ffi.buffer(_INBOX)
+# Reads of more ciphertext than this take ``read_inbox``'s bulk path (a read-only BIO over the inbox, and for a
+# raw relay the plaintext in a buffer of its own); smaller ones (ping-pong, mail) are copied into the memory BIO.
+_BIG_READ = 2 * _RECORD
+# Room for the plaintext of one bulk read: at most its ciphertext plus the rest of a record OpenSSL kept from the
+# previous read (16 KiB + 256 at most, RFC 8446 §5.2), with room for one more whole record on every SSL_read.
+_BULK_SLACK = 3 * _RECORD
 
 
 class TlsFailure(SniproxyError):
@@ -75,7 +93,8 @@ class TlsSession:
 
     # _ssl, _in, _out: the Connection's SSL object and its two memory BIOs (pyOpenSSL's private
     # ``_ssl``, ``_into_ssl``, ``_from_ssl``; tests/unit/tls/test_session.py fails if an upgrade renames them).
-    __slots__ = ("_conn", "_in", "_out", "_ssl", "established", "flow", "grown", "state")
+    # views: the plaintext of a bulk read may come as a memoryview (``read_inbox``): set by the front for raw relays.
+    __slots__ = ("_conn", "_in", "_out", "_ssl", "established", "flow", "grown", "state", "views")
 
     def __init__(self, runtime: FlowRuntime) -> None:
         self.flow = runtime
@@ -91,6 +110,7 @@ class TlsSession:
         _lib.SSL_clear_mode(self._ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)
         self.established = False
         self.grown = SMALL
+        self.views = False
 
     def _failure(self, exc: SSL.Error) -> TlsFailure:
         text = _ssl_error_text(exc)
@@ -201,6 +221,59 @@ class TlsSession:
         if off or chunks:
             chunks.append(_unpack(_SCRATCH, off))
         return b"".join(chunks) if len(chunks) != 1 else chunks[0], err == _ZERO_RETURN
+
+    def read_inbox(self, n: int) -> tuple[bytes | memoryview, bool]:
+        """``read`` of the ``n`` bytes of ciphertext uvloop read into ``INBOX``; they are consumed on return.
+
+        A bulk read is not copied into the memory BIO: OpenSSL reads its records from a read-only BIO over
+        the inbox, swapped in for this call and out again (with any byte it left, copied) before returning,
+        so the inbox is never read again after this call. With ``views`` (a raw relay, whose backend
+        transport takes any buffer) the plaintext goes to a buffer made for this read and comes back as a
+        memoryview of it: the transport may keep it while unsent, nothing else ever writes to it.
+        """
+        if n <= _BIG_READ or _BIO_pending(self._in, _NULL):
+            if n > GROWN_AT and not self.grown:
+                self.grown = GROWN
+            if _BIO_write(self._in, _INBOX, n) != n:
+                raise TlsFailure(Reason.INTERNAL_ERROR, "memory BIO write failed")
+            return self.read()
+        ssl, out = self._ssl, self._out
+        # Both BIOs are made before anything changes: a failure here leaves the session as it was.
+        inbox = _BIO_new_mem_buf(_INBOX, n)
+        mem = _BIO_new(_BIO_s_mem()) if inbox != _NULL else _NULL
+        if mem == _NULL:
+            if inbox != _NULL:
+                _lib.BIO_free(inbox)
+            raise TlsFailure(Reason.INTERNAL_ERROR, "memory BIO allocation failed")
+        _BIO_set_mem_eof_return(inbox, -1)     # its end means "more to come", not end of stream
+        _SSL_set_bio(ssl, inbox, out)          # frees the (empty) memory BIO
+        self._set_in(inbox)
+        try:
+            return self._bulk_views(n) if self.views else self.read()
+        finally:
+            rest = _BIO_pending(inbox, _NULL)  # OpenSSL takes partial records into its own buffer: 0 but
+            if rest > 0:                       # after a close_notify or a failure
+                _BIO_write(mem, _INBOX + (n - rest), rest)
+            _SSL_set_bio(ssl, mem, out)        # frees the read-only BIO: nothing points into the inbox now
+            self._set_in(mem)
+
+    def _set_in(self, bio: Any) -> None:
+        """The SSL's read BIO is now ``bio`` (pyOpenSSL's memory-BIO methods read ``_into_ssl``)."""
+        conn: Any = self._conn
+        conn._into_ssl = self._in = bio
+
+    def _bulk_views(self, n: int) -> tuple[bytes | memoryview, bool]:
+        """Decrypt what the read BIO holds into a buffer of its own; its plaintext as a memoryview."""
+        ssl = self._ssl
+        size = n + _BULK_SLACK
+        buf = _no_zero_allocator("char[]", size)
+        off = 0
+        while (got := _SSL_read(ssl, buf + off, size - off)) > 0:
+            off += got
+        err = _SSL_get_error(ssl, got)
+        if err != _WANT_READ and err != _ZERO_RETURN:
+            raise self._call_failed(got)
+        return (memoryview(_ffi.buffer(buf, off)) if off else b""), err == _ZERO_RETURN
 
     def write(self, data: bytes) -> None:
         """Encrypt plaintext for the client (take it back with ``outgoing``). Raises ``TlsFailure``."""
