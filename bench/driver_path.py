@@ -135,7 +135,7 @@ async def mail_step(tmp: Path) -> Step:
 
     def step() -> None:
         client.ssl.send(payload)
-        h.conn.data_received(client.outgoing())
+        h.send(client.outgoing())
         backend.out.clear()
         proto.data_received(payload)
         client.ssl.bio_write(h.t.take())
@@ -157,7 +157,7 @@ async def imap_step(tmp: Path) -> Step:
 
     def step() -> None:
         client.ssl.send(b"a1 NOOP\r\n")
-        h.conn.data_received(client.outgoing())
+        h.send(client.outgoing())
         backend.out.clear()
         proto.data_received(b"a1 OK NOOP completed\r\n")
         client.ssl.bio_write(h.t.take())
@@ -183,7 +183,7 @@ async def http_step(tmp: Path) -> Step:
 
     def step() -> None:
         client.ssl.send(POST)
-        h.conn.data_received(client.outgoing())
+        h.send(client.outgoing())
         backend.out.clear()
         proto.data_received(RESPONSE)
         client.ssl.bio_write(h.t.take())
@@ -204,7 +204,7 @@ def server_step(h: Harness, client: TlsClient, backend: Any, proto: Any, ok: Cal
     feed = iter(records)
 
     def step() -> None:
-        h.conn.data_received(next(feed))
+        h.send(next(feed))
         backend.out.clear()
         proto.data_received(RESPONSE)
         h.t.take()
@@ -228,7 +228,7 @@ async def relay_step(tmp: Path) -> Step:
 
     def step() -> None:
         client.ssl.send(POST)
-        h.conn.data_received(client.outgoing())
+        h.send(client.outgoing())
         backend.out.clear()
         proto.data_received(RESPONSE)
         client.ssl.bio_write(h.t.take())
