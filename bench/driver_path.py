@@ -122,74 +122,60 @@ def counted(step: Step, n: int) -> dict[str, float]:
     return out
 
 
-async def mail_step(tmp: Path) -> Step:
+async def connected(tmp: Path, listener: str, sni: str, https: bool = False) -> tuple[Harness, TlsClient, FakeDialer]:
+    """A handshaken client on ``listener`` over the kit's fake transports (a dialer for its backends)."""
     pki = build(PKI_DIR or tmp / "pki")
     dialer = FakeDialer()
     asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
-    h = Harness(snapshot(mail_config(pki), tmp), "tls")
-    client = TlsClient(pki, sni=IMAP_SNI)
+    cfg = https_config(pki, http={"headers": HEADERS} if HEADERS else None) if https else mail_config(pki)
+    h = Harness(snapshot(cfg, tmp), listener)
+    client = TlsClient(pki, sni=sni)
     client.handshake(h)
-    await settle()
+    return h, client, dialer
+
+
+def round_trip(h: Harness, client: TlsClient, dialer: FakeDialer, out: bytes, back: bytes,
+               reused: bool = False) -> Step:
+    """One step: ``out`` from the client to the backend, then ``back`` from the backend to the client
+    (``reused``: the backend connection must be the same one every time)."""
     backend, proto = dialer.last
-    payload = b"x" * 1024
 
     def step() -> None:
-        client.ssl.send(payload)
+        client.ssl.send(out)
         h.send(client.outgoing())
         backend.out.clear()
-        proto.data_received(payload)
+        proto.data_received(back)
         client.ssl.bio_write(h.t.take())
         client.ssl.recv(65536)
+        assert not reused or len(dialer.conns) == 1, "the backend connection was not reused"
     return step
+
+
+async def mail_step(tmp: Path) -> Step:
+    h, client, dialer = await connected(tmp, "tls", IMAP_SNI)
+    await settle()
+    payload = b"x" * 1024
+    return round_trip(h, client, dialer, payload, payload)
 
 
 async def imap_step(tmp: Path) -> Step:
-    pki = build(PKI_DIR or tmp / "pki")
-    dialer = FakeDialer()
-    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
-    h = Harness(snapshot(mail_config(pki), tmp), "imaps")
-    client = TlsClient(pki, sni=IMAP_SNI)
-    client.handshake(h)
+    h, client, dialer = await connected(tmp, "imaps", IMAP_SNI)
     await settle()
-    backend, proto = dialer.last
-    proto.data_received(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
+    dialer.last[1].data_received(b"* OK [CAPABILITY IMAP4rev1 IDLE] ready\r\n")
     client.recv(h)
-
-    def step() -> None:
-        client.ssl.send(b"a1 NOOP\r\n")
-        h.send(client.outgoing())
-        backend.out.clear()
-        proto.data_received(b"a1 OK NOOP completed\r\n")
-        client.ssl.bio_write(h.t.take())
-        client.ssl.recv(65536)
-    return step
+    return round_trip(h, client, dialer, b"a1 NOOP\r\n", b"a1 OK NOOP completed\r\n")
 
 
 async def http_step(tmp: Path) -> Step:
-    pki = build(PKI_DIR or tmp / "pki")
-    dialer = FakeDialer()
-    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
-    h = Harness(snapshot(https_config(pki, http={"headers": HEADERS} if HEADERS else None), tmp), "https")
-    client = TlsClient(pki, sni=MSG)
-    client.handshake(h)
+    h, client, dialer = await connected(tmp, "https", MSG, https=True)
     client.send(h, POST)
     await settle()
     backend, proto = dialer.last
     proto.data_received(RESPONSE)
     client.recv(h)
-
     if SERVER_ONLY:
         return server_step(h, client, backend, proto, lambda: len(dialer.conns) == 1)
-
-    def step() -> None:
-        client.ssl.send(POST)
-        h.send(client.outgoing())
-        backend.out.clear()
-        proto.data_received(RESPONSE)
-        client.ssl.bio_write(h.t.take())
-        client.ssl.recv(65536)
-        assert len(dialer.conns) == 1, "the backend connection was not reused"
-    return step
+    return round_trip(h, client, dialer, POST, RESPONSE, reused=True)
 
 
 def server_step(h: Harness, client: TlsClient, backend: Any, proto: Any, ok: Callable[[], bool]) -> Step:
@@ -215,25 +201,12 @@ def server_step(h: Harness, client: TlsClient, backend: Any, proto: Any, ok: Cal
 async def relay_step(tmp: Path) -> Step:
     """The floor: the http step's bytes (the same POST record in, the same response out) through a ``tls``
     listener, the raw relay: the same TLS session and driver, no HTTP."""
-    pki = build(PKI_DIR or tmp / "pki")
-    dialer = FakeDialer()
-    asyncio.get_running_loop().create_connection = dialer.create_connection  # type: ignore[method-assign]
-    h = Harness(snapshot(mail_config(pki), tmp), "tls")
-    client = TlsClient(pki, sni=IMAP_SNI)
-    client.handshake(h)
+    h, client, dialer = await connected(tmp, "tls", IMAP_SNI)
     await settle()
-    backend, proto = dialer.last
     if SERVER_ONLY:
+        backend, proto = dialer.last
         return server_step(h, client, backend, proto, lambda: len(dialer.conns) == 1)
-
-    def step() -> None:
-        client.ssl.send(POST)
-        h.send(client.outgoing())
-        backend.out.clear()
-        proto.data_received(RESPONSE)
-        client.ssl.bio_write(h.t.take())
-        client.ssl.recv(65536)
-    return step
+    return round_trip(h, client, dialer, POST, RESPONSE)
 
 
 async def measure(make: Callable[[Path], Any], tmp: Path, args: argparse.Namespace) -> str:

@@ -168,14 +168,15 @@ class TlsSession:
         conn: Any = self._conn
         ssl, into, from_ = self._ssl, self._in, self._out
         if _BIO_pending(into, _NULL) == 0:
-            bio = _lib.BIO_new(_lib.BIO_s_mem())
+            bio = _BIO_new(_BIO_s_mem())
             if bio != _NULL:
-                _lib.SSL_set_bio(ssl, bio, from_)     # replaces (and frees) the read BIO only
-                conn._into_ssl = self._in = into = bio
+                _SSL_set_bio(ssl, bio, from_)         # replaces (and frees) the read BIO only
+                self._set_in(bio)
+                into = bio
         if _BIO_pending(from_, _NULL) == 0:
-            bio = _lib.BIO_new(_lib.BIO_s_mem())
+            bio = _BIO_new(_BIO_s_mem())
             if bio != _NULL:
-                _lib.SSL_set_bio(ssl, into, bio)      # replaces (and frees) the write BIO only
+                _SSL_set_bio(ssl, into, bio)          # replaces (and frees) the write BIO only
                 conn._from_ssl = self._out = bio
 
     def handshake(self) -> bool:
