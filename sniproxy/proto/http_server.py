@@ -237,8 +237,8 @@ class ClientSide:
             parser.feed_data(head)
         except httptools.HttpParserUpgrade:
             pass     # Upgrade (never forwarded: hop-by-hop) or CONNECT (refused below): the head is complete
-        except httptools.HttpParserError as exc:
-            return self._refuse(f"bad request head: {exc}", _guess_soap(head))
+        except httptools.HttpParserError as perr:   # (not `exc`: mypyc gives a name one type per function)
+            return self._refuse(f"bad request head: {perr}", _guess_soap(head))
         if not parsed.complete:
             return self._refuse("incomplete request head", _guess_soap(head))
         method = parser.get_method()
