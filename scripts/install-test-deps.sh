@@ -9,16 +9,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# gcc and python3-dev: scripts/test.sh compiles the HTTP half with mypyc (decision 0016), as the image does
 PACKAGES=(dovecot-imapd dovecot-lmtpd postfix stunnel4 haproxy swaks curl openssl ca-certificates slapd ldap-utils
-          chromium)
+          chromium gcc python3-dev)
 # one binary per package, to decide whether apt is needed at all
 BINARIES=(dovecot doveadm /usr/lib/dovecot/imap /usr/lib/dovecot/lmtp postfix postconf stunnel4 haproxy swaks
-          curl openssl /usr/sbin/slapd slapadd ldapsearch chromium)
+          curl openssl /usr/sbin/slapd slapadd ldapsearch chromium gcc)
 
 missing=()
 for b in "${BINARIES[@]}"; do
     if [[ $b == /* ]]; then [[ -x $b ]] || missing+=("$b"); else command -v "$b" >/dev/null || missing+=("$b"); fi
 done
+# the headers of the interpreter the virtualenv is made from (scripts/venv.sh: python3)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))' \
+    || missing+=(python3-dev)
 [[ -d /etc/ssl/certs ]] && [[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 
 [[ ${FORCE_APT:-0} == 1 ]] && missing+=(FORCE_APT)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sniproxy.compiled import http_build
 from sniproxy.config.model import Address
 from sniproxy.crl.handover import CrlFollower
 from sniproxy.crl.state import RevocationHolder
@@ -198,7 +199,7 @@ class Worker:
                 if reply["ok"] and msg.get("first"):
                     # Logged before the reply, so it precedes the supervisor's "serving".
                     _log.info("ready", pid=os.getpid(), generation=reply["generation"],
-                              listening=reply["listening"], crl_ready=reply["crl_ready"])
+                              listening=reply["listening"], crl_ready=reply["crl_ready"], http_build=http_build())
                     if memory.trace_if_asked():
                         memory.heap_growth()   # the reference the stats events compare with
                 self.channel.send({"reply_to": msg.get("id"), **reply})
