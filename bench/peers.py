@@ -6,7 +6,9 @@ and the same TLS policy (TLS 1.3, mutual TLS with the RSA-2048 ``fort`` card, sa
 figure), one worker / process / thread each:
 
 - ``sniproxy``: ``python -O -m sniproxy run`` (``workers: 1``), ``protocol: tls`` listeners and one ``https``
-  listener (``http.headers: [forwarded, nginx]``);
+  listener (``http.headers: [forwarded, nginx]``); it runs the build found from the current directory: run the
+  bench from ``build/compiled-tree`` (made by ``scripts/test.sh``, or ``scripts/build-compiled.sh`` on a copy of
+  the tree) for the image's build, whose HTTP half is compiled with mypyc (decision 0016); the table says which;
 - ``haproxy``: ``nbthread 1``, ``mode tcp`` + ``ssl`` frontends and one ``mode http`` + ``ssl`` frontend that
   adds the same identity headers (``X-SSL-Client-*``, ``X-Forwarded-*``, ``Forwarded``);
 - ``nginx``: ``worker_processes 1``, ``stream`` ssl servers (``libnginx-mod-stream``) and one ``http`` ssl
@@ -607,7 +609,15 @@ def versions(stunnel: str) -> dict[str, str]:
     git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"], capture_output=True,
                          text=True, timeout=10)
     v["sniproxy (git)"] = git.stdout.strip() or "?"
+    v["sniproxy HTTP half"] = http_build()
     return v
+
+
+def http_build() -> str:
+    """The build ``python -m sniproxy`` loads from here (as the servers are started): compiled or interpreted."""
+    got = subprocess.run([sys.executable, "-c", "from sniproxy.compiled import http_build; print(http_build())"],
+                         capture_output=True, text=True, timeout=30)
+    return got.stdout.strip() or f"? ({got.stderr.strip()[-200:]})"
 
 
 def _cell(s: dict[str, Any] | None, fmt: str) -> str:
@@ -781,6 +791,10 @@ def _warnings(res: dict[str, Any]) -> list[str]:
         out.append(f"**Busy machine**: 1-minute load average up to {max(loads):g} during the blocks (quiet: below "
                    f"{QUIET_LOAD}); the per-CPU-second figures hold up better than latency and wall rates, but "
                    "quote a run on a quiet machine.")
+    build = res.get("versions", {}).get("sniproxy HTTP half")
+    if build != "compiled":
+        out.append(f"**sniproxy's HTTP half ran {build}**, not the image's compiled build (decision 0016): run the "
+                   "bench from a compiled mirror of the tree (build/compiled-tree) to measure what ships.")
     if "--quick" in res.get("command", ""):
         out.append("**--quick**: short runs (10 ms CPU ticks weigh 5-15 %), 100 MB transfers and 200 idle "
                    "connections: a smoke run that shows every figure is produced, not numbers to quote.")
