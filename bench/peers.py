@@ -7,8 +7,8 @@ figure), one worker / process / thread each:
 
 - ``sniproxy``: ``python -O -m sniproxy run`` (``workers: 1``), ``protocol: tls`` listeners and one ``https``
   listener (``http.headers: [forwarded, nginx]``); it runs the build found from the current directory: run the
-  bench from ``build/compiled-tree`` (made by ``scripts/test.sh``, or ``scripts/build-compiled.sh`` on a copy of
-  the tree) for the image's build, whose HTTP half is compiled with mypyc (decision 0016); the table says which;
+  bench from a compiled mirror (``scripts/compiled-mirror.sh build/bench-tree && cd build/bench-tree``) for
+  the image's build, whose HTTP half is compiled with mypyc (decision 0016); the table says which;
 - ``haproxy``: ``nbthread 1``, ``mode tcp`` + ``ssl`` frontends and one ``mode http`` + ``ssl`` frontend that
   adds the same identity headers (``X-SSL-Client-*``, ``X-Forwarded-*``, ``Forwarded``);
 - ``nginx``: ``worker_processes 1``, ``stream`` ssl servers (``libnginx-mod-stream``) and one ``http`` ssl

@@ -20,14 +20,8 @@ if [[ ${SNIPROXY_TEST_BUILD:-compiled} == interpreted ]]; then
 fi
 
 TREE=$PWD/build/compiled-tree
-echo "== mirror of the tree in $TREE, HTTP half compiled (scripts/build-compiled.sh)"
-rm -rf "$TREE"
-mkdir -p "$TREE"
-# tracked and new (not ignored) files: what the next commit would hold, edits included
-git ls-files -z -co --exclude-standard | xargs -0 cp --parents -t "$TREE"
-# the ignored tool directories the tests use, shared rather than copied
-for d in .venv .venv-sslyze .tools; do [[ -e $d ]] && ln -s "$PWD/$d" "$TREE/$d"; done
-PYTHON=$PY ./scripts/build-compiled.sh "$TREE"
+echo "== mirror of the tree in $TREE, HTTP half compiled (scripts/compiled-mirror.sh)"
+PYTHON=$PY ./scripts/compiled-mirror.sh "$TREE"
 echo "== pytest (compiled HTTP half)"
 (cd "$TREE" && SNIPROXY_EXPECT_COMPILED=1 "$PY" -m pytest -q -ra "$@")
 echo "== pytest (interpreted: the unit tests of the compiled modules' packages)"
