@@ -1,6 +1,7 @@
 """The image builds with buildah (no engine) and carries what the Dockerfile promises: non-root user, the exposed
 ports, the entrypoint and command, the healthcheck on the admin endpoint, SIGTERM as stop signal, the volumes a
-read-only root needs. The build is cached between runs (scripts/build-image.sh)."""
+read-only root needs, and the HTTP half compiled with mypyc (decision 0016) without the tools that compiled it.
+The build is cached between runs (scripts/build-image.sh)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,23 @@ def test_image_runs_read_only_as_its_user_with_only_the_locked_packages(image: d
                                              binds={}, tmpfs=["/tmp"]),
                                  capture_output=True, text=True, timeout=60, check=False)
         assert version.returncode == 0 and version.stdout.startswith("sniproxy "), version.stderr
+
+
+def test_image_ships_the_compiled_http_half_and_none_of_its_build_tools(image: dict[str, Any]) -> None:
+    from tests.deploy.imageroot import image_root, pod_command
+
+    env = dict(e.split("=", 1) for e in image["Docker"]["config"]["Env"])
+    with image_root(TAG) as root:
+        # what the worker logs in its ready event (http_build): every module of the HTTP half an extension
+        script = "from sniproxy.compiled import http_build; print(http_build())"
+        cmd = pod_command(root, ["python", "-c", script], user="10001:10001", env=env, binds={}, tmpfs=["/tmp"])
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 0 and r.stdout.strip() == "compiled", r.stdout + r.stderr
+        site = next((root / "opt" / "sniproxy" / "lib").glob("python3*/site-packages"))
+        assert list((site / "sniproxy").glob("http__mypyc.cpython-*.so")), "mypyc's shared runtime is missing"
+        # the build stage's compiler, build venv and mypy stay there; mypyc's modules need none of them to run
+        installed = {p.name.split("-")[0].lower() for p in site.glob("*.dist-info")}
+        assert not installed & {"mypy", "mypy_extensions", "librt", "setuptools"}, installed
+        assert not (root / "opt" / "build").exists()
+        assert not list(root.glob("usr/bin/gcc*")) and not list(root.glob("usr/include/python3*"))
+        assert not list(site.glob("**/.mypy_cache"))
