@@ -7,15 +7,42 @@
 FROM python:3.11-slim AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
-# Dependencies first: this layer is reused until requirements.lock changes (scripts/lock-requirements.sh).
-COPY requirements.lock ./
+# The C toolchain mypyc needs to compile the HTTP half (decision 0016), in this stage only. The interpreter's
+# headers: the official image has them (/usr/local/include); a Debian python3 (scripts/build-image.sh's stand-in
+# base) needs libpython3.11-dev. Versions are the base's Debian release's, not pinned: the base image is the pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && inc=$(python3 -c 'import sysconfig; print(sysconfig.get_path("include"))') \
+ && { [ -f "$inc/Python.h" ] || apt-get install -y --no-install-recommends libpython3.11-dev; } \
+ && [ -f "$inc/Python.h" ] \
+ && rm -rf /var/lib/apt/lists/*
+# Dependencies first: these layers are reused until a lock changes (scripts/lock-requirements.sh). The runtime's
+# in /opt/sniproxy; the build tools (mypy, which ships mypyc; setuptools; stubs) in a throw-away venv on the same
+# interpreter, so the extensions it builds match the runtime's ABI. The .pth lets mypy see the runtime packages.
+COPY requirements.lock requirements-build.lock ./
 RUN python3 -m venv /opt/sniproxy \
- && /opt/sniproxy/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock
+ && /opt/sniproxy/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements.lock \
+ && python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --require-hashes --only-binary=:all: -r requirements-build.lock \
+ && /opt/sniproxy/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+      > "$(/opt/build/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/sniproxy-runtime.pth"
 COPY pyproject.toml ./
+COPY scripts/build-compiled.sh ./scripts/
 COPY sniproxy ./sniproxy
 # The package without its dependencies (locked above; its build backend, setuptools, lives only in pip's
-# throw-away build environment), then only what runs: no pip, no setuptools, no sources.
+# throw-away build environment); then its HTTP half compiled (a copy made in /src/compiled replaces the installed
+# package: the copy's mypy cache stays here) and checked from the runtime venv, which has no mypy (-I: not the
+# sources in the working directory): a build that cannot compile fails here, never ships the interpreted modules;
+# then only what runs: no pip, no setuptools.
 RUN /opt/sniproxy/bin/pip install --no-cache-dir --no-deps /src \
+ && PYTHON=/opt/build/bin/python scripts/build-compiled.sh /src/compiled \
+ && site=$(/opt/sniproxy/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))') \
+ && rm -rf "$site/sniproxy" \
+ && cp -R /src/compiled/sniproxy "$site/sniproxy" \
+ && find "$site/sniproxy" -name '*.so' -exec strip --strip-debug {} + \
+ && /opt/sniproxy/bin/python -I -c 'from sniproxy.compiled import http_build as b; print("http_build:", b()); \
+      raise SystemExit(b() != "compiled")' \
  && /opt/sniproxy/bin/python -m compileall -q /opt/sniproxy/lib \
  && /opt/sniproxy/bin/pip uninstall --yes --quiet setuptools pip
 

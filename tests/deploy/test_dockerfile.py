@@ -1,5 +1,5 @@
 """The Dockerfile is hadolint clean, installs only the locked runtime dependencies, and the lock matches
-pyproject.toml."""
+pyproject.toml; its build stage's tools (mypyc, decision 0016) come from their own lock, also with hashes."""
 
 from __future__ import annotations
 
@@ -38,6 +38,37 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
     for extra in project["optional-dependencies"].values():
         for dep in extra:
             assert _name(dep) not in pins or _name(dep) in {_name(d) for d in project["dependencies"]}, dep
+
+
+def _pins(lock: str) -> dict[str, str]:
+    return {name.lower(): version for name, version in re.findall(r"^([a-z0-9][a-z0-9._-]*)==(\S+)", lock, re.M | re.I)}
+
+
+def test_build_lock_pins_the_build_tools_with_hashes_at_the_runtime_versions() -> None:
+    wanted = [line.split("#")[0].strip() for line in (REPO / "requirements-build.in").read_text().splitlines()]
+    lock = (REPO / "requirements-build.lock").read_text()
+    pins = _pins(lock)
+    for dep in wanted:
+        if dep and not dep.startswith("-"):
+            assert _name(dep) in pins, f"{dep} is not in requirements-build.lock: run scripts/lock-requirements.sh"
+    assert pins["mypy"] == "2.4.1", pins      # mypyc's C output depends on mypy's version (0016 measured 2.4.1)
+    for block in re.split(r"^(?=[a-z0-9])", lock, flags=re.M):
+        if "==" in block:
+            assert "--hash=sha256:" in block, block
+    # a package both stages have is the same version in both
+    runtime = _pins((REPO / "requirements.lock").read_text())
+    for name in pins.keys() & runtime.keys():
+        assert pins[name] == runtime[name], name
+
+
+def test_dockerfile_builds_the_compiled_http_half_in_the_build_stage_only() -> None:
+    text = (REPO / "Dockerfile").read_text()
+    build, runtime = text.split("\nFROM python:3.11-slim\n")
+    assert "-r requirements-build.lock" in build and build.count("--require-hashes") == 2
+    assert "scripts/build-compiled.sh" in build
+    assert 'raise SystemExit(b() != "compiled")' in build, "the build must fail unless compiled"
+    assert "/opt/build" not in runtime and "gcc" not in runtime and "mypy" not in runtime
+    assert re.findall(r"^COPY --from=build (\S+)", runtime, re.M) == ["/opt/sniproxy"]
 
 
 def test_dockerfile_installs_the_lock_with_hashes_and_runs_non_root() -> None:
