@@ -794,7 +794,7 @@ def _warnings(res: dict[str, Any]) -> list[str]:
     build = res.get("versions", {}).get("sniproxy HTTP half")
     if build != "compiled":
         out.append(f"**sniproxy's HTTP half ran {build}**, not the image's compiled build (decision 0016): run the "
-                   "bench from a compiled mirror of the tree (build/compiled-tree) to measure what ships.")
+                   "bench from a compiled mirror of the tree (scripts/compiled-mirror.sh) to measure what ships.")
     if "--quick" in res.get("command", ""):
         out.append("**--quick**: short runs (10 ms CPU ticks weigh 5-15 %), 100 MB transfers and 200 idle "
                    "connections: a smoke run that shows every figure is produced, not numbers to quote.")
