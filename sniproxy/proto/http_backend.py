@@ -265,6 +265,11 @@ class BackendExchange:
 
     def on_body(self, body: bytes) -> None:
         """llhttp: a piece of the body."""
+        if not self._final:
+            # llhttp reads the framed body of a 1xx other than 100-103 (150, 199): a body before any final
+            # head, which no client could read as we would. Broken (502), never passed on as the response's body.
+            self._broken("backend sent a body with an interim (1xx) response")
+            raise _Stop
         if not self._done:
             self._events.append(ResponseBody(body))
 
