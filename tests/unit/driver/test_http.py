@@ -172,3 +172,15 @@ async def test_a_body_on_an_interim_response_is_502(pki: TestPki, tmp_path: Path
     assert client.recv(h).startswith(b"HTTP/1.1 502 ") and dialer.last[0].closed
     [ev] = events
     assert ev["reason"] == "backend_protocol" and "interim" in ev["detail"]
+
+
+async def test_a_control_character_in_the_reason_phrase_is_502(
+        pki: TestPki, tmp_path: Path, events: list[dict[str, Any]], dialer: FakeDialer) -> None:
+    # Before: llhttp took it, ClientSide.response refused it with ResponseError: an internal error, no answer.
+    h, client = await serving(pki, tmp_path)
+    client.send(h, GET)
+    await settle()
+    dialer.last[1].data_received(b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok")
+    assert client.recv(h).startswith(b"HTTP/1.1 502 ") and dialer.last[0].closed
+    [ev] = events
+    assert ev["reason"] == "backend_protocol" and "reason phrase" in ev["detail"]

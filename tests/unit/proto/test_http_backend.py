@@ -205,3 +205,16 @@ def test_a_body_on_an_interim_response_is_broken(framing: bytes, status: int, st
     assert not any(isinstance(e, (ResponseBody, ResponseHead, ResponseEnd)) for e in events), events
     assert events[0] == Informational(status)
     assert isinstance(events[-1], ResponseBroken) and "interim" in events[-1].detail
+
+
+@pytest.mark.parametrize("char", [b"\x00", b"\x01", b"\x0b", b"\x1f", b"\x7f"])
+def test_a_control_character_in_the_reason_phrase_is_broken(char: bytes) -> None:
+    # llhttp takes them; the client writer (h11's grammar) refuses them: broken here (a 502), not a head that
+    # ClientSide.response then refuses with ResponseError (an internal error, before). Found comparing the builds.
+    events = feed(exchange(), b"HTTP/1.1 200 O" + char + b"K\r\nContent-Length: 2\r\n\r\nok")
+    assert len(events) == 1 and isinstance(events[0], ResponseBroken) and "reason phrase" in events[0].detail
+
+
+def test_reason_phrases_the_client_writer_takes_still_pass() -> None:
+    events = feed(exchange(), b"HTTP/1.1 200 Fine\tand \xc3\xa9\r\nContent-Length: 0\r\n\r\n")
+    assert isinstance(events[0], ResponseHead) and events[0].reason == b"Fine\tand \xc3\xa9"
