@@ -14,6 +14,7 @@ read differently from us is a smuggling vector in the other direction.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -84,6 +85,9 @@ _FRAMING = (b"content-length", b"transfer-encoding")
 
 
 _BLOCK_REFUSED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+# A reason phrase the client writer takes (http_server._REASON, h11's grammar: HTAB, SP, VCHAR, obs-text). llhttp
+# also takes control characters there: such a response is broken here rather than refused by the writer.
+_REASON = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 
 # What a finished exchange holds instead of its own parser: one for all, with no callbacks (see receive_data).
 _SPENT = httptools.HttpResponseParser(object())
@@ -258,13 +262,22 @@ class BackendExchange:
                 self._events.append(Informational(status))
             return
         self._final = True
-        self._events.append(ResponseHead(status, self._reason, self._headers))
+        reason = self._reason
+        if reason != b"OK" and _REASON.fullmatch(reason) is None:
+            self._broken("backend response: control character in the reason phrase")
+            raise _Stop
+        self._events.append(ResponseHead(status, reason, self._headers))
         if self._head_only:   # llhttp would wait for the body its Content-Length announces
             self._done = self._ended = True
             raise _Stop
 
     def on_body(self, body: bytes) -> None:
         """llhttp: a piece of the body."""
+        if not self._final:
+            # llhttp reads the framed body of a 1xx other than 100-103 (150, 199): a body before any final
+            # head, which no client could read as we would. Broken (502), never passed on as the response's body.
+            self._broken("backend sent a body with an interim (1xx) response")
+            raise _Stop
         if not self._done:
             self._events.append(ResponseBody(body))
 

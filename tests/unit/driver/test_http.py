@@ -159,3 +159,28 @@ async def test_refused_handshake_still_logs_the_mode(pki: TestPki, tmp_path: Pat
     TlsClient(pki, card="unknown-ca", sni=MSG).handshake(h)
     [ev] = events
     assert ev["phase"] == "handshake" and ev["mode"] == "http" and "requests" not in ev
+
+
+async def test_a_body_on_an_interim_response_is_502(pki: TestPki, tmp_path: Path, events: list[dict[str, Any]],
+                                                    dialer: FakeDialer) -> None:
+    # Before: the body llhttp read on the 1xx reached the client writer with no response head, whose ResponseError
+    # ended the connection as an internal error (no answer, a traceback logged per such response).
+    h, client = await serving(pki, tmp_path)
+    client.send(h, GET)
+    await settle()
+    dialer.last[1].data_received(b"HTTP/1.1 150 X\r\nContent-Length: 2\r\n\r\nbb" + OK)
+    assert client.recv(h).startswith(b"HTTP/1.1 502 ") and dialer.last[0].closed
+    [ev] = events
+    assert ev["reason"] == "backend_protocol" and "interim" in ev["detail"]
+
+
+async def test_a_control_character_in_the_reason_phrase_is_502(
+        pki: TestPki, tmp_path: Path, events: list[dict[str, Any]], dialer: FakeDialer) -> None:
+    # Before: llhttp took it, ClientSide.response refused it with ResponseError: an internal error, no answer.
+    h, client = await serving(pki, tmp_path)
+    client.send(h, GET)
+    await settle()
+    dialer.last[1].data_received(b"HTTP/1.1 200 O\x00K\r\nContent-Length: 2\r\n\r\nok")
+    assert client.recv(h).startswith(b"HTTP/1.1 502 ") and dialer.last[0].closed
+    [ev] = events
+    assert ev["reason"] == "backend_protocol" and "reason phrase" in ev["detail"]
