@@ -203,7 +203,8 @@ def test_a_body_on_an_interim_response_is_broken(framing: bytes, status: int, st
     raw = b"HTTP/1.1 %d X\r\n" % status + framing + OK
     events = feed(exchange(), raw, step=step)
     assert [type(e) for e in events] == [Informational, ResponseBroken], events   # one break, at its first byte
-    assert events[0] == Informational(status) and "interim" in events[-1].detail
+    assert events[0] == Informational(status)
+    assert events[-1].detail == "backend sent a body with an interim (1xx) response"
 
 
 @pytest.mark.parametrize("char", [b"\x00", b"\x01", b"\x0b", b"\x1f", b"\x7f"])
@@ -211,7 +212,8 @@ def test_a_control_character_in_the_reason_phrase_is_broken(char: bytes) -> None
     # llhttp takes them; the client writer (h11's grammar) refuses them: broken here (a 502), not a head that
     # ClientSide.response then refuses with ResponseError (an internal error, before). Found comparing the builds.
     events = feed(exchange(), b"HTTP/1.1 200 O" + char + b"K\r\nContent-Length: 2\r\n\r\nok")
-    assert len(events) == 1 and isinstance(events[0], ResponseBroken) and "reason phrase" in events[0].detail
+    assert len(events) == 1 and isinstance(events[0], ResponseBroken)
+    assert events[0].detail == "backend response: control character in the reason phrase"
 
 
 def test_reason_phrases_the_client_writer_takes_still_pass() -> None:
