@@ -98,6 +98,20 @@ ODD_VALUES = [b"a\x00b", b"a\rb", b"a\nb", b"\xff\xfe", b"caf\xc3\xa9", b"a\x7fb
               b"a" * 9000, b"x\x0bb", b"\x1b[31m"]
 
 
+def chunks(rng: random.Random, fill: bytes, unparsable: int, cap: int) -> list[bytes]:
+    """0 to 2 chunks: a hostile size (30%) or a small hex one, and up to ``cap`` bytes of ``fill`` (the size's
+    value, or ``unparsable`` when the size is not hex)."""
+    out = []
+    for _ in range(rng.randrange(0, 3)):
+        size = rng.choice(chunk_sizes()) if rng.random() < 0.3 else b"%x" % rng.randrange(1, 20)
+        try:
+            n = int(size.split(b";")[0].strip(), 16)
+        except ValueError:
+            n = unparsable
+        out.append(size + b"\r\n" + fill * min(n, cap) + b"\r\n")
+    return out
+
+
 def gen_requests(rng: random.Random, blobs: list[bytes]) -> list[bytes]:
     reqs: list[bytes] = []
     # (a) the tests' own request-looking literals
@@ -135,14 +149,7 @@ def gen_requests(rng: random.Random, blobs: list[bytes]) -> list[bytes]:
                 head += b"Content-Length: 5\r\n"
             if rng.random() < 0.1:
                 head += b"Transfer-Encoding: chunked\r\n"
-            parts = []
-            for _ in range(rng.randrange(0, 3)):
-                size = rng.choice(chunk_sizes()) if rng.random() < 0.3 else b"%x" % rng.randrange(1, 20)
-                try:
-                    n = int(size.split(b";")[0].strip(), 16)
-                except ValueError:
-                    n = 3
-                parts.append(size + b"\r\n" + b"d" * min(n, 30) + b"\r\n")
+            parts = chunks(rng, b"d", 3, 30)
             tr = rng.choice([b"", b"", b"X-T: 1\r\n", b"X-T: 1\r\n Y\r\n", b"X-T:\x00\r\n", b"X-T 1\r\n",
                              b"X-T: 1\n", b"Content-Length: 5\r\n", b"X-Forwarded-For: 1.2.3.4\r\n"])
             body = b"".join(parts) + b"0\r\n" + tr + b"\r\n"
@@ -280,14 +287,7 @@ def gen(out_path: str) -> None:
                                                          b"identity", b"chunked, chunked"]) + b"\r\n"
             if rng.random() < 0.1:
                 head += b"Content-Length: 3\r\n"
-            ch = []
-            for _ in range(rng.randrange(0, 3)):
-                size = rng.choice(chunk_sizes()) if rng.random() < 0.3 else b"%x" % rng.randrange(1, 20)
-                try:
-                    n = int(size.split(b";")[0].strip(), 16)
-                except ValueError:
-                    n = 2
-                ch.append(size + b"\r\n" + b"c" * min(n, 25) + b"\r\n")
+            ch = chunks(rng, b"c", 2, 25)
             body = b"".join(ch) + b"0\r\n" + rng.choice([b"", b"X-T: 1\r\n", b"Content-Length: 99\r\n"]) + b"\r\n"
         for _ in range(rng.choice([0, 1, 2])):
             head += rng.choice([b"Connection: close\r\n", b"Connection: keep-alive\r\n", b"Connection: content-length\r\n",
